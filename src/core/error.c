@@ -1,0 +1,73 @@
+/* The thread's last error: a code and a message naming the op and the shapes involved. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local tg_status last_code = TG_OK;
+static _Thread_local char last_message[512];
+
+tg_status tg_fail(tg_status code, const char *fmt, ...)
+{
+    char message[sizeof last_message];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    memcpy(last_message, message, sizeof last_message);
+    last_code = code;
+    return code;
+}
+
+const char *tg_last_error(void) { return last_code == TG_OK ? "" : last_message; }
+tg_status tg_last_error_code(void) { return last_code; }
+
+void tg_clear_error(void)
+{
+    last_code = TG_OK;
+    last_message[0] = '\0';
+}
+
+const char *tg_dtype_name(tg_dtype dt)
+{
+    switch (dt) {
+    case TG_F32: return "f32";
+    case TG_F64: return "f64";
+    }
+    return "unknown dtype";
+}
+
+const char *tg_shape_str(char *buf, size_t size, int ndim, const int64_t *shape)
+{
+    size_t used = 0;
+    used += (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
+                                 (long long)shape[i]);
+    if (used < size)
+        snprintf(buf + used, size - used, "]");
+    return buf;
+}
+
+bool tg_check_inputs(const char *op, int n, tg_tensor *const *in)
+{
+    for (int i = 0; i < n; i++) {
+        if (in[i] == NULL) {
+            if (last_code != TG_OK) {
+                char earlier[sizeof last_message];
+                memcpy(earlier, last_message, sizeof earlier);
+                tg_fail(TG_ERR_NULL, "%s: input %d is NULL (after: %s)", op, i, earlier);
+            } else {
+                tg_fail(TG_ERR_NULL, "%s: input %d is NULL", op, i);
+            }
+            return false;
+        }
+    }
+    for (int i = 1; i < n; i++) {
+        if (in[i]->tape != in[0]->tape) {
+            tg_fail(TG_ERR_TAPE, "%s: input %d is on a different tape from input 0", op, i);
+            return false;
+        }
+    }
+    return true;
+}

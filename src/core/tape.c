@@ -1,0 +1,237 @@
+/* The tape: nodes in creation order (a topological order for free) and the memory that holds
+ * their values. Both are reused after a rewind, so a step that builds the same graph again
+ * lands on memory that is already touched. */
+#include "internal.h"
+#include "../autodiff/vjp.h"
+#include "../kernels/kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define NODE_BLOCK_BITS 12
+#define NODE_BLOCK (1u << NODE_BLOCK_BITS)
+#define ARENA_CHUNK_MIN ((size_t)16 << 20)
+#define ALIGNMENT 64
+
+typedef struct {
+    char *base;
+    size_t size;
+} arena_chunk;
+
+struct tg_tape {
+    /* Nodes live in fixed blocks so a tg_tensor pointer never moves as the tape grows. */
+    struct tg_node **blocks;
+    size_t n_blocks;
+    size_t n_nodes;
+    /* Values: a bump allocator over chunks; [chunk, used] is the current position. */
+    arena_chunk *chunks;
+    size_t n_chunks;
+    size_t chunk;
+    size_t used;
+};
+
+const tg_op_info tg_op_table[TG_OP_COUNT] = {
+#define TG_OP(e, nm, ar, kern, rule, fl) [TG_OP_##e] = {nm, ar, kern, rule, fl},
+#include "ops.def"
+#undef TG_OP
+};
+/* Keeps the count honest: a new primitive also needs a gradcheck case in tests/ and a line in
+ * docs/design.md; update this number when both are there. */
+_Static_assert(TG_OP_COUNT == 26, "ops.def changed: add gradcheck cases and docs, then update");
+
+const char *tg_op_name(tg_op op)
+{
+    return (unsigned)op < TG_OP_COUNT ? tg_op_table[op].name : "unknown op";
+}
+
+tg_vjp_fn tg_debug_swap_vjp(tg_op op, tg_vjp_fn rule)
+{
+    tg_op_info *info = (tg_op_info *)&tg_op_table[op];
+    tg_vjp_fn old = info->vjp;
+    info->vjp = rule;
+    return old;
+}
+
+tg_tape *tg_tape_new(void)
+{
+    tg_tape *tape = calloc(1, sizeof *tape);
+    if (!tape)
+        tg_fail(TG_ERR_NOMEM, "tg_tape_new: out of memory");
+    return tape;
+}
+
+void tg_tape_free(tg_tape *tape)
+{
+    if (!tape)
+        return;
+    for (size_t i = 0; i < tape->n_blocks; i++) {
+        struct tg_node *block = tape->blocks[i];
+        for (size_t j = 0; j < NODE_BLOCK; j++)
+            free((void *)block[j].label);
+        free(block);
+    }
+    free(tape->blocks);
+    for (size_t i = 0; i < tape->n_chunks; i++)
+        free(tape->chunks[i].base);
+    free(tape->chunks);
+    free(tape);
+}
+
+tg_mark tg_tape_mark(const tg_tape *tape)
+{
+    tg_mark mark = {0, 0, 0};
+    if (tape) {
+        mark.nodes = tape->n_nodes;
+        mark.chunk = tape->chunk;
+        mark.used = tape->used;
+    }
+    return mark;
+}
+
+int tg_tape_rewind(tg_tape *tape, tg_mark mark)
+{
+    if (!tape)
+        return tg_fail(TG_ERR_NULL, "tg_tape_rewind: tape is NULL");
+    if (mark.nodes > tape->n_nodes || mark.chunk > tape->chunk ||
+        (mark.chunk == tape->chunk && mark.used > tape->used))
+        return tg_fail(TG_ERR_TAPE, "tg_tape_rewind: the mark (%zu nodes) is ahead of the "
+                       "tape (%zu nodes); it belongs to another tape or a dropped part",
+                       mark.nodes, tape->n_nodes);
+    for (size_t id = mark.nodes; id < tape->n_nodes; id++) {
+        struct tg_node *n = &tape->blocks[id >> NODE_BLOCK_BITS][id & (NODE_BLOCK - 1)];
+        free((void *)n->label);
+        n->label = NULL;
+    }
+    tape->n_nodes = mark.nodes;
+    tape->chunk = mark.chunk;
+    tape->used = mark.used;
+    return TG_OK;
+}
+
+size_t tg_tape_size(const tg_tape *tape) { return tape ? tape->n_nodes : 0; }
+
+size_t tg_tape_bytes(const tg_tape *tape)
+{
+    size_t total = 0;
+    for (size_t i = 0; tape && i < tape->n_chunks; i++)
+        total += tape->chunks[i].size;
+    return total;
+}
+
+tg_tensor *tg_tape_node(const tg_tape *tape, size_t index)
+{
+    if (!tape || index >= tape->n_nodes)
+        return NULL;
+    return &tape->blocks[index >> NODE_BLOCK_BITS][index & (NODE_BLOCK - 1)];
+}
+
+/* Inserts a fresh chunk right after the current one and makes it current, so that the same
+ * sequence of allocations after a rewind finds it again in the same place. */
+static bool arena_add_chunk(tg_tape *tape, size_t at_least)
+{
+    size_t size = at_least > ARENA_CHUNK_MIN ? at_least : ARENA_CHUNK_MIN;
+    arena_chunk *chunks = realloc(tape->chunks, (tape->n_chunks + 1) * sizeof *chunks);
+    if (!chunks)
+        return false;
+    tape->chunks = chunks;
+    char *base = aligned_alloc(ALIGNMENT, size);
+    if (!base)
+        return false;
+    size_t at = tape->n_chunks ? tape->chunk + 1 : 0;
+    memmove(&chunks[at + 1], &chunks[at], (tape->n_chunks - at) * sizeof *chunks);
+    chunks[at] = (arena_chunk){base, size};
+    tape->n_chunks++;
+    tape->chunk = at;
+    tape->used = 0;
+    return true;
+}
+
+void *tg_tape_alloc(tg_tape *tape, size_t bytes)
+{
+    bytes = bytes ? (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT : ALIGNMENT;
+    if (bytes > SIZE_MAX / 2)
+        return NULL;
+    while (!tape->n_chunks || tape->used + bytes > tape->chunks[tape->chunk].size) {
+        /* The next chunk, kept from an earlier step, if it fits; else a new one. */
+        if (tape->n_chunks && tape->chunk + 1 < tape->n_chunks &&
+            tape->chunks[tape->chunk + 1].size >= bytes) {
+            tape->chunk++;
+            tape->used = 0;
+        } else if (!arena_add_chunk(tape, bytes)) {
+            return NULL;
+        }
+    }
+    void *p = tape->chunks[tape->chunk].base + tape->used;
+    tape->used += bytes;
+    return p;
+}
+
+struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
+                            const int64_t *shape, int n_in, struct tg_node *const *in)
+{
+    if (ndim < 0 || ndim > TG_MAX_DIMS) {
+        tg_fail(TG_ERR_SHAPE, "%s: %d dimensions (at most %d)", tg_op_name(op), ndim,
+                TG_MAX_DIMS);
+        return NULL;
+    }
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) {
+            tg_fail(TG_ERR_SHAPE, "%s: dimension %d is negative (%lld)", tg_op_name(op), i,
+                    (long long)shape[i]);
+            return NULL;
+        }
+        if (shape[i] && numel > INT64_MAX / 8 / shape[i]) {
+            tg_fail(TG_ERR_SHAPE, "%s: the shape has too many elements", tg_op_name(op));
+            return NULL;
+        }
+        numel *= shape[i];
+    }
+    if (tape->n_nodes == tape->n_blocks * NODE_BLOCK) {
+        struct tg_node **blocks = realloc(tape->blocks, (tape->n_blocks + 1) * sizeof *blocks);
+        if (!blocks)
+            goto nomem;
+        tape->blocks = blocks;
+        blocks[tape->n_blocks] = calloc(NODE_BLOCK, sizeof(struct tg_node));
+        if (!blocks[tape->n_blocks])
+            goto nomem;
+        tape->n_blocks++;
+    }
+    size_t id = tape->n_nodes;
+    struct tg_node *n = &tape->blocks[id >> NODE_BLOCK_BITS][id & (NODE_BLOCK - 1)];
+    memset(n, 0, sizeof *n);
+    n->tape = tape;
+    n->id = id;
+    n->op = op;
+    n->dtype = dt;
+    n->ndim = ndim;
+    memcpy(n->shape, shape, (size_t)ndim * sizeof *shape);
+    n->numel = numel;
+    n->n_in = n_in;
+    for (int i = 0; i < n_in; i++)
+        n->in[i] = in[i];
+    if (tg_op_table[op].flags & TG_OPF_VIEW) {
+        n->data = in[0]->data;
+    } else {
+        size_t elem = dt == TG_F64 ? sizeof(double) : sizeof(float);
+        n->data = tg_tape_alloc(tape, (size_t)numel * elem);
+        if (!n->data)
+            goto nomem;
+    }
+    tape->n_nodes++;
+    return n;
+nomem:
+    tg_fail(TG_ERR_NOMEM, "%s: out of memory", tg_op_name(op));
+    return NULL;
+}
+
+void tg_node_compute(struct tg_node *n)
+{
+    const tg_op_info *info = &tg_op_table[n->op];
+    if (!info->kernel || (info->flags & TG_OPF_VIEW))
+        return;
+    const void *ins[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < n->n_in; i++)
+        ins[i] = n->in[i]->data;
+    info->kernel(n, n->data, ins);
+}

@@ -178,6 +178,14 @@ tg_tensor *tg_gt(tg_tensor *a, tg_tensor *b);
 tg_tensor *tg_transpose(tg_tensor *a, int axis0, int axis1);
 tg_tensor *tg_flatten(tg_tensor *a, int start_axis); /* keeps axes before start_axis */
 
+/* ---- recorded side effects ---------------------------------------------------------------- */
+/* Records "target := value" on the tape (for example a batch-norm running estimate) and, in
+ * eager mode, copies value into target at once. target must be a leaf; value must have its
+ * shape and dtype. The update carries no gradient. tg_tape_updates() lists the updates
+ * recorded since creation (or the last rewind past them), in order. */
+int tg_assign(tg_tensor *target, tg_tensor *value);
+size_t tg_tape_updates(const tg_tape *tape, tg_tensor ***targets, tg_tensor ***values);
+
 /* ---- reverse mode ----------------------------------------------------------------------- */
 /* Appends to y's tape the nodes computing the gradient of y with respect to each xs[i] and
  * stores them in grads[i]. seed is the gradient flowing into y (y's shape and dtype); NULL

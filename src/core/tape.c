@@ -28,6 +28,12 @@ struct tg_tape {
     size_t n_chunks;
     size_t chunk;
     size_t used;
+    /* Recorded side effects (tg_assign), in order; each belongs to the node count at which
+     * it was recorded, so a rewind drops the later ones. */
+    tg_tensor **update_targets;
+    tg_tensor **update_values;
+    size_t n_updates;
+    size_t cap_updates;
 };
 
 const tg_op_info tg_op_table[TG_OP_COUNT] = {
@@ -74,6 +80,8 @@ void tg_tape_free(tg_tape *tape)
     for (size_t i = 0; i < tape->n_chunks; i++)
         free(tape->chunks[i].base);
     free(tape->chunks);
+    free(tape->update_targets);
+    free(tape->update_values);
     free(tape);
 }
 
@@ -102,6 +110,8 @@ int tg_tape_rewind(tg_tape *tape, tg_mark mark)
         free((void *)n->label);
         n->label = NULL;
     }
+    while (tape->n_updates && tape->update_values[tape->n_updates - 1]->id >= mark.nodes)
+        tape->n_updates--;
     tape->n_nodes = mark.nodes;
     tape->chunk = mark.chunk;
     tape->used = mark.used;
@@ -234,4 +244,53 @@ void tg_node_compute(struct tg_node *n)
     for (int i = 0; i < n->n_in; i++)
         ins[i] = n->in[i]->data;
     info->kernel(n, n->data, ins);
+}
+
+int tg_assign(tg_tensor *target, tg_tensor *value)
+{
+    tg_tensor *in[2] = {target, value};
+    if (!tg_check_inputs("assign", 2, in))
+        return tg_last_error_code();
+    if (target->op != TG_OP_LEAF)
+        return tg_fail(TG_ERR_ARG, "assign: the target must be a leaf, not a %s node",
+                       tg_op_name(target->op));
+    if (!tg_shape_equal(target->ndim, target->shape, value->ndim, value->shape) ||
+        target->dtype != value->dtype) {
+        char sa[128], sb[128];
+        return tg_fail(TG_ERR_SHAPE, "assign: target %s %s, value %s %s",
+                       tg_dtype_name(target->dtype),
+                       tg_shape_str(sa, sizeof sa, target->ndim, target->shape),
+                       tg_dtype_name(value->dtype),
+                       tg_shape_str(sb, sizeof sb, value->ndim, value->shape));
+    }
+    tg_tape *tape = target->tape;
+    if (tape->n_updates == tape->cap_updates) {
+        size_t cap = tape->cap_updates ? 2 * tape->cap_updates : 16;
+        tg_tensor **t = realloc(tape->update_targets, cap * sizeof *t);
+        if (t)
+            tape->update_targets = t;
+        tg_tensor **v = realloc(tape->update_values, cap * sizeof *v);
+        if (v)
+            tape->update_values = v;
+        if (!t || !v)
+            return tg_fail(TG_ERR_NOMEM, "assign: out of memory");
+        tape->cap_updates = cap;
+    }
+    tape->update_targets[tape->n_updates] = target;
+    tape->update_values[tape->n_updates] = value;
+    tape->n_updates++;
+    size_t elem = value->dtype == TG_F64 ? sizeof(double) : sizeof(float);
+    memmove(target->data, value->data, (size_t)value->numel * elem);
+    return TG_OK;
+}
+
+size_t tg_tape_updates(const tg_tape *tape, tg_tensor ***targets, tg_tensor ***values)
+{
+    if (!tape)
+        return 0;
+    if (targets)
+        *targets = tape->update_targets;
+    if (values)
+        *values = tape->update_values;
+    return tape->n_updates;
 }

@@ -83,7 +83,7 @@ int tg_grad(tg_tensor *y, int n, tg_tensor *const *xs, tg_tensor *seed, tg_tenso
     for (size_t id = lowest; id < count; id++) {
         const struct tg_node *node = tg_tape_node(tape, id);
         for (int k = 0; k < node->n_in && !reaches[id]; k++)
-            reaches[id] = reaches[node->in[k]->id] && tg_op_table[node->op].vjp;
+            reaches[id] = reaches[node->in[k]->id] && tg_vjp_of(node->op);
     }
 
     int status = TG_OK;
@@ -97,7 +97,7 @@ int tg_grad(tg_tensor *y, int n, tg_tensor *const *xs, tg_tensor *seed, tg_tenso
     for (size_t id = count; id-- > lowest && status == TG_OK;) {
         struct tg_node *node = tg_tape_node(tape, id);
         tg_tensor *g = acc[id];
-        tg_vjp_fn rule = tg_op_table[node->op].vjp;
+        tg_vjp_fn rule = tg_vjp_of(node->op);
         if (!g || !rule)
             continue;
         bool need[3] = {false, false, false};

@@ -58,6 +58,8 @@ typedef struct {
 extern const tg_op_info tg_op_table[TG_OP_COUNT];
 const char *tg_op_name(tg_op op);
 
+/* The rule in force for op: the table's, unless a test planted another. */
+tg_vjp_fn tg_vjp_of(tg_op op);
 /* Tests swap a rule to show the gradient check catches a wrong one; returns the old rule. */
 tg_vjp_fn tg_debug_swap_vjp(tg_op op, tg_vjp_fn rule);
 

@@ -23,13 +23,16 @@ bool tg_broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int
                          int64_t *out)
 {
     int n = na > nb ? na : nb;
+    int64_t result[TG_MAX_DIMS]; /* out may alias a or b */
     for (int i = 0; i < n; i++) {
         int ia = i - (n - na), ib = i - (n - nb);
         int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
         if (da != db && da != 1 && db != 1)
             return false;
-        out[i] = da == 1 ? db : da;
+        result[i] = da == 1 ? db : da;
     }
+    for (int i = 0; i < n; i++)
+        out[i] = result[i];
     *nout = n;
     return true;
 }

@@ -219,7 +219,8 @@ struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
     n->op = op;
     n->dtype = dt;
     n->ndim = ndim;
-    memcpy(n->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim > 0)
+        memcpy(n->shape, shape, (size_t)ndim * sizeof *shape);
     n->numel = numel;
     n->n_in = n_in;
     for (int i = 0; i < n_in; i++)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds tapegrad and runs `meson test`: first an optimized build,
+# then the same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
+# Usage: scripts/test.sh [--quick]   (--quick: the optimized build only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+configure() { # dir, options...
+    local dir=$1
+    shift
+    if [ -d "$dir" ]; then
+        meson setup --reconfigure "$dir" "$@" >/dev/null
+    else
+        meson setup "$dir" "$@" >/dev/null
+    fi
+}
+
+echo "== optimized build: meson test"
+configure build
+ninja -C build
+meson test -C build --print-errorlogs
+
+if [ "${1:-}" = "--quick" ]; then
+    exit 0
+fi
+
+echo "== address and undefined-behaviour sanitizers: meson test"
+configure build-sanitize -Db_sanitize=address,undefined -Dbuildtype=debugoptimized
+ninja -C build-sanitize
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+meson test -C build-sanitize --print-errorlogs --timeout-multiplier 4

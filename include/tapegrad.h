@@ -78,6 +78,15 @@ typedef struct {
 tg_mark tg_tape_mark(const tg_tape *tape);
 int tg_tape_rewind(tg_tape *tape, tg_mark mark);
 size_t tg_tape_size(const tg_tape *tape);        /* nodes on the tape */
+/* The label given to nodes created from now on, e.g. the layer building them ("conv1");
+ * NULL or "" for none. The tape keeps a copy. */
+int tg_tape_set_scope(tg_tape *tape, const char *scope);
+const char *tg_tape_scope(const tg_tape *tape);
+/* The numerical guard (like PyTorch's anomaly detection): when on, every op's output is
+ * checked for NaN and infinity, and the first op that produces one fails with TG_ERR_NUMERIC
+ * and a message naming the op, the node, its shape and its label. Off by default. */
+int tg_tape_set_check_finite(tg_tape *tape, bool on);
+bool tg_tape_checks_finite(const tg_tape *tape);
 size_t tg_tape_bytes(const tg_tape *tape);       /* bytes reserved for values */
 tg_tensor *tg_tape_node(const tg_tape *tape, size_t index); /* creation order; NULL past end */
 
@@ -93,7 +102,8 @@ const void *tg_data_const(const tg_tensor *t);
 double tg_get(const tg_tensor *t, int64_t flat_index); /* NaN with an error if out of range */
 double tg_item(const tg_tensor *t);                     /* the value of a one-element tensor */
 const char *tg_op_name_of(const tg_tensor *t);
-/* A label (e.g. the layer that built a node) for messages; the string is copied. */
+/* A label (e.g. the layer that built a node) for messages; the tape keeps a copy. Nodes
+ * created while a scope is set (tg_tape_set_scope) carry it as their label. */
 int tg_set_label(tg_tensor *t, const char *label);
 const char *tg_label(const tg_tensor *t); /* "" when none */
 

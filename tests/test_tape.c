@@ -1,6 +1,7 @@
 /* The tape: creation order, marks and rewinds that reuse memory, recorded updates, rng. */
 #include "testing.h"
 
+#include <math.h>
 #include <string.h>
 
 START_TEST(rewind_reuses_memory)
@@ -100,6 +101,35 @@ START_TEST(rng_stream_is_fixed)
 }
 END_TEST
 
+START_TEST(finite_guard_names_the_first_bad_node)
+{
+    tg_tape *tape = tg_tape_new();
+    tg_tensor *x = tg_from_data(tape, TG_F32, 1, SHAPE(3), (const float[]){1, 0, 2});
+    /* Off: the NaN and infinities flow on. */
+    ck_assert_ptr_nonnull(tg_log(tg_recip(x)));
+    ck_assert_int_eq(tg_tape_set_check_finite(tape, true), 0);
+    ck_assert_int_eq(tg_tape_set_scope(tape, "layer2"), 0);
+    tg_tensor *r = tg_recip(x);
+    ck_assert_ptr_null(r);
+    ck_assert_int_eq(tg_last_error_code(), TG_ERR_NUMERIC);
+    ck_assert_str_eq(tg_last_error(), "recip produced inf at element 1 (node 3, f32 [3], in 'layer2')");
+    /* Deliberate infinities pass: a -inf pad, and ops that merely move it. */
+    tg_tensor *img = tg_full(tape, TG_F32, 4, SHAPE(1, 1, 2, 2), 1);
+    tg_tensor *padded = tg_pad(img, SHAPE(0, 0, 1, 1), SHAPE(0, 0, 1, 1), -INFINITY);
+    tg_tensor *pooled = tg_max(tg_im2col(padded, 2, 2, 2, 2), 2, (const int[]){2, 3}, false);
+    ck_assert_ptr_nonnull(pooled);
+    ck_assert_double_eq(tg_get(pooled, 0), 1);
+    /* A NaN is always caught, and the scope is reported. */
+    tg_tape_set_scope(tape, NULL);
+    tg_tensor *nan = tg_mul(tg_sub(padded, padded), x == NULL ? NULL : tg_scalar(tape, TG_F32, 1));
+    ck_assert_ptr_null(nan);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "sub produced nan"));
+    ck_assert_str_eq(tg_label(img), "layer2");
+    ck_assert_str_eq(tg_tape_scope(tape), "");
+    tg_tape_free(tape);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("tape");
@@ -108,6 +138,7 @@ int main(void)
     tcase_add_test(tc, values_are_aligned_and_ordered);
     tcase_add_test(tc, assign_records_an_update);
     tcase_add_test(tc, rng_stream_is_fixed);
+    tcase_add_test(tc, finite_guard_names_the_first_bad_node);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);
 }

@@ -8,9 +8,10 @@
 
 static tg_tensor *emit(tg_tensor *n)
 {
-    if (n)
-        tg_node_compute(n);
-    return n;
+    if (!n)
+        return NULL;
+    tg_node_compute(n);
+    return tg_node_check_finite(n) == TG_OK ? n : NULL;
 }
 
 static bool same_dtype(const char *op, int count, tg_tensor *const *in)

@@ -77,6 +77,10 @@ struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
                             const int64_t *shape, int n_in, struct tg_node *const *in);
 /* Computes a node's value from its inputs' values (eager mode). */
 void tg_node_compute(struct tg_node *n);
+/* With the tape's finite check on: an error naming the node if its value has a NaN or inf. */
+int tg_node_check_finite(const struct tg_node *n);
+/* A tape-owned copy of text, shared by every node that uses it; NULL when out of memory. */
+const char *tg_tape_intern(tg_tape *tape, const char *text);
 void *tg_tape_alloc(tg_tape *tape, size_t bytes); /* 64-byte aligned, tape-owned */
 
 /* Checks that inputs are non-NULL and share one tape; names the op in the error. */

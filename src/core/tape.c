@@ -5,6 +5,7 @@
 #include "../autodiff/vjp.h"
 #include "../kernels/kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,11 @@ struct tg_tape {
     size_t used;
     /* Recorded side effects (tg_assign), in order; each belongs to the node count at which
      * it was recorded, so a rewind drops the later ones. */
+    /* Labels, interned: nodes point at these strings. scope is the label of new nodes. */
+    char **strings;
+    size_t n_strings;
+    const char *scope;
+    bool check_finite;
     tg_tensor **update_targets;
     tg_tensor **update_values;
     size_t n_updates;
@@ -74,12 +80,11 @@ void tg_tape_free(tg_tape *tape)
 {
     if (!tape)
         return;
-    for (size_t i = 0; i < tape->n_blocks; i++) {
-        struct tg_node *block = tape->blocks[i];
-        for (size_t j = 0; j < NODE_BLOCK; j++)
-            free((void *)block[j].label);
-        free(block);
-    }
+    for (size_t i = 0; i < tape->n_blocks; i++)
+        free(tape->blocks[i]);
+    for (size_t i = 0; i < tape->n_strings; i++)
+        free(tape->strings[i]);
+    free(tape->strings);
     free(tape->blocks);
     for (size_t i = 0; i < tape->n_chunks; i++)
         free(tape->chunks[i].base);
@@ -109,11 +114,6 @@ int tg_tape_rewind(tg_tape *tape, tg_mark mark)
         return tg_fail(TG_ERR_TAPE, "tg_tape_rewind: the mark (%zu nodes) is ahead of the "
                        "tape (%zu nodes); it belongs to another tape or a dropped part",
                        mark.nodes, tape->n_nodes);
-    for (size_t id = mark.nodes; id < tape->n_nodes; id++) {
-        struct tg_node *n = &tape->blocks[id >> NODE_BLOCK_BITS][id & (NODE_BLOCK - 1)];
-        free((void *)n->label);
-        n->label = NULL;
-    }
     while (tape->n_updates && tape->update_values[tape->n_updates - 1]->id >= mark.nodes)
         tape->n_updates--;
     tape->n_nodes = mark.nodes;
@@ -222,6 +222,7 @@ struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
     if (ndim > 0)
         memcpy(n->shape, shape, (size_t)ndim * sizeof *shape);
     n->numel = numel;
+    n->label = tape->scope;
     n->n_in = n_in;
     for (int i = 0; i < n_in; i++)
         n->in[i] = in[i];
@@ -251,6 +252,85 @@ void tg_node_compute(struct tg_node *n)
     info->kernel(n, n->data, ins);
 }
 
+/* Index of the first NaN (or, with infinities, the first NaN or inf) in n's value; -1. */
+static int64_t first_nonfinite(const struct tg_node *n, bool infinities, double *value)
+{
+    for (int64_t i = 0; i < n->numel; i++) {
+        double v = n->dtype == TG_F64 ? ((const double *)n->data)[i]
+                                      : ((const float *)n->data)[i];
+        if (isnan(v) || (infinities && isinf(v))) {
+            *value = v;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* A NaN is always reported. An infinity is reported where this node made it: not when an
+ * input already held one (a max-pool pads with -inf and moves it through im2col on purpose),
+ * nor when it is a pad's fill value. */
+int tg_node_check_finite(const struct tg_node *n)
+{
+    if (!n->tape->check_finite)
+        return TG_OK;
+    bool infinities = !(n->op == TG_OP_PAD && isinf(n->fattr));
+    double value = 0, ignored;
+    for (int i = 0; i < n->n_in && infinities; i++)
+        infinities = first_nonfinite(n->in[i], true, &ignored) < 0;
+    int64_t bad = first_nonfinite(n, infinities, &value);
+    if (bad < 0)
+        return TG_OK;
+    char shape[128];
+    return tg_fail(TG_ERR_NUMERIC, "%s produced %s at element %lld (node %zu, %s %s%s%s%s)",
+                   tg_op_name(n->op), isnan(value) ? "nan" : "inf", (long long)bad, n->id,
+                   tg_dtype_name(n->dtype), tg_shape_str(shape, sizeof shape, n->ndim, n->shape),
+                   n->label ? ", in '" : "", n->label ? n->label : "", n->label ? "'" : "");
+}
+
+const char *tg_tape_intern(tg_tape *tape, const char *text)
+{
+    for (size_t i = 0; i < tape->n_strings; i++)
+        if (strcmp(tape->strings[i], text) == 0)
+            return tape->strings[i];
+    char **strings = realloc(tape->strings, (tape->n_strings + 1) * sizeof *strings);
+    if (!strings)
+        return NULL;
+    tape->strings = strings;
+    size_t len = strlen(text) + 1;
+    char *copy = malloc(len);
+    if (!copy)
+        return NULL;
+    memcpy(copy, text, len);
+    strings[tape->n_strings++] = copy;
+    return copy;
+}
+
+int tg_tape_set_scope(tg_tape *tape, const char *scope)
+{
+    if (!tape)
+        return tg_fail(TG_ERR_NULL, "tg_tape_set_scope: tape is NULL");
+    if (!scope || !scope[0]) {
+        tape->scope = NULL;
+        return TG_OK;
+    }
+    const char *interned = tg_tape_intern(tape, scope);
+    if (!interned)
+        return tg_fail(TG_ERR_NOMEM, "tg_tape_set_scope: out of memory");
+    tape->scope = interned;
+    return TG_OK;
+}
+
+const char *tg_tape_scope(const tg_tape *tape) { return tape && tape->scope ? tape->scope : ""; }
+
+int tg_tape_set_check_finite(tg_tape *tape, bool on)
+{
+    if (!tape)
+        return tg_fail(TG_ERR_NULL, "tg_tape_set_check_finite: tape is NULL");
+    tape->check_finite = on;
+    return TG_OK;
+}
+
+bool tg_tape_checks_finite(const tg_tape *tape) { return tape && tape->check_finite; }
 int tg_assign(tg_tensor *target, tg_tensor *value)
 {
     tg_tensor *in[2] = {target, value};
@@ -299,3 +379,4 @@ size_t tg_tape_updates(const tg_tape *tape, tg_tensor ***targets, tg_tensor ***v
         *values = tape->update_values;
     return tape->n_updates;
 }
+

@@ -59,12 +59,10 @@ int tg_set_label(tg_tensor *t, const char *label)
 {
     if (!t || !label)
         return tg_fail(TG_ERR_NULL, "tg_set_label: %s is NULL", t ? "label" : "tensor");
-    char *copy = malloc(strlen(label) + 1);
-    if (!copy)
+    const char *interned = tg_tape_intern(t->tape, label);
+    if (!interned)
         return tg_fail(TG_ERR_NOMEM, "tg_set_label: out of memory");
-    strcpy(copy, label);
-    free((void *)t->label);
-    t->label = copy;
+    t->label = interned;
     return TG_OK;
 }
 

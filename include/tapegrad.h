@@ -90,6 +90,12 @@ bool tg_tape_checks_finite(const tg_tape *tape);
 size_t tg_tape_bytes(const tg_tape *tape);       /* bytes reserved for values */
 tg_tensor *tg_tape_node(const tg_tape *tape, size_t index); /* creation order; NULL past end */
 
+/* ---- threads ------------------------------------------------------------------------------ */
+/* Threads the kernels may use (process-wide; 1 by default). Every output element is computed
+ * by one thread in a fixed order, so results do not depend on the count. */
+int tg_set_num_threads(int n);
+int tg_num_threads(void);
+
 /* ---- tensors: inspection ---------------------------------------------------------------- */
 tg_tape *tg_tape_of(const tg_tensor *t);
 tg_dtype tg_dtype_of(const tg_tensor *t);

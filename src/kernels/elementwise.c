@@ -12,13 +12,18 @@ static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : si
         const T *x = in[0];                                                                     \
         T *y = out;                                                                             \
         int64_t count = n->numel;                                                               \
-        switch (n->op) {                                                                        \
-        case TG_OP_NEG: for (int64_t i = 0; i < count; i++) y[i] = -x[i]; break;                \
-        case TG_OP_EXP: for (int64_t i = 0; i < count; i++) y[i] = EXPF(x[i]); break;          \
-        case TG_OP_LOG: for (int64_t i = 0; i < count; i++) y[i] = LOGF(x[i]); break;          \
-        case TG_OP_SQRT: for (int64_t i = 0; i < count; i++) y[i] = SQRTF(x[i]); break;        \
-        case TG_OP_RECIP: for (int64_t i = 0; i < count; i++) y[i] = (T)1 / x[i]; break;       \
-        default: break;                                                                         \
+        int threads = count >= TG_PARALLEL_MIN ? tg_num_threads() : 1;                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                       \
+        for (int t = 0; t < threads; t++) {                                                     \
+            int64_t lo = count * t / threads, hi = count * (t + 1) / threads;                   \
+            switch (n->op) {                                                                    \
+            case TG_OP_NEG: for (int64_t i = lo; i < hi; i++) y[i] = -x[i]; break;              \
+            case TG_OP_EXP: for (int64_t i = lo; i < hi; i++) y[i] = EXPF(x[i]); break;        \
+            case TG_OP_LOG: for (int64_t i = lo; i < hi; i++) y[i] = LOGF(x[i]); break;        \
+            case TG_OP_SQRT: for (int64_t i = lo; i < hi; i++) y[i] = SQRTF(x[i]); break;      \
+            case TG_OP_RECIP: for (int64_t i = lo; i < hi; i++) y[i] = (T)1 / x[i]; break;     \
+            default: break;                                                                     \
+            }                                                                                   \
         }                                                                                       \
     } while (0)
 
@@ -37,41 +42,72 @@ typedef struct {
     const void *in[3];
 } rows_ctx;
 
-/* Strides 0 or 1 only ever reach the inner loop after broadcasting; the common cases get
- * loops the compiler can vectorize. */
+/* After broadcasting, the inner strides are 0 or 1. The three common pairs get loops with
+ * constant strides, which the compiler vectorizes; anything else takes the general loop. */
+#define BINARY_LOOPS(T, EXPR)                                                                      \
+    do {                                                                                        \
+        if (sa == 1 && sb == 1)                                                                 \
+            for (int64_t i = 0; i < len; i++) {                                                 \
+                T u = a[i], v = b[i];                                                           \
+                y[i] = EXPR;                                                                    \
+            }                                                                                   \
+        else if (sa == 1 && sb == 0)                                                            \
+            for (int64_t i = 0; i < len; i++) {                                                 \
+                T u = a[i], v = b[0];                                                           \
+                y[i] = EXPR;                                                                    \
+            }                                                                                   \
+        else if (sa == 0 && sb == 1)                                                            \
+            for (int64_t i = 0; i < len; i++) {                                                 \
+                T u = a[0], v = b[i];                                                           \
+                y[i] = EXPR;                                                                    \
+            }                                                                                   \
+        else                                                                                    \
+            for (int64_t i = 0; i < len; i++) {                                                 \
+                T u = a[i * sa], v = b[i * sb];                                                 \
+                y[i] = EXPR;                                                                    \
+            }                                                                                   \
+    } while (0)
+
 #define BINARY_ROW(T)                                                                           \
     static void binary_row_##T(const tg_strided *p, const int64_t *off, int64_t len, void *c) \
     {                                                                                           \
         const rows_ctx *ctx = c;                                                                \
-        T *y = (T *)ctx->out + off[0];                                                          \
-        const T *a = (const T *)ctx->in[0] + off[1], *b = (const T *)ctx->in[1] + off[2];      \
+        T *restrict y = (T *)ctx->out + off[0];                                                 \
+        const T *restrict a = (const T *)ctx->in[0] + off[1];                                   \
+        const T *restrict b = (const T *)ctx->in[1] + off[2];                                   \
         int64_t sa = p->stride[1][p->ndim - 1], sb = p->stride[2][p->ndim - 1];                 \
         switch (ctx->op) {                                                                      \
-        case TG_OP_ADD: for (int64_t i = 0; i < len; i++) y[i] = a[i * sa] + b[i * sb]; break; \
-        case TG_OP_SUB: for (int64_t i = 0; i < len; i++) y[i] = a[i * sa] - b[i * sb]; break; \
-        case TG_OP_MUL: for (int64_t i = 0; i < len; i++) y[i] = a[i * sa] * b[i * sb]; break; \
-        case TG_OP_DIV: for (int64_t i = 0; i < len; i++) y[i] = a[i * sa] / b[i * sb]; break; \
-        case TG_OP_MAXIMUM:                                                                     \
-            for (int64_t i = 0; i < len; i++) {                                                 \
-                T u = a[i * sa], v = b[i * sb];                                                 \
-                y[i] = (u >= v || u != u) ? u : v;                                              \
-            }                                                                                   \
-            break;                                                                              \
-        case TG_OP_LT: for (int64_t i = 0; i < len; i++) y[i] = a[i * sa] < b[i * sb]; break;  \
-        case TG_OP_EQ: for (int64_t i = 0; i < len; i++) y[i] = a[i * sa] == b[i * sb]; break; \
+        case TG_OP_ADD: BINARY_LOOPS(T, u + v); break;                                             \
+        case TG_OP_SUB: BINARY_LOOPS(T, u - v); break;                                             \
+        case TG_OP_MUL: BINARY_LOOPS(T, u * v); break;                                             \
+        case TG_OP_DIV: BINARY_LOOPS(T, u / v); break;                                             \
+        case TG_OP_MAXIMUM: BINARY_LOOPS(T, (u >= v || u != u) ? u : v); break;                    \
+        case TG_OP_LT: BINARY_LOOPS(T, (T)(u < v)); break;                                         \
+        case TG_OP_EQ: BINARY_LOOPS(T, (T)(u == v)); break;                                        \
         default: break;                                                                         \
         }                                                                                       \
     }                                                                                           \
     static void where_row_##T(const tg_strided *p, const int64_t *off, int64_t len, void *c)  \
     {                                                                                           \
         const rows_ctx *ctx = c;                                                                \
-        T *y = (T *)ctx->out + off[0];                                                          \
-        const T *k = (const T *)ctx->in[0] + off[1], *a = (const T *)ctx->in[1] + off[2];      \
-        const T *b = (const T *)ctx->in[2] + off[3];                                            \
+        T *restrict y = (T *)ctx->out + off[0];                                                 \
+        const T *restrict k = (const T *)ctx->in[0] + off[1];                                   \
+        const T *restrict a = (const T *)ctx->in[1] + off[2];                                   \
+        const T *restrict b = (const T *)ctx->in[2] + off[3];                                   \
         int64_t sk = p->stride[1][p->ndim - 1], sa = p->stride[2][p->ndim - 1];                 \
         int64_t sb = p->stride[3][p->ndim - 1];                                                 \
-        for (int64_t i = 0; i < len; i++)                                                       \
-            y[i] = k[i * sk] != 0 ? a[i * sa] : b[i * sb];                                      \
+        if (sk == 1 && sa == 1 && sb == 1)                                                      \
+            for (int64_t i = 0; i < len; i++)                                                   \
+                y[i] = k[i] != 0 ? a[i] : b[i];                                                 \
+        else if (sk == 1 && sa == 1 && sb == 0)                                                 \
+            for (int64_t i = 0; i < len; i++)                                                   \
+                y[i] = k[i] != 0 ? a[i] : b[0];                                                 \
+        else if (sk == 1 && sa == 0 && sb == 1)                                                 \
+            for (int64_t i = 0; i < len; i++)                                                   \
+                y[i] = k[i] != 0 ? a[0] : b[i];                                                 \
+        else                                                                                    \
+            for (int64_t i = 0; i < len; i++)                                                   \
+                y[i] = k[i * sk] != 0 ? a[i * sa] : b[i * sb];                                  \
     }
 BINARY_ROW(float)
 BINARY_ROW(double)

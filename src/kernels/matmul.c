@@ -5,7 +5,7 @@
  * B as its first operand. We dispatch JIT kernels rather than calling libxsmm_sgemm, whose
  * large-size path falls back to a BLAS that is not linked. Where no kernel can be generated
  * (sizes past the JIT's limits) a plain loop takes over. */
-#include "../core/internal.h"
+#include "strided.h"
 
 #include <libxsmm.h>
 #include <limits.h>
@@ -27,14 +27,42 @@
 FALLBACK_GEMM(float)
 FALLBACK_GEMM(double)
 
+/* C[m, n] = A[m, k] B[k, n], all row-major and contiguous. */
+static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, const void *b,
+                 void *c)
+{
+    bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX;
+    libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m, lk = (libxsmm_blasint)k;
+    if (dt == TG_F64) {
+        double alpha = 1, beta = 0;
+        libxsmm_dmmfunction kernel =
+            fits ? libxsmm_dmmdispatch(lm, ln, lk, NULL, NULL, NULL, &alpha, &beta, NULL, NULL)
+                 : NULL;
+        if (kernel)
+            kernel(b, a, c);
+        else
+            gemm_loop_double(m, n, k, a, b, c);
+    } else {
+        float alpha = 1, beta = 0;
+        libxsmm_smmfunction kernel =
+            fits ? libxsmm_smmdispatch(lm, ln, lk, NULL, NULL, NULL, &alpha, &beta, NULL, NULL)
+                 : NULL;
+        if (kernel)
+            kernel(b, a, c);
+        else
+            gemm_loop_float(m, n, k, a, b, c);
+    }
+}
+
+/* Threads take whole products when there are enough of them, else bands of rows of one
+ * product; either way each output element is one thread's dot product in a fixed order. */
 void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *in)
 {
     const struct tg_node *A = node->in[0], *B = node->in[1];
-    int nd = node->ndim;
+    int nd = node->ndim, nb = nd - 2;
     int64_t m = node->shape[nd - 2], n = node->shape[nd - 1], k = A->shape[A->ndim - 1];
-    int nb = nd - 2;
     /* Batch strides in whole matrices, 0 along broadcast axes. */
-    int64_t sa[TG_MAX_DIMS], sb[TG_MAX_DIMS], idx[TG_MAX_DIMS] = {0};
+    int64_t sa[TG_MAX_DIMS], sb[TG_MAX_DIMS];
     tg_broadcast_strides(A->ndim - 2, A->shape, nb, node->shape, sa);
     tg_broadcast_strides(B->ndim - 2, B->shape, nb, node->shape, sb);
     int64_t batches = tg_shape_numel(nb, node->shape);
@@ -45,47 +73,40 @@ void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *
         memset(out, 0, (size_t)node->numel * elem);
         return;
     }
-
-    bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX;
-    libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m, lk = (libxsmm_blasint)k;
-    libxsmm_smmfunction sk = NULL;
-    libxsmm_dmmfunction dk = NULL;
-    if (fits && node->dtype == TG_F64) {
-        double alpha = 1, beta = 0;
-        dk = libxsmm_dmmdispatch(lm, ln, lk, NULL, NULL, NULL, &alpha, &beta, NULL, NULL);
-    } else if (fits) {
-        float alpha = 1, beta = 0;
-        sk = libxsmm_smmdispatch(lm, ln, lk, NULL, NULL, NULL, &alpha, &beta, NULL, NULL);
-    }
-
-    int64_t oa = 0, ob = 0;
-    for (int64_t bi = 0; bi < batches; bi++) {
-        if (node->dtype == TG_F64) {
-            const double *a = (const double *)in[0] + oa * m * k;
-            const double *b = (const double *)in[1] + ob * k * n;
-            double *c = (double *)out + bi * m * n;
-            if (dk)
-                dk(b, a, c);
-            else
-                gemm_loop_double(m, n, k, a, b, c);
-        } else {
-            const float *a = (const float *)in[0] + oa * m * k;
-            const float *b = (const float *)in[1] + ob * k * n;
-            float *c = (float *)out + bi * m * n;
-            if (sk)
-                sk(b, a, c);
-            else
-                gemm_loop_float(m, n, k, a, b, c);
+    const char *a = in[0], *b = in[1];
+    char *c = out;
+    int threads = batches * m * n * k >= 4 * TG_PARALLEL_MIN ? tg_num_threads() : 1;
+    if (batches >= threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t bi = 0; bi < batches; bi++) {
+            int64_t oa = 0, ob = 0, rest = bi;
+            for (int d = nb - 1; d >= 0; d--) {
+                int64_t i = rest % node->shape[d];
+                rest /= node->shape[d];
+                oa += i * sa[d];
+                ob += i * sb[d];
+            }
+            gemm(node->dtype, m, n, k, a + (size_t)(oa * m * k) * elem,
+                 b + (size_t)(ob * k * n) * elem, c + (size_t)(bi * m * n) * elem);
         }
-        for (int d = nb - 1; d >= 0; d--) { /* next batch index, odometer style */
-            idx[d]++;
-            oa += sa[d];
-            ob += sb[d];
-            if (idx[d] < node->shape[d])
-                break;
-            oa -= sa[d] * node->shape[d];
-            ob -= sb[d] * node->shape[d];
-            idx[d] = 0;
+    } else {
+        for (int64_t bi = 0; bi < batches; bi++) {
+            int64_t oa = 0, ob = 0, rest = bi;
+            for (int d = nb - 1; d >= 0; d--) {
+                int64_t i = rest % node->shape[d];
+                rest /= node->shape[d];
+                oa += i * sa[d];
+                ob += i * sb[d];
+            }
+            const char *ab = a + (size_t)(oa * m * k) * elem, *bb = b + (size_t)(ob * k * n) * elem;
+            char *cb = c + (size_t)(bi * m * n) * elem;
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int t = 0; t < threads; t++) {
+                int64_t lo = m * t / threads, hi = m * (t + 1) / threads;
+                if (hi > lo)
+                    gemm(node->dtype, hi - lo, n, k, ab + (size_t)(lo * k) * elem, bb,
+                         cb + (size_t)(lo * n) * elem);
+            }
         }
     }
 }

@@ -21,7 +21,19 @@ typedef struct {
         const T *x = (const T *)ctx->in + off[1];                                               \
         int64_t sy = p->stride[0][p->ndim - 1], sx = p->stride[1][p->ndim - 1];                 \
         if (sy == 0) {                                                                          \
-            if (ctx->op == TG_OP_SUM) {                                                         \
+            if (ctx->op == TG_OP_SUM && sx == 1) {                                              \
+                /* Eight running sums in a fixed order: vectorizable and deterministic. */      \
+                double lane[8] = {0};                                                           \
+                int64_t i = 0;                                                                  \
+                for (; i + 8 <= len; i += 8)                                                    \
+                    for (int l = 0; l < 8; l++)                                                 \
+                        lane[l] += x[i + l];                                                    \
+                double acc = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +                      \
+                             ((lane[4] + lane[5]) + (lane[6] + lane[7]));                       \
+                for (; i < len; i++)                                                            \
+                    acc += x[i];                                                                \
+                *y += (T)acc;                                                                   \
+            } else if (ctx->op == TG_OP_SUM) {                                                  \
                 double acc = 0;                                                                 \
                 for (int64_t i = 0; i < len; i++)                                               \
                     acc += x[i * sx];                                                           \
@@ -35,6 +47,9 @@ typedef struct {
                 }                                                                               \
                 *y = acc;                                                                       \
             }                                                                                   \
+        } else if (ctx->op == TG_OP_SUM && sy == 1 && sx == 1) {                                \
+            for (int64_t i = 0; i < len; i++)                                                   \
+                y[i] += x[i];                                                                   \
         } else if (ctx->op == TG_OP_SUM) {                                                      \
             for (int64_t i = 0; i < len; i++)                                                   \
                 y[i * sy] += x[i * sx];                                                         \
@@ -70,5 +85,7 @@ void tg_kernel_reduce(const struct tg_node *n, void *out, const void *const *in)
     }
     tg_strided_collapse(&p);
     reduce_ctx ctx = {n->op, out, in[0]};
-    tg_strided_rows(&p, n->dtype == TG_F64 ? reduce_row_double : reduce_row_float, &ctx);
+    /* Rows may fold into the same output element, so one thread walks them in order. */
+    tg_strided_rows_mode(&p, n->dtype == TG_F64 ? reduce_row_double : reduce_row_float, &ctx,
+                         false);
 }

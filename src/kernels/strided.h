@@ -51,21 +51,29 @@ static inline void tg_strided_collapse(tg_strided *p)
     *p = q;
 }
 
-/* Calls row(p, offsets, length, ctx) once per row along the last axis, offsets in elements. */
 typedef void (*tg_row_fn)(const tg_strided *p, const int64_t *off, int64_t len, void *ctx);
 
-static inline void tg_strided_rows(const tg_strided *p, tg_row_fn row, void *ctx)
+/* Calls row(p, offsets, length, ctx) for rows first .. first + count - 1 along the last axis
+ * (offsets in elements), each in full or, with a segment, only its [begin, end) part. */
+static inline void tg_strided_rows_range(const tg_strided *p, int64_t first, int64_t count,
+                                         int64_t begin, int64_t end, tg_row_fn row, void *ctx)
 {
     int64_t idx[TG_MAX_DIMS] = {0};
     int64_t off[TG_MAX_OPERANDS] = {0};
     int last = p->ndim - 1;
-    for (int i = 0; i < p->ndim; i++)
-        if (p->shape[i] == 0)
-            return;
-    for (;;) {
-        row(p, off, p->shape[last], ctx);
-        int d = last - 1;
-        for (; d >= 0; d--) {
+    int64_t rest = first;
+    for (int d = last - 1; d >= 0; d--) {
+        idx[d] = rest % p->shape[d];
+        rest /= p->shape[d];
+        for (int k = 0; k < p->nops; k++)
+            off[k] += idx[d] * p->stride[k][d];
+    }
+    for (int64_t r = 0; r < count; r++) {
+        int64_t at[TG_MAX_OPERANDS];
+        for (int k = 0; k < p->nops; k++)
+            at[k] = off[k] + begin * p->stride[k][last];
+        row(p, at, end - begin, ctx);
+        for (int d = last - 1; d >= 0; d--) {
             idx[d]++;
             for (int k = 0; k < p->nops; k++)
                 off[k] += p->stride[k][d];
@@ -75,9 +83,48 @@ static inline void tg_strided_rows(const tg_strided *p, tg_row_fn row, void *ctx
                 off[k] -= p->stride[k][d] * p->shape[d];
             idx[d] = 0;
         }
-        if (d < 0)
-            return;
     }
+}
+
+/* Work below this many elements is not worth waking threads for. */
+#define TG_PARALLEL_MIN 32768
+
+/* Calls row once per row along the last axis. parallel: rows write disjoint outputs, so
+ * threads may take whole rows (or, when there are fewer rows than threads, pieces of rows).
+ * Either way each output element is computed exactly as in one thread. */
+static inline void tg_strided_rows_mode(const tg_strided *p, tg_row_fn row, void *ctx,
+                                        bool parallel)
+{
+    int last = p->ndim - 1;
+    int64_t rows = 1;
+    for (int i = 0; i < p->ndim; i++)
+        if (p->shape[i] == 0)
+            return;
+    for (int d = 0; d < last; d++)
+        rows *= p->shape[d];
+    int64_t len = p->shape[last];
+    int threads = parallel && rows * len >= TG_PARALLEL_MIN ? tg_num_threads() : 1;
+    if (threads <= 1) {
+        tg_strided_rows_range(p, 0, rows, 0, len, row, ctx);
+    } else if (rows >= threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int t = 0; t < threads; t++) {
+            int64_t a = rows * t / threads, b = rows * (t + 1) / threads;
+            tg_strided_rows_range(p, a, b - a, 0, len, row, ctx);
+        }
+    } else {
+        for (int64_t r = 0; r < rows; r++) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int t = 0; t < threads; t++)
+                tg_strided_rows_range(p, r, 1, len * t / threads, len * (t + 1) / threads, row,
+                                      ctx);
+        }
+    }
+}
+
+static inline void tg_strided_rows(const tg_strided *p, tg_row_fn row, void *ctx)
+{
+    tg_strided_rows_mode(p, row, ctx, true);
 }
 
 #endif

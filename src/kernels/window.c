@@ -1,17 +1,20 @@
 /* Sliding windows: im2col gathers every KHxKW window of [N, C, H, W] into
  * [N, C, KH, KW, OH, OW]; col2im is its adjoint and sums each entry back where it came from.
  * The layout makes a convolution one matmul: [OC, C*KH*KW] x [N, C*KH*KW, OH*OW]. */
-#include "../core/internal.h"
+#include "strided.h"
 
 #include <string.h>
 
 #define WINDOW_KERNELS(T)                                                                       \
     static void im2col_##T(const int64_t *s, int64_t h, int64_t w, int64_t sh, int64_t sw,      \
-                           const T *x, T *cols)                                                 \
+                           const T *x, T *out)                                                  \
     {                                                                                           \
         int64_t planes = s[0] * s[1], kh = s[2], kw = s[3], oh = s[4], ow = s[5];               \
+        int threads = planes * kh * kw * oh * ow >= TG_PARALLEL_MIN ? tg_num_threads() : 1;     \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                       \
         for (int64_t p = 0; p < planes; p++) {                                                  \
             const T *img = x + p * h * w;                                                       \
+            T *cols = out + p * kh * kw * oh * ow;                                              \
             for (int64_t i = 0; i < kh; i++)                                                    \
                 for (int64_t j = 0; j < kw; j++)                                                \
                     for (int64_t y = 0; y < oh; y++) {                                          \
@@ -26,12 +29,15 @@
         }                                                                                       \
     }                                                                                           \
     static void col2im_##T(const int64_t *s, int64_t h, int64_t w, int64_t sh, int64_t sw,      \
-                           const T *cols, T *x)                                                 \
+                           const T *in, T *x)                                                   \
     {                                                                                           \
         int64_t planes = s[0] * s[1], kh = s[2], kw = s[3], oh = s[4], ow = s[5];               \
-        memset(x, 0, (size_t)(planes * h * w) * sizeof *x);                                     \
+        int threads = planes * kh * kw * oh * ow >= TG_PARALLEL_MIN ? tg_num_threads() : 1;     \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                       \
         for (int64_t p = 0; p < planes; p++) {                                                  \
             T *img = x + p * h * w;                                                             \
+            const T *cols = in + p * kh * kw * oh * ow;                                         \
+            memset(img, 0, (size_t)(h * w) * sizeof *img);                                      \
             for (int64_t i = 0; i < kh; i++)                                                    \
                 for (int64_t j = 0; j < kw; j++)                                                \
                     for (int64_t y = 0; y < oh; y++) {                                          \

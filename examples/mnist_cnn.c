@@ -1,0 +1,540 @@
+/* Trains a CNN on MNIST with tapegrad: forward code only, the engine does the rest.
+ *
+ *   mnist_cnn [--model seed|reference] [--data DIR] [--epochs N] [--batch N] [--lr X] ...
+ *
+ * The last line printed on success is a key=value summary (test_acc, epoch_s, train_img_s,
+ * ...); errors go to stderr with a non-zero exit status. Run with --help for every flag. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "curves.h"
+#include "mnist_models.h"
+#include "tapegrad_io.h"
+
+#define MNIST_MEAN 0.1307f
+#define MNIST_STD 0.3081f
+#define EVAL_BATCH 1000
+#define MAX_EPOCHS 1000
+
+typedef struct {
+    const char *data_dir, *save, *load, *curves;
+    model_kind model;
+    int epochs;
+    int64_t batch;
+    double lr;
+    int threads;
+    uint64_t seed;
+    bool eval_only, check_finite;
+    int64_t max_steps, save_every;
+} options;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: mnist_cnn [options]\n"
+            "  --data DIR        MNIST directory (default data/mnist; scripts/fetch_mnist.sh fills it)\n"
+            "  --model NAME      reference (default) or seed (the course report's network)\n"
+            "  --epochs N        epochs to train in all, counting a loaded run's (default 3)\n"
+            "  --batch N         batch size (reference 128, seed 100)\n"
+            "  --lr X            learning rate (reference 0.05, seed 0.1)\n"
+            "  --threads N       worker threads (default 1)\n"
+            "  --seed N          seed for initialization and data order (default 1)\n"
+            "  --save FILE       checkpoint after every epoch and at the end\n"
+            "  --save-every N    also checkpoint every N steps\n"
+            "  --load FILE       start from a checkpoint (parameters, optimizer, data order)\n"
+            "  --eval-only       only evaluate on the test set\n"
+            "  --max-steps N     stop after N training steps in all\n"
+            "  --check-finite    stop at the first op that produces NaN or infinity\n"
+            "  --curves PREFIX   write PREFIX.csv and PREFIX.svg (loss and accuracy per epoch)\n"
+            "  --help            this text\n");
+}
+
+static int parse_count(const char *flag, const char *text, int64_t lo, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || *end || end == text || v < lo) {
+        fprintf(stderr, "mnist_cnn: %s needs a whole number >= %lld, got '%s'\n", flag,
+                (long long)lo, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_options(int argc, char **argv, options *o)
+{
+    enum { O_DATA = 1, O_MODEL, O_EPOCHS, O_BATCH, O_LR, O_THREADS, O_SEED, O_SAVE, O_LOAD,
+           O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE };
+    static const struct option longs[] = {
+        {"data", required_argument, 0, O_DATA},       {"model", required_argument, 0, O_MODEL},
+        {"epochs", required_argument, 0, O_EPOCHS},   {"batch", required_argument, 0, O_BATCH},
+        {"lr", required_argument, 0, O_LR},           {"threads", required_argument, 0, O_THREADS},
+        {"seed", required_argument, 0, O_SEED},       {"save", required_argument, 0, O_SAVE},
+        {"load", required_argument, 0, O_LOAD},       {"eval-only", no_argument, 0, O_EVAL},
+        {"curves", required_argument, 0, O_CURVES},   {"help", no_argument, 0, O_HELP},
+        {"max-steps", required_argument, 0, O_MAX_STEPS},
+        {"save-every", required_argument, 0, O_SAVE_EVERY},
+        {"check-finite", no_argument, 0, O_FINITE},   {0, 0, 0, 0}};
+    *o = (options){.data_dir = "data/mnist", .model = MODEL_REFERENCE, .epochs = 3,
+                   .batch = 0, .lr = 0, .threads = 1, .seed = 1};
+    int64_t v;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+        switch (opt) {
+        case O_DATA: o->data_dir = optarg; break;
+        case O_MODEL:
+            if (model_from_name(optarg, &o->model) != 0) {
+                fprintf(stderr, "mnist_cnn: --model takes seed or reference, not '%s'\n", optarg);
+                return -1;
+            }
+            break;
+        case O_EPOCHS:
+            if (parse_count("--epochs", optarg, 0, &v) || v > MAX_EPOCHS)
+                return -1;
+            o->epochs = (int)v;
+            break;
+        case O_BATCH:
+            if (parse_count("--batch", optarg, 1, &o->batch))
+                return -1;
+            break;
+        case O_LR: {
+            char *end;
+            o->lr = strtod(optarg, &end);
+            if (*end || end == optarg || !(o->lr > 0) || !isfinite(o->lr)) {
+                fprintf(stderr, "mnist_cnn: --lr needs a positive number, got '%s'\n", optarg);
+                return -1;
+            }
+            break;
+        }
+        case O_THREADS:
+            if (parse_count("--threads", optarg, 1, &v) || v > 256)
+                return -1;
+            o->threads = (int)v;
+            break;
+        case O_SEED:
+            if (parse_count("--seed", optarg, 0, &v))
+                return -1;
+            o->seed = (uint64_t)v;
+            break;
+        case O_SAVE: o->save = optarg; break;
+        case O_LOAD: o->load = optarg; break;
+        case O_EVAL: o->eval_only = true; break;
+        case O_CURVES: o->curves = optarg; break;
+        case O_MAX_STEPS:
+            if (parse_count("--max-steps", optarg, 0, &o->max_steps))
+                return -1;
+            break;
+        case O_SAVE_EVERY:
+            if (parse_count("--save-every", optarg, 1, &o->save_every))
+                return -1;
+            break;
+        case O_FINITE: o->check_finite = true; break;
+        case 'h':
+        case O_HELP: usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mnist_cnn: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (!o->batch)
+        o->batch = o->model == MODEL_SEED ? 100 : 128;
+    if (!o->lr)
+        o->lr = o->model == MODEL_SEED ? 0.1 : 0.05;
+    return 0;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- the run's state ------------------------------------------------------------------------ */
+typedef struct {
+    options opt;
+    tg_tape *tape;
+    tg_mark mark;
+    mnist_model model;
+    tg_optim *optim;
+    tg_batches *batches;
+    tg_mnist train, test;
+    int64_t step;  /* training steps taken, across resumes */
+    float *images; /* a batch of inputs, normalized */
+    float *labels;
+} run;
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "mnist_cnn: %s: %s\n", what, tg_last_error());
+    return -1;
+}
+
+/* Predicted classes of logits [n, 10] compared with labels; returns the number right. */
+static int64_t count_correct(tg_tensor *logits, const float *labels, int64_t n)
+{
+    const float *l = tg_data(logits);
+    int64_t right = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int best = 0;
+        for (int c = 1; c < 10; c++)
+            if (l[i * 10 + c] > l[i * 10 + best])
+                best = c;
+        right += best == (int)labels[i];
+    }
+    return right;
+}
+
+static tg_tensor *input_batch(run *r, int64_t n)
+{
+    return tg_from_data(r->tape, TG_F32, 4, (int64_t[]){n, 1, 28, 28}, r->images);
+}
+
+static int evaluate(run *r, double *accuracy)
+{
+    int64_t right = 0, indices[EVAL_BATCH];
+    for (int64_t start = 0; start < r->test.count; start += EVAL_BATCH) {
+        int64_t n = r->test.count - start < EVAL_BATCH ? r->test.count - start : EVAL_BATCH;
+        for (int64_t i = 0; i < n; i++)
+            indices[i] = start + i;
+        if (tg_mnist_gather(&r->test, indices, n, MNIST_MEAN, MNIST_STD, r->images, r->labels))
+            return fail("evaluation data");
+        tg_tensor *logits = model_forward(&r->model, input_batch(r, n), false);
+        if (!logits)
+            return fail("evaluation forward pass");
+        right += count_correct(logits, r->labels, n);
+        tg_tape_rewind(r->tape, r->mark);
+    }
+    *accuracy = 100.0 * (double)right / (double)r->test.count;
+    return 0;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+/* Every parameter, buffer and optimizer state tensor, as checkpoint entries. */
+static tg_ckpt_entry *checkpoint_entries(run *r, int *count)
+{
+    const tg_params *lists[2] = {r->model.params, tg_optim_state(r->optim)};
+    size_t total = tg_params_count(lists[0]) + tg_params_count(lists[1]);
+    tg_ckpt_entry *e = calloc(total ? total : 1, sizeof *e);
+    if (!e)
+        return NULL;
+    int k = 0;
+    for (int l = 0; l < 2; l++) {
+        for (size_t i = 0; i < tg_params_count(lists[l]); i++) {
+            const tg_param *p = tg_params_get(lists[l], i);
+            e[k].name = p->name;
+            e[k].dtype = tg_dtype_of(p->tensor);
+            e[k].ndim = tg_ndim(p->tensor);
+            memcpy(e[k].shape, tg_shape(p->tensor), (size_t)e[k].ndim * sizeof(int64_t));
+            e[k].data = tg_data(p->tensor);
+            k++;
+        }
+    }
+    *count = k;
+    return e;
+}
+
+static int save_checkpoint(run *r)
+{
+    int n;
+    tg_ckpt_entry *entries = checkpoint_entries(r, &n);
+    if (!entries) {
+        fprintf(stderr, "mnist_cnn: out of memory\n");
+        return -1;
+    }
+    tg_batches_state state;
+    char batches[512], step[32], seed[32];
+    tg_batches_get_state(r->batches, &state);
+    tg_batches_state_to_string(&state, batches, sizeof batches);
+    snprintf(step, sizeof step, "%lld", (long long)r->step);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->opt.seed);
+    const char *keys[] = {"tapegrad.model", "tapegrad.step", "tapegrad.seed", "tapegrad.batches"};
+    const char *values[] = {model_name(r->opt.model), step, seed, batches};
+    int status = tg_checkpoint_save(r->opt.save, entries, n, keys, values, 4);
+    free(entries);
+    return status ? fail("saving the checkpoint") : 0;
+}
+
+static int load_checkpoint(run *r)
+{
+    tg_checkpoint *c;
+    if (tg_checkpoint_open(r->opt.load, &c) != 0)
+        return fail("loading the checkpoint");
+    int status = -1;
+    const char *model = tg_checkpoint_meta(c, "tapegrad.model");
+    const char *step = tg_checkpoint_meta(c, "tapegrad.step");
+    const char *batches = tg_checkpoint_meta(c, "tapegrad.batches");
+    tg_batches_state state;
+    int n = 0;
+    tg_ckpt_entry *entries = NULL;
+    if (!model || !step || !batches) {
+        fprintf(stderr, "mnist_cnn: %s is not a checkpoint of this example (no tapegrad.model, "
+                "tapegrad.step or tapegrad.batches)\n", r->opt.load);
+    } else if (strcmp(model, model_name(r->opt.model)) != 0) {
+        fprintf(stderr, "mnist_cnn: %s holds the '%s' model, not '%s' (use --model %s)\n",
+                r->opt.load, model, model_name(r->opt.model), model);
+    } else if (tg_batches_state_from_string(batches, &state) != 0 ||
+               tg_batches_set_state(r->batches, &state) != 0) {
+        fail("the checkpoint's data order does not fit this run (is --batch the same?)");
+    } else if (!(entries = checkpoint_entries(r, &n))) {
+        fprintf(stderr, "mnist_cnn: out of memory\n");
+    } else if (tg_checkpoint_read(c, entries, n) != 0) {
+        fail("the checkpoint does not fit the model");
+    } else {
+        r->step = strtoll(step, NULL, 10);
+        status = 0;
+    }
+    free(entries);
+    tg_checkpoint_free(c);
+    return status;
+}
+
+/* ---- progress ---------------------------------------------------------------------------------- */
+static void progress(const run *r, int epoch, int64_t done, int64_t total, double loss,
+                     double img_s, bool tty)
+{
+    double left = img_s > 0 ? (double)((total - done) * r->opt.batch) / img_s : 0;
+    if (tty) {
+        char bar[31];
+        int filled = total ? (int)(30 * done / total) : 30;
+        for (int i = 0; i < 30; i++)
+            bar[i] = i < filled ? '=' : i == filled ? '>' : ' ';
+        bar[30] = '\0';
+        fprintf(stderr, "\repoch %d [%s] %3d%% loss %.4f %6.0f img/s %4.0fs left ", epoch, bar,
+                total ? (int)(100 * done / total) : 100, loss, img_s, left);
+        fflush(stderr);
+    } else {
+        printf("epoch %d step %lld/%lld loss %.4f %.0f img/s %.0fs left\n", epoch,
+               (long long)done, (long long)total, loss, img_s, left);
+        fflush(stdout);
+    }
+}
+
+/* ---- training ---------------------------------------------------------------------------------- */
+typedef struct {
+    double loss_sum;
+    int64_t batches, images, right;
+    double seconds;
+} epoch_stats;
+
+/* One step: forward, loss, gradients, optimizer. Returns the loss, NaN on failure. */
+static double train_step(run *r, const int64_t *indices, int64_t n, tg_tensor **trainable,
+                         tg_tensor **grads, size_t n_trainable, int64_t *right)
+{
+    if (tg_mnist_gather(&r->train, indices, n, MNIST_MEAN, MNIST_STD, r->images, r->labels)) {
+        fail("training data");
+        return NAN;
+    }
+    tg_tensor *labels = tg_from_data(r->tape, TG_F32, 1, (int64_t[]){n}, r->labels);
+    tg_tensor *logits = model_forward(&r->model, input_batch(r, n), true);
+    tg_tensor *loss = tg_cross_entropy(logits, labels);
+    if (!loss || tg_grad(loss, (int)n_trainable, trainable, NULL, grads) != 0) {
+        fail("training step");
+        return NAN;
+    }
+    double value = tg_item(loss);
+    if (!isfinite(value)) {
+        fprintf(stderr, "mnist_cnn: the loss is %g at step %lld; stopping (rerun with "
+                "--check-finite to find the op that made it)\n", value, (long long)r->step + 1);
+        return NAN;
+    }
+    if (tg_optim_step(r->optim, grads) != 0) {
+        fail("optimizer step");
+        return NAN;
+    }
+    *right += count_correct(logits, r->labels, n);
+    tg_tape_rewind(r->tape, r->mark);
+    return value;
+}
+
+static int train(run *r, curve_point *curve, int *n_points, double *train_seconds,
+                 int64_t *train_images, double *last_loss)
+{
+    size_t n_trainable = tg_params_trainable(r->model.params, NULL, 0);
+    tg_tensor **trainable = calloc(n_trainable, sizeof *trainable);
+    tg_tensor **grads = calloc(n_trainable, sizeof *grads);
+    if (!trainable || !grads) {
+        free(trainable);
+        free(grads);
+        fprintf(stderr, "mnist_cnn: out of memory\n");
+        return -1;
+    }
+    tg_params_trainable(r->model.params, trainable, n_trainable);
+    bool tty = isatty(STDERR_FILENO);
+    int64_t per_epoch = tg_batches_count(r->batches);
+    int status = 0;
+    while (status == 0 && tg_batches_epoch(r->batches) < r->opt.epochs &&
+           (!r->opt.max_steps || r->step < r->opt.max_steps)) {
+        int epoch = (int)tg_batches_epoch(r->batches) + 1;
+        epoch_stats s = {0};
+        double start = now(), last_report = start;
+        const int64_t *indices;
+        int64_t n, done = per_epoch; /* a resumed epoch starts part-way */
+        tg_batches_state state;
+        tg_batches_get_state(r->batches, &state);
+        done = state.position / r->opt.batch;
+        while ((n = tg_batches_next(r->batches, &indices)) > 0) {
+            double loss = train_step(r, indices, n, trainable, grads, n_trainable, &s.right);
+            if (isnan(loss)) {
+                status = -1;
+                break;
+            }
+            r->step++;
+            done++;
+            s.loss_sum += loss;
+            s.batches++;
+            s.images += n;
+            *last_loss = loss;
+            double t = now();
+            if ((tty && t - last_report > 0.2) || (!tty && s.batches % 100 == 0)) {
+                progress(r, epoch, done, per_epoch, s.loss_sum / (double)s.batches,
+                         (double)s.images / (t - start), tty);
+                last_report = t;
+            }
+            if (r->opt.save && r->opt.save_every && r->step % r->opt.save_every == 0 &&
+                save_checkpoint(r) != 0)
+                status = -1;
+            if (status || (r->opt.max_steps && r->step >= r->opt.max_steps))
+                break;
+        }
+        if (tty)
+            fprintf(stderr, "\n");
+        s.seconds = now() - start;
+        *train_seconds += s.seconds;
+        *train_images += s.images;
+        if (status)
+            break;
+        double test_acc;
+        if (evaluate(r, &test_acc) != 0) {
+            status = -1;
+            break;
+        }
+        double loss = s.batches ? s.loss_sum / (double)s.batches : 0;
+        double train_acc = s.images ? 100.0 * (double)s.right / (double)s.images : 0;
+        printf("epoch %d: loss %.4f train_acc %.2f%% test_acc %.2f%% (%.1f s, %.0f img/s)\n",
+               epoch, loss, train_acc, test_acc, s.seconds, (double)s.images / s.seconds);
+        fflush(stdout);
+        if (*n_points < MAX_EPOCHS)
+            curve[(*n_points)++] = (curve_point){epoch, loss, train_acc, test_acc, s.seconds};
+        if (r->opt.save && save_checkpoint(r) != 0)
+            status = -1;
+    }
+    free(trainable);
+    free(grads);
+    return status;
+}
+
+static int setup(run *r)
+{
+    char what[64];
+    if (tg_mnist_load(r->opt.data_dir, "t10k", &r->test) != 0 ||
+        (!r->opt.eval_only && tg_mnist_load(r->opt.data_dir, "train", &r->train) != 0)) {
+        fprintf(stderr, "mnist_cnn: %s\n(fetch the data with scripts/fetch_mnist.sh %s)\n",
+                tg_last_error(), r->opt.data_dir);
+        return -1;
+    }
+    r->tape = tg_tape_new();
+    tg_rng rng;
+    tg_rng_seed(&rng, r->opt.seed);
+    snprintf(what, sizeof what, "creating the %s model", model_name(r->opt.model));
+    if (!r->tape || model_init(&r->model, r->opt.model, r->tape, &rng) != 0)
+        return fail(what);
+    tg_sgd_opts sgd = {.lr = r->opt.lr, .momentum = 0.9,
+                       .weight_decay = r->opt.model == MODEL_SEED ? 1e-4 : 0};
+    r->optim = tg_sgd_new(r->model.params, &sgd);
+    int64_t n_train = r->opt.eval_only ? 1 : r->train.count;
+    r->batches = tg_batches_new(n_train, r->opt.batch, r->opt.seed, true);
+    if (!r->optim || !r->batches)
+        return fail("setting up training");
+    int64_t biggest = r->opt.batch > EVAL_BATCH ? r->opt.batch : EVAL_BATCH;
+    r->images = malloc((size_t)biggest * 28 * 28 * sizeof *r->images);
+    r->labels = malloc((size_t)biggest * sizeof *r->labels);
+    if (!r->images || !r->labels) {
+        fprintf(stderr, "mnist_cnn: out of memory\n");
+        return -1;
+    }
+    if (r->opt.check_finite)
+        tg_tape_set_check_finite(r->tape, true);
+    if (r->opt.threads > 1 && tg_set_num_threads(r->opt.threads) != 0)
+        return fail("--threads");
+    if (r->opt.load && load_checkpoint(r) != 0)
+        return -1;
+    r->mark = tg_tape_mark(r->tape);
+    return 0;
+}
+
+static void teardown(run *r)
+{
+    free(r->images);
+    free(r->labels);
+    tg_batches_free(r->batches);
+    tg_optim_free(r->optim);
+    model_free(&r->model);
+    tg_tape_free(r->tape);
+    tg_mnist_free(&r->train);
+    tg_mnist_free(&r->test);
+}
+
+static int64_t count_parameters(const tg_params *params)
+{
+    int64_t total = 0;
+    for (size_t i = 0; i < tg_params_count(params); i++)
+        if (tg_params_get(params, i)->kind == TG_TRAINABLE)
+            total += tg_numel(tg_params_get(params, i)->tensor);
+    return total;
+}
+
+int main(int argc, char **argv)
+{
+    run r = {0};
+    if (parse_options(argc, argv, &r.opt) != 0)
+        return 2;
+    int status = setup(&r);
+    curve_point *curve = calloc(MAX_EPOCHS, sizeof *curve);
+    int n_points = 0;
+    double train_seconds = 0, last_loss = NAN, test_acc = 0;
+    int64_t train_images = 0;
+    if (status == 0 && !curve) {
+        fprintf(stderr, "mnist_cnn: out of memory\n");
+        status = -1;
+    }
+    if (status == 0 && !r.opt.eval_only) {
+        printf("training the %s model: %lld parameters, batch %lld, lr %g, %d epoch(s), "
+               "%d thread(s)\n", model_name(r.opt.model),
+               (long long)count_parameters(r.model.params), (long long)r.opt.batch,
+               r.opt.lr, r.opt.epochs, r.opt.threads);
+        status = train(&r, curve, &n_points, &train_seconds, &train_images, &last_loss);
+    }
+    if (status == 0)
+        status = evaluate(&r, &test_acc);
+    if (status == 0 && r.opt.curves && n_points > 0) {
+        char title[128];
+        snprintf(title, sizeof title, "tapegrad: MNIST, %s model", model_name(r.opt.model));
+        if (curves_write(r.opt.curves, title, curve, n_points) != 0) {
+            fprintf(stderr, "mnist_cnn: writing %s.csv/.svg: %s\n", r.opt.curves,
+                    strerror(errno));
+            status = -1;
+        }
+    }
+    if (status == 0) {
+        double epoch_s = n_points ? train_seconds / n_points : train_seconds;
+        printf("model=%s steps=%lld epochs=%d batch=%lld threads=%d final_loss=%.4f "
+               "test_acc=%.2f epoch_s=%.2f train_img_s=%.0f\n", model_name(r.opt.model),
+               (long long)r.step, (int)tg_batches_epoch(r.batches), (long long)r.opt.batch,
+               r.opt.threads, last_loss, test_acc, epoch_s,
+               train_seconds > 0 ? (double)train_images / train_seconds : 0.0);
+    }
+    free(curve);
+    teardown(&r);
+    return status == 0 ? 0 : 1;
+}

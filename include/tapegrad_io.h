@@ -113,9 +113,10 @@ typedef struct {
 } tg_ckpt_entry;
 
 /* Writes the entries and metadata (n_meta key/value pairs of UTF-8 strings; the key
- * TG_CKPT_CRC_KEY is the library's) to path, crash-safe: a temporary file in the same directory is written,
- * fsync'ed and renamed over path, then the directory is fsync'ed, so path always holds either
- * the old checkpoint or the whole new one. Temporary files left by killed writers are removed. */
+ * TG_CKPT_CRC_KEY is the library's) to path, crash-safe: a temporary file in the same
+ * directory is written, fsync'ed and renamed over path, then the directory is fsync'ed, so path
+ * always holds either the old checkpoint or the whole new one. Temporary files left by killed
+ * writers are removed. Tensor names must be unique, non-empty UTF-8 and not "__metadata__". */
 int tg_checkpoint_save(const char *path, const tg_ckpt_entry *entries, int n,
                        const char *const *meta_keys, const char *const *meta_values, int n_meta);
 /* Fills each entry's buffer with the tensor of the same name. If any name is missing or has

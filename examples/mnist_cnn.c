@@ -283,8 +283,8 @@ static int load_checkpoint(run *r)
     } else if (strcmp(model, model_name(r->opt.model)) != 0) {
         fprintf(stderr, "mnist_cnn: %s holds the '%s' model, not '%s' (use --model %s)\n",
                 r->opt.load, model, model_name(r->opt.model), model);
-    } else if (tg_batches_state_from_string(batches, &state) != 0 ||
-               tg_batches_set_state(r->batches, &state) != 0) {
+    } else if (!r->opt.eval_only && (tg_batches_state_from_string(batches, &state) != 0 ||
+                                     tg_batches_set_state(r->batches, &state) != 0)) {
         fail("the checkpoint's data order does not fit this run (is --batch the same?)");
     } else if (!(entries = checkpoint_entries(r, &n))) {
         fprintf(stderr, "mnist_cnn: out of memory\n");
@@ -339,7 +339,8 @@ static double train_step(run *r, const int64_t *indices, int64_t n, tg_tensor **
     tg_tensor *logits = model_forward(&r->model, input_batch(r, n), true);
     tg_tensor *loss = tg_cross_entropy(logits, labels);
     if (!loss || tg_grad(loss, (int)n_trainable, trainable, NULL, grads) != 0) {
-        fail("training step");
+        fprintf(stderr, "mnist_cnn: training step %lld failed; the last checkpoint saved, if "
+                "any, is untouched: %s\n", (long long)r->step + 1, tg_last_error());
         return NAN;
     }
     double value = tg_item(loss);
@@ -452,7 +453,7 @@ static int setup(run *r)
     tg_sgd_opts sgd = {.lr = r->opt.lr, .momentum = 0.9,
                        .weight_decay = r->opt.model == MODEL_SEED ? 1e-4 : 0};
     r->optim = tg_sgd_new(r->model.params, &sgd);
-    int64_t n_train = r->opt.eval_only ? 1 : r->train.count;
+    int64_t n_train = r->opt.eval_only ? r->opt.batch : r->train.count;
     r->batches = tg_batches_new(n_train, r->opt.batch, r->opt.seed, true);
     if (!r->optim || !r->batches)
         return fail("setting up training");

@@ -62,10 +62,10 @@ void model_free(mnist_model *m)
     m->params = NULL;
 }
 
-static tg_tensor *conv_block(const mnist_model *m, tg_tensor *x, const tg_conv2d_layer *conv,
-                             const tg_batchnorm_layer *bn, const char *name, bool training)
+static tg_tensor *conv_block(const mnist_model *m, tg_tape *tape, tg_tensor *x,
+                             const tg_conv2d_layer *conv, const tg_batchnorm_layer *bn,
+                             const char *name, bool training)
 {
-    tg_tape *tape = tg_tape_of(x);
     tg_tape_set_scope(tape, name);
     x = tg_relu(tg_batchnorm_layer_forward(bn, tg_conv2d_layer_forward(conv, x), training));
     return m->kind == MODEL_SEED ? tg_avg_pool2d(x, 2, 2, 0) : tg_max_pool2d(x, 2, 2, 0);
@@ -76,8 +76,8 @@ tg_tensor *model_forward(const mnist_model *m, tg_tensor *x, bool training)
     tg_tape *tape = tg_tape_of(x);
     if (!tape)
         return NULL;
-    x = conv_block(m, x, &m->conv1, &m->bn1, "block1", training);
-    x = conv_block(m, x, &m->conv2, &m->bn2, "block2", training);
+    x = conv_block(m, tape, x, &m->conv1, &m->bn1, "block1", training);
+    x = conv_block(m, tape, x, &m->conv2, &m->bn2, "block2", training);
     tg_tape_set_scope(tape, "fc1");
     x = tg_linear_layer_forward(&m->fc1, tg_flatten(x, 1));
     if (m->kind == MODEL_REFERENCE) {

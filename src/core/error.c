@@ -6,6 +6,9 @@
 
 static _Thread_local tg_status last_code = TG_OK;
 static _Thread_local char last_message[512];
+/* The first failure of a chain: a NULL input quotes this, not the whole chain of NULLs. */
+static _Thread_local char root_message[512];
+static _Thread_local bool propagating;
 
 tg_status tg_fail(tg_status code, const char *fmt, ...)
 {
@@ -15,6 +18,8 @@ tg_status tg_fail(tg_status code, const char *fmt, ...)
     vsnprintf(message, sizeof message, fmt, args);
     va_end(args);
     memcpy(last_message, message, sizeof last_message);
+    if (!propagating)
+        memcpy(root_message, message, sizeof root_message);
     last_code = code;
     return code;
 }
@@ -26,6 +31,7 @@ void tg_clear_error(void)
 {
     last_code = TG_OK;
     last_message[0] = '\0';
+    root_message[0] = '\0';
 }
 
 const char *tg_dtype_name(tg_dtype dt)
@@ -54,9 +60,11 @@ bool tg_check_inputs(const char *op, int n, tg_tensor *const *in)
     for (int i = 0; i < n; i++) {
         if (in[i] == NULL) {
             if (last_code != TG_OK) {
-                char earlier[sizeof last_message];
-                memcpy(earlier, last_message, sizeof earlier);
+                char earlier[sizeof root_message];
+                memcpy(earlier, root_message, sizeof earlier);
+                propagating = true;
                 tg_fail(TG_ERR_NULL, "%s: input %d is NULL (after: %s)", op, i, earlier);
+                propagating = false;
             } else {
                 tg_fail(TG_ERR_NULL, "%s: input %d is NULL", op, i);
             }

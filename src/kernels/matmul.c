@@ -54,8 +54,12 @@ static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, co
     }
 }
 
-/* Threads take whole products when there are enough of them, else bands of rows of one
- * product; either way each output element is one thread's dot product in a fixed order. */
+/* The work is cut into tasks that do not depend on the thread count — whole products, or for
+ * a few large products bands of BAND rows — so each output element is computed by the same
+ * kernel in the same order however many threads share the tasks. */
+#define BAND 64
+#define FEW_PRODUCTS 8
+
 void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *in)
 {
     const struct tg_node *A = node->in[0], *B = node->in[1];
@@ -75,38 +79,23 @@ void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *
     }
     const char *a = in[0], *b = in[1];
     char *c = out;
+    int64_t bands = batches < FEW_PRODUCTS && m > BAND ? (m + BAND - 1) / BAND : 1;
+    int64_t rows = bands > 1 ? BAND : m, tasks = batches * bands;
     int threads = batches * m * n * k >= 4 * TG_PARALLEL_MIN ? tg_num_threads() : 1;
-    if (batches >= threads) {
+    if (threads > tasks)
+        threads = (int)tasks;
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t bi = 0; bi < batches; bi++) {
-            int64_t oa = 0, ob = 0, rest = bi;
-            for (int d = nb - 1; d >= 0; d--) {
-                int64_t i = rest % node->shape[d];
-                rest /= node->shape[d];
-                oa += i * sa[d];
-                ob += i * sb[d];
-            }
-            gemm(node->dtype, m, n, k, a + (size_t)(oa * m * k) * elem,
-                 b + (size_t)(ob * k * n) * elem, c + (size_t)(bi * m * n) * elem);
+    for (int64_t task = 0; task < tasks; task++) {
+        int64_t bi = task / bands, lo = task % bands * rows;
+        int64_t hi = lo + rows < m ? lo + rows : m;
+        int64_t oa = 0, ob = 0, rest = bi;
+        for (int d = nb - 1; d >= 0; d--) {
+            int64_t i = rest % node->shape[d];
+            rest /= node->shape[d];
+            oa += i * sa[d];
+            ob += i * sb[d];
         }
-    } else {
-        for (int64_t bi = 0; bi < batches; bi++) {
-            int64_t oa = 0, ob = 0, rest = bi;
-            for (int d = nb - 1; d >= 0; d--) {
-                int64_t i = rest % node->shape[d];
-                rest /= node->shape[d];
-                oa += i * sa[d];
-                ob += i * sb[d];
-            }
-            const char *ab = a + (size_t)(oa * m * k) * elem, *bb = b + (size_t)(ob * k * n) * elem;
-            char *cb = c + (size_t)(bi * m * n) * elem;
-#pragma omp parallel for num_threads(threads) schedule(static)
-            for (int t = 0; t < threads; t++) {
-                int64_t lo = m * t / threads, hi = m * (t + 1) / threads;
-                if (hi > lo)
-                    gemm(node->dtype, hi - lo, n, k, ab + (size_t)(lo * k) * elem, bb,
-                         cb + (size_t)(lo * n) * elem);
-            }
-        }
+        gemm(node->dtype, hi - lo, n, k, a + (size_t)(oa * m * k + lo * k) * elem,
+             b + (size_t)(ob * k * n) * elem, c + (size_t)(bi * m * n + lo * n) * elem);
     }
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# End-to-end checks of examples/mnist_cnn on real MNIST, run by `meson test` (suite 'mnist').
+# Usage: example_tests.sh MNIST_CNN DATA_DIR CHECK
+#   smoke        a few hundred steps of the reference model: the loss falls, accuracy > 90%
+#   resume       N steps, save, resume for M more == N + M steps straight: identical checkpoints
+#   determinism  the same seed twice, and 1 vs 2 threads: identical losses and checkpoints
+#   nan-guard    a diverging run with --check-finite stops naming the op; the last checkpoint
+#                still loads
+# Exits 77 (skipped) when MNIST has not been fetched (scripts/fetch_mnist.sh).
+set -euo pipefail
+bin=$1 data=$2 check=$3
+if [ ! -f "$data/train-images-idx3-ubyte" ] && [ ! -f "$data/train-images-idx3-ubyte.gz" ]; then
+    echo "MNIST is not in $data (scripts/fetch_mnist.sh fetches it): skipped"
+    exit 77
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+run() { "$bin" --data "$data" "$@"; }
+value() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
+die() { echo "FAILED: $*"; exit 1; }
+
+case $check in
+smoke)
+    run --model reference --max-steps 300 --seed 3 >"$work/out"
+    cat "$work/out"
+    first=$(grep -m1 '^epoch 1 step 100/' "$work/out" | sed 's/.* loss \([^ ]*\).*/\1/')
+    last=$(grep '^epoch 1 step 300/' "$work/out" | sed 's/.* loss \([^ ]*\).*/\1/')
+    acc=$(value test_acc <"$work/out")
+    final=$(value final_loss <"$work/out")
+    echo "mean loss over steps 1-100: $first, over 1-300: $last; last batch $final; test_acc $acc"
+    awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' || die "the loss did not fall"
+    awk -v f="$final" 'BEGIN { exit !(f < 0.7) }' || die "final loss $final is not below 0.7"
+    awk -v t="$acc" 'BEGIN { exit !(t > 90) }' || die "test accuracy $acc is not above 90%"
+    ;;
+resume)
+    # 500 + 200 steps cross the end of the first epoch (600 steps of 100).
+    run --model seed --seed 5 --max-steps 500 --save "$work/first.ckpt" >/dev/null
+    run --model seed --seed 5 --max-steps 700 --load "$work/first.ckpt" \
+        --save "$work/resumed.ckpt" >"$work/resumed.out"
+    run --model seed --seed 5 --max-steps 700 --save "$work/straight.ckpt" >"$work/straight.out"
+    cmp "$work/resumed.ckpt" "$work/straight.ckpt" ||
+        die "resumed and uninterrupted checkpoints differ"
+    [ "$(value final_loss <"$work/resumed.out")" = "$(value final_loss <"$work/straight.out")" ] ||
+        die "final losses differ"
+    echo "resume: 500 + 200 steps == 700 steps, checkpoints identical ($(stat -c %s "$work/straight.ckpt") bytes)"
+    ;;
+determinism)
+    for t in 1 1 2; do
+        run --model seed --seed 9 --max-steps 250 --threads $t --save "$work/t$t.ckpt" |
+            grep -v img/s >"$work/run.$t.out" || true
+        cp "$work/t$t.ckpt" "$work/last.ckpt"
+        if [ -f "$work/first.ckpt" ]; then
+            cmp "$work/first.ckpt" "$work/last.ckpt" || die "checkpoints differ (threads $t)"
+        else
+            cp "$work/last.ckpt" "$work/first.ckpt"
+        fi
+        value final_loss <"$work/run.$t.out" >>"$work/losses"
+    done
+    [ "$(sort -u "$work/losses" | wc -l)" -eq 1 ] || die "final losses differ: $(tr '\n' ' ' <"$work/losses")"
+    echo "determinism: 3 runs (1, 1 and 2 threads) gave identical checkpoints and loss $(head -1 "$work/losses")"
+    ;;
+nan-guard)
+    set +e
+    run --model seed --lr 1e30 --max-steps 50 --check-finite --save "$work/x.ckpt" \
+        --save-every 1 >"$work/out" 2>"$work/err"
+    status=$?
+    set -e
+    cat "$work/err"
+    [ $status -ne 0 ] || die "a diverging run exited 0"
+    grep -q "produced \(inf\|nan\) at element .* in 'block" "$work/err" ||
+        die "the message does not name the op and the layer"
+    run --model seed --eval-only --load "$work/x.ckpt" >"$work/eval" ||
+        die "the last good checkpoint does not load"
+    echo "nan-guard: stopped with the message above; the last checkpoint loads: $(tail -1 "$work/eval")"
+    ;;
+*)
+    die "unknown check '$check'"
+    ;;
+esac

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds tapegrad and runs `meson test`: first an optimized build,
-# then the same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
+# Installs what is missing, fetches MNIST (the end-to-end tests train on it), builds tapegrad
+# and runs `meson test`: first an optimized build, then the same suite under AddressSanitizer,
+# LeakSanitizer and UndefinedBehaviorSanitizer; then fuzzes the file readers for a minute each.
 # Usage: scripts/test.sh [--quick]   (--quick: the optimized build only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh clang libclang-rt-14-dev
+scripts/fetch_mnist.sh data/mnist
 
 configure() { # dir, options...
     local dir=$1
@@ -32,3 +34,6 @@ ninja -C build-sanitize
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 meson test -C build-sanitize --print-errorlogs --timeout-multiplier 4
+
+echo "== fuzzing the IDX reader and the checkpoint loader (libFuzzer, ASan, UBSan)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

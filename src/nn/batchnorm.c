@@ -111,9 +111,11 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
         centred = tg_sub(x, mean);
         var = per_channel(running_var, x->ndim);
     }
-    tg_tensor *y = tg_mul(centred, tg_recip(tg_sqrt(tg_add_scalar(var, eps))));
+    /* gamma joins the per-channel scale before it meets x: one full-size product, not two. */
+    tg_tensor *scale = tg_recip(tg_sqrt(tg_add_scalar(var, eps)));
     if (gamma)
-        y = tg_mul(y, per_channel(gamma, x->ndim));
+        scale = tg_mul(scale, per_channel(gamma, x->ndim));
+    tg_tensor *y = tg_mul(centred, scale);
     if (beta)
         y = tg_add(y, per_channel(beta, x->ndim));
     if (!y)

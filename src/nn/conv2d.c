@@ -4,7 +4,7 @@
  * broadcasts; the engine sums the weight's gradient over the batch). No gradient rule here:
  * the backward is the primitives' own (matmul, col2im, slice). */
 #include "internal.h"
-#include "tapegrad_nn.h"
+#include "layer_common.h"
 
 #include <stddef.h>
 
@@ -78,12 +78,10 @@ int tg_conv2d_layer_init(tg_conv2d_layer *layer, tg_tape *tape, tg_rng *rng, tg_
                        "stride %lld must be >= 1, padding %lld >= 0", (long long)in_channels,
                        (long long)out_channels, (long long)kernel, (long long)stride,
                        (long long)padding);
-    tg_tensor *w = tg_zeros(tape, dt, 4, (const int64_t[]){out_channels, in_channels, kernel,
-                                                           kernel});
-    tg_tensor *b = bias ? tg_zeros(tape, dt, 1, &out_channels) : NULL;
-    if (!w || (bias && !b))
-        return tg_last_error_code();
-    int status = tg_init_default(w, b, rng);
+    tg_tensor *w, *b;
+    int status = tg_nn_weight_and_bias(
+        tape, rng, dt, 4, (const int64_t[]){out_channels, in_channels, kernel, kernel}, bias, &w,
+        &b);
     if (status != TG_OK)
         return status;
     *layer = (tg_conv2d_layer){w, b, stride, padding};
@@ -104,8 +102,5 @@ int tg_conv2d_layer_register(const tg_conv2d_layer *layer, tg_params *params,
 {
     if (!layer)
         return tg_fail(TG_ERR_NULL, "conv2d_layer_register: the layer is NULL");
-    int status = tg_params_add(params, prefix, "weight", layer->weight, TG_TRAINABLE);
-    if (status == TG_OK && layer->bias)
-        status = tg_params_add(params, prefix, "bias", layer->bias, TG_TRAINABLE);
-    return status;
+    return tg_nn_register_weight_and_bias(params, prefix, layer->weight, layer->bias);
 }

@@ -2,7 +2,7 @@
  * a model. Initializers write a leaf's values in place: a layer keeps its tensors and can be
  * re-initialized without touching the tape. */
 #include "internal.h"
-#include "tapegrad_nn.h"
+#include "layer_common.h"
 
 #include <math.h>
 
@@ -97,5 +97,22 @@ int tg_init_default(tg_tensor *weight, tg_tensor *bias, tg_rng *rng)
     int status = tg_init_uniform(weight, rng, -bound, bound);
     if (status == TG_OK && bias)
         status = tg_init_uniform(bias, rng, -bound, bound);
+    return status;
+}
+
+int tg_nn_weight_and_bias(tg_tape *tape, tg_rng *rng, tg_dtype dt, int ndim,
+                          const int64_t *shape, bool bias, tg_tensor **weight,
+                          tg_tensor **bias_out)
+{
+    *weight = *bias_out = NULL;
+    tg_tensor *w = tg_zeros(tape, dt, ndim, shape);
+    tg_tensor *b = bias ? tg_zeros(tape, dt, 1, shape) : NULL;
+    if (!w || (bias && !b))
+        return tg_last_error_code();
+    int status = tg_init_default(w, b, rng);
+    if (status == TG_OK) {
+        *weight = w;
+        *bias_out = b;
+    }
     return status;
 }

@@ -1,7 +1,7 @@
 /* Fully connected layer: y = x W^T + b with W stored [out, in] as PyTorch stores it, so
  * weights and checkpoints carry over unchanged. */
 #include "internal.h"
-#include "tapegrad_nn.h"
+#include "layer_common.h"
 
 #define SHAPE_STR(buf, t) tg_shape_str(buf, sizeof buf, (t)->ndim, (t)->shape)
 
@@ -43,11 +43,9 @@ int tg_linear_layer_init(tg_linear_layer *layer, tg_tape *tape, tg_rng *rng, tg_
     if (in_features < 1 || out_features < 1)
         return tg_fail(TG_ERR_ARG, "linear_layer_init: features %lld -> %lld must be >= 1",
                        (long long)in_features, (long long)out_features);
-    tg_tensor *w = tg_zeros(tape, dt, 2, (const int64_t[]){out_features, in_features});
-    tg_tensor *b = bias ? tg_zeros(tape, dt, 1, &out_features) : NULL;
-    if (!w || (bias && !b))
-        return tg_last_error_code();
-    int status = tg_init_default(w, b, rng);
+    tg_tensor *w, *b;
+    int status = tg_nn_weight_and_bias(tape, rng, dt, 2,
+                                       (const int64_t[]){out_features, in_features}, bias, &w, &b);
     if (status != TG_OK)
         return status;
     *layer = (tg_linear_layer){w, b};
@@ -68,8 +66,5 @@ int tg_linear_layer_register(const tg_linear_layer *layer, tg_params *params,
 {
     if (!layer)
         return tg_fail(TG_ERR_NULL, "linear_layer_register: the layer is NULL");
-    int status = tg_params_add(params, prefix, "weight", layer->weight, TG_TRAINABLE);
-    if (status == TG_OK && layer->bias)
-        status = tg_params_add(params, prefix, "bias", layer->bias, TG_TRAINABLE);
-    return status;
+    return tg_nn_register_weight_and_bias(params, prefix, layer->weight, layer->bias);
 }

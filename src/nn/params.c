@@ -2,7 +2,7 @@
  * optimizers and checkpoints can walk a model without knowing its layers. A list owns its
  * names only; lookups are linear, which is fine for the tens of entries a model has. */
 #include "internal.h"
-#include "tapegrad_nn.h"
+#include "layer_common.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -119,4 +119,13 @@ size_t tg_params_trainable(const tg_params *params, tg_tensor **out, size_t cap)
         n++;
     }
     return n;
+}
+
+int tg_nn_register_weight_and_bias(tg_params *params, const char *prefix, tg_tensor *weight,
+                                   tg_tensor *bias)
+{
+    int status = tg_params_add(params, prefix, "weight", weight, TG_TRAINABLE);
+    if (status == TG_OK && bias)
+        status = tg_params_add(params, prefix, "bias", bias, TG_TRAINABLE);
+    return status;
 }

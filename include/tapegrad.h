@@ -136,7 +136,8 @@ void tg_rng_seed(tg_rng *rng, uint64_t seed);
 uint64_t tg_rng_next(tg_rng *rng);
 double tg_rng_uniform(tg_rng *rng);                /* [0, 1) */
 double tg_rng_normal(tg_rng *rng);                 /* mean 0, std 1 */
-uint64_t tg_rng_below(tg_rng *rng, uint64_t n);    /* uniform in [0, n), unbiased */
+uint64_t tg_rng_below(tg_rng *rng, uint64_t n);    /* uniform in [0, n), unbiased; n >= 1 */
+/* A NULL rng gives 0 (NaN for doubles) and an error; nothing here aborts. */
 tg_tensor *tg_rand_uniform(tg_tape *tape, tg_rng *rng, tg_dtype dt, int ndim,
                            const int64_t *shape, double lo, double hi);
 tg_tensor *tg_rand_normal(tg_tape *tape, tg_rng *rng, tg_dtype dt, int ndim,

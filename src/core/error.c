@@ -71,6 +71,12 @@ bool tg_check_inputs(const char *op, int n, tg_tensor *const *in)
             return false;
         }
     }
+    for (int i = 0; i < n; i++) {
+        if (!tg_node_is_live(in[i])) {
+            tg_fail(TG_ERR_TAPE, "%s: input %d was dropped by tg_tape_rewind", op, i);
+            return false;
+        }
+    }
     for (int i = 1; i < n; i++) {
         if (in[i]->tape != in[0]->tape) {
             tg_fail(TG_ERR_TAPE, "%s: input %d is on a different tape from input 0", op, i);

@@ -83,7 +83,10 @@ int tg_node_check_finite(const struct tg_node *n);
 const char *tg_tape_intern(tg_tape *tape, const char *text);
 void *tg_tape_alloc(tg_tape *tape, size_t bytes); /* 64-byte aligned, tape-owned */
 
-/* Checks that inputs are non-NULL and share one tape; names the op in the error. */
+/* False for a node dropped by a rewind whose slot has not been reused since. (A slot that
+ * was reused holds a new node, and a freed tape cannot be asked: neither is detectable.) */
+bool tg_node_is_live(const struct tg_node *n);
+/* Checks that inputs are non-NULL, live and share one tape; names the op in the error. */
 bool tg_check_inputs(const char *op, int n, tg_tensor *const *in);
 
 /* ---- shapes ------------------------------------------------------------------------------------ */

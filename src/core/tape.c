@@ -132,6 +132,12 @@ size_t tg_tape_bytes(const tg_tape *tape)
     return total;
 }
 
+bool tg_node_is_live(const struct tg_node *n)
+{
+    return n->tape && n->id < n->tape->n_nodes &&
+           &n->tape->blocks[n->id >> NODE_BLOCK_BITS][n->id & (NODE_BLOCK - 1)] == n;
+}
+
 tg_tensor *tg_tape_node(const tg_tape *tape, size_t index)
 {
     if (!tape || index >= tape->n_nodes)

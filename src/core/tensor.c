@@ -173,8 +173,10 @@ static uint64_t splitmix64(uint64_t *x)
 
 void tg_rng_seed(tg_rng *rng, uint64_t seed)
 {
-    if (!rng)
+    if (!rng) {
+        tg_fail(TG_ERR_NULL, "tg_rng_seed: rng is NULL");
         return;
+    }
     for (int i = 0; i < 4; i++)
         rng->s[i] = splitmix64(&seed);
     rng->has_spare = 0;
@@ -185,6 +187,10 @@ static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 uint64_t tg_rng_next(tg_rng *rng)
 {
+    if (!rng) {
+        tg_fail(TG_ERR_NULL, "tg_rng_next: rng is NULL");
+        return 0;
+    }
     uint64_t *s = rng->s;
     uint64_t result = rotl(s[1] * 5, 7) * 9;
     uint64_t t = s[1] << 17;
@@ -197,12 +203,21 @@ uint64_t tg_rng_next(tg_rng *rng)
     return result;
 }
 
-double tg_rng_uniform(tg_rng *rng) { return (double)(tg_rng_next(rng) >> 11) * 0x1.0p-53; }
+double tg_rng_uniform(tg_rng *rng)
+{
+    if (!rng) {
+        tg_fail(TG_ERR_NULL, "tg_rng_uniform: rng is NULL");
+        return NAN;
+    }
+    return (double)(tg_rng_next(rng) >> 11) * 0x1.0p-53;
+}
 
 uint64_t tg_rng_below(tg_rng *rng, uint64_t n)
 {
-    if (n == 0)
+    if (n == 0 || !rng) {
+        tg_fail(rng ? TG_ERR_ARG : TG_ERR_NULL, "tg_rng_below: %s", rng ? "n is 0" : "rng is NULL");
         return 0;
+    }
     /* Rejection keeps every value equally likely. */
     uint64_t limit = UINT64_MAX - UINT64_MAX % n;
     uint64_t x;
@@ -214,6 +229,10 @@ uint64_t tg_rng_below(tg_rng *rng, uint64_t n)
 
 double tg_rng_normal(tg_rng *rng)
 {
+    if (!rng) {
+        tg_fail(TG_ERR_NULL, "tg_rng_normal: rng is NULL");
+        return NAN;
+    }
     if (rng->has_spare) {
         rng->has_spare = 0;
         return rng->spare;

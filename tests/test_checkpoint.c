@@ -1,6 +1,7 @@
 /* Checkpoints: bit-exact round trips, the safetensors layout on disk, every kind of damaged or
  * foreign file, all-or-nothing loading into caller buffers, and the strict JSON header reader. */
 #include "testing.h"
+#include "scratch.h"
 
 #include "io/json.h"
 #include "tapegrad_io.h"
@@ -19,39 +20,13 @@ static char ckpt_path[512];
 
 static void setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/tg_ckpt_XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    scratch_make(tmpdir, sizeof tmpdir, "tg_ckpt");
     snprintf(ckpt_path, sizeof ckpt_path, "%s/model.safetensors", tmpdir);
 }
 
-static int count_files(void)
-{
-    DIR *d = opendir(tmpdir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
-    closedir(d);
-    return n;
-}
+static int count_files(void) { return scratch_count(tmpdir, NULL); }
 
-static void teardown(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[600];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", tmpdir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
+static void teardown(void) { scratch_remove(tmpdir); }
 
 static uint8_t *read_all(const char *path, size_t *len)
 {

@@ -2,6 +2,7 @@
  * must leave a file that loads intact and is exactly the old checkpoint or exactly the new one,
  * never a mix and never an error. The killed writers' temporary files must not pile up. */
 #include "testing.h"
+#include "scratch.h"
 
 #include "tapegrad_io.h"
 
@@ -46,18 +47,7 @@ static int save_b(void)
 }
 
 /* Files in the directory other than the checkpoint itself. */
-static int stray_files(void)
-{
-    DIR *d = opendir(tmpdir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
-             strcmp(e->d_name, "model.safetensors") != 0;
-    closedir(d);
-    return n;
-}
+static int stray_files(void) { return scratch_count(tmpdir, "model.safetensors"); }
 
 /* 'A' or 'B' when the file is exactly one of them; fails the test otherwise. */
 static char check_intact(void)
@@ -87,9 +77,7 @@ static char check_intact(void)
 
 START_TEST(checkpoint_kill_during_save)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/tg_kill_XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    scratch_make(tmpdir, sizeof tmpdir, "tg_kill");
     snprintf(path, sizeof path, "%s/model.safetensors", tmpdir);
     for (int i = 0; i < SMALL; i++) {
         small_a[i] = (float)i;
@@ -147,8 +135,7 @@ START_TEST(checkpoint_kill_during_save)
 
     save_a();
     ck_assert_int_eq(stray_files(), 0);
-    unlink(path);
-    rmdir(tmpdir);
+    scratch_remove(tmpdir);
     free(big_b);
 }
 END_TEST

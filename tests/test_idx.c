@@ -1,6 +1,7 @@
 /* The IDX reader (raw and gzip, from memory and from files) and the MNIST loader, on files the
  * tests write themselves; plus the real MNIST when TG_MNIST_DIR points at it. */
 #include "testing.h"
+#include "scratch.h"
 
 #include "tapegrad_io.h"
 
@@ -61,29 +62,9 @@ static bytes gzip_bytes(const uint8_t *src, size_t len)
 
 static char tmpdir[256];
 
-static void make_tmpdir(void)
-{
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/tg_idx_XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
+static void make_tmpdir(void) { scratch_make(tmpdir, sizeof tmpdir, "tg_idx"); }
 
-static void remove_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[600];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", tmpdir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
+static void remove_tmpdir(void) { scratch_remove(tmpdir); }
 
 static const char *write_file(const char *name, const uint8_t *data, size_t len)
 {

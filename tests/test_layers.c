@@ -162,6 +162,7 @@ START_TEST(gradcheck_pools)
 }
 END_TEST
 
+/* ---- src/nn/activations.c: relu and dropout ---- */
 static tg_tensor *relu_fn(tg_tape *tape, int n, tg_tensor *const *in, void *ctx)
 {
     (void)tape;

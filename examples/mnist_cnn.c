@@ -33,6 +33,7 @@ typedef struct {
     uint64_t seed;
     bool eval_only, check_finite, constant_lr;
     int64_t max_steps, save_every;
+    int shift; /* augmentation: random translations of up to this many pixels */
 } options;
 
 static void usage(FILE *out)
@@ -46,6 +47,7 @@ static void usage(FILE *out)
             "  --batch N         batch size (reference 128, seed 100)\n"
             "  --lr X            peak learning rate (reference 0.05, seed 0.1)\n"
             "  --schedule NAME   cosine (default: from lr down to 0 over all epochs) or constant\n"
+            "  --shift N         shift training images by up to N pixels (default 2; 0: off)\n"
             "  --threads N       worker threads (default 1)\n"
             "  --seed N          seed for initialization and data order (default 1)\n"
             "  --save FILE       checkpoint after every epoch and at the end\n"
@@ -75,7 +77,7 @@ static int parse_count(const char *flag, const char *text, int64_t lo, int64_t *
 static int parse_options(int argc, char **argv, options *o)
 {
     enum { O_DATA = 1, O_MODEL, O_EPOCHS, O_BATCH, O_LR, O_THREADS, O_SEED, O_SAVE, O_LOAD,
-           O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE, O_SCHEDULE };
+           O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE, O_SCHEDULE, O_SHIFT };
     static const struct option longs[] = {
         {"data", required_argument, 0, O_DATA},       {"model", required_argument, 0, O_MODEL},
         {"epochs", required_argument, 0, O_EPOCHS},   {"batch", required_argument, 0, O_BATCH},
@@ -86,9 +88,10 @@ static int parse_options(int argc, char **argv, options *o)
         {"max-steps", required_argument, 0, O_MAX_STEPS},
         {"save-every", required_argument, 0, O_SAVE_EVERY},
         {"check-finite", no_argument, 0, O_FINITE},
-        {"schedule", required_argument, 0, O_SCHEDULE}, {0, 0, 0, 0}};
+        {"schedule", required_argument, 0, O_SCHEDULE},
+        {"shift", required_argument, 0, O_SHIFT},     {0, 0, 0, 0}};
     *o = (options){.data_dir = "data/mnist", .model = MODEL_REFERENCE, .epochs = -1,
-                   .batch = 0, .lr = 0, .threads = 1, .seed = 1};
+                   .batch = 0, .lr = 0, .threads = 1, .seed = 1, .shift = 2};
     int64_t v;
     int opt;
     while ((opt = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
@@ -141,6 +144,11 @@ static int parse_options(int argc, char **argv, options *o)
                 return -1;
             break;
         case O_FINITE: o->check_finite = true; break;
+        case O_SHIFT:
+            if (parse_count("--shift", optarg, 0, &v) || v > 8)
+                return -1;
+            o->shift = (int)v;
+            break;
         case O_SCHEDULE:
             if (strcmp(optarg, "cosine") != 0 && strcmp(optarg, "constant") != 0) {
                 fprintf(stderr, "mnist_cnn: --schedule takes cosine or constant, not '%s'\n",
@@ -352,6 +360,32 @@ static double learning_rate(const run *r)
     return 0.5 * r->opt.lr * (1 + cos(3.14159265358979323846 * (progress < 1 ? progress : 1)));
 }
 
+/* Moves each image by up to r->opt.shift pixels in x and y, filling with the background.
+ * The shifts come from a generator seeded by (seed, step) alone, so a resumed run draws the
+ * same ones without saving any state. */
+static void shift_images(const run *r, int64_t n)
+{
+    if (!r->opt.shift)
+        return;
+    tg_rng rng;
+    tg_rng_seed(&rng, r->opt.seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)r->step);
+    const float background = -MNIST_MEAN / MNIST_STD;
+    float copy[28 * 28];
+    uint64_t span = 2 * (uint64_t)r->opt.shift + 1;
+    for (int64_t i = 0; i < n; i++) {
+        float *img = r->images + i * 28 * 28;
+        int dy = (int)tg_rng_below(&rng, span) - r->opt.shift;
+        int dx = (int)tg_rng_below(&rng, span) - r->opt.shift;
+        memcpy(copy, img, sizeof copy);
+        for (int y = 0; y < 28; y++)
+            for (int x = 0; x < 28; x++) {
+                int sy = y - dy, sx = x - dx;
+                img[y * 28 + x] = sy >= 0 && sy < 28 && sx >= 0 && sx < 28 ? copy[sy * 28 + sx]
+                                                                             : background;
+            }
+    }
+}
+
 /* One step: forward, loss, gradients, optimizer. Returns the loss, NaN on failure. */
 static double train_step(run *r, const int64_t *indices, int64_t n, tg_tensor **trainable,
                          tg_tensor **grads, size_t n_trainable, int64_t *right)
@@ -360,6 +394,7 @@ static double train_step(run *r, const int64_t *indices, int64_t n, tg_tensor **
         fail("training data");
         return NAN;
     }
+    shift_images(r, n);
     tg_tensor *labels = tg_from_data(r->tape, TG_F32, 1, (int64_t[]){n}, r->labels);
     tg_tensor *logits = model_forward(&r->model, input_batch(r, n), true);
     tg_tensor *loss = tg_cross_entropy(logits, labels);

@@ -55,33 +55,14 @@ const char *tg_shape_str(char *buf, size_t size, int ndim, const int64_t *shape)
     return buf;
 }
 
-bool tg_check_inputs(const char *op, int n, tg_tensor *const *in)
+tg_status tg_fail_null_input(const char *op, int index)
 {
-    for (int i = 0; i < n; i++) {
-        if (in[i] == NULL) {
-            if (last_code != TG_OK) {
-                char earlier[sizeof root_message];
-                memcpy(earlier, root_message, sizeof earlier);
-                propagating = true;
-                tg_fail(TG_ERR_NULL, "%s: input %d is NULL (after: %s)", op, i, earlier);
-                propagating = false;
-            } else {
-                tg_fail(TG_ERR_NULL, "%s: input %d is NULL", op, i);
-            }
-            return false;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        if (!tg_node_is_live(in[i])) {
-            tg_fail(TG_ERR_TAPE, "%s: input %d was dropped by tg_tape_rewind", op, i);
-            return false;
-        }
-    }
-    for (int i = 1; i < n; i++) {
-        if (in[i]->tape != in[0]->tape) {
-            tg_fail(TG_ERR_TAPE, "%s: input %d is on a different tape from input 0", op, i);
-            return false;
-        }
-    }
-    return true;
+    if (last_code == TG_OK)
+        return tg_fail(TG_ERR_NULL, "%s: input %d is NULL", op, index);
+    char earlier[sizeof root_message];
+    memcpy(earlier, root_message, sizeof earlier);
+    propagating = true;
+    tg_fail(TG_ERR_NULL, "%s: input %d is NULL (after: %s)", op, index, earlier);
+    propagating = false;
+    return TG_ERR_NULL;
 }

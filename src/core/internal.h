@@ -67,6 +67,9 @@ tg_vjp_fn tg_debug_swap_vjp(tg_op op, tg_vjp_fn rule);
 /* Sets the thread's error and returns the code (so callers can `return tg_fail(...)`). */
 tg_status tg_fail(tg_status code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The error for a NULL input: when an earlier call failed (the usual reason for a NULL), the
+ * message quotes the first failure of that chain. */
+tg_status tg_fail_null_input(const char *op, int index);
 /* Formats a shape as "[2, 3, 4]" into buf. */
 const char *tg_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
 

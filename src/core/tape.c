@@ -138,6 +138,29 @@ bool tg_node_is_live(const struct tg_node *n)
            &n->tape->blocks[n->id >> NODE_BLOCK_BITS][n->id & (NODE_BLOCK - 1)] == n;
 }
 
+bool tg_check_inputs(const char *op, int n, tg_tensor *const *in)
+{
+    for (int i = 0; i < n; i++) {
+        if (in[i] == NULL) {
+            tg_fail_null_input(op, i);
+            return false;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (!tg_node_is_live(in[i])) {
+            tg_fail(TG_ERR_TAPE, "%s: input %d was dropped by tg_tape_rewind", op, i);
+            return false;
+        }
+    }
+    for (int i = 1; i < n; i++) {
+        if (in[i]->tape != in[0]->tape) {
+            tg_fail(TG_ERR_TAPE, "%s: input %d is on a different tape from input 0", op, i);
+            return false;
+        }
+    }
+    return true;
+}
+
 tg_tensor *tg_tape_node(const tg_tape *tape, size_t index)
 {
     if (!tape || index >= tape->n_nodes)

@@ -6,6 +6,8 @@
 #   determinism  the same seed twice, and 1 vs 2 threads: identical losses and checkpoints
 #   nan-guard    a diverging run with --check-finite stops naming the op; the last checkpoint
 #                still loads
+#   checkpoint   evaluating a saved checkpoint gives the accuracy printed at save time; one of
+#                the other model, or a damaged one, is refused with a clear message
 # Exits 77 (skipped) when MNIST has not been fetched (scripts/fetch_mnist.sh).
 set -euo pipefail
 bin=$1 data=$2 check=$3
@@ -72,6 +74,31 @@ nan-guard)
     run --model seed --eval-only --load "$work/x.ckpt" >"$work/eval" ||
         die "the last good checkpoint does not load"
     echo "nan-guard: stopped with the message above; the last checkpoint loads: $(tail -1 "$work/eval")"
+    ;;
+checkpoint)
+    run --model seed --seed 4 --max-steps 300 --save "$work/seed.ckpt" >"$work/train.out"
+    run --model seed --eval-only --load "$work/seed.ckpt" >"$work/eval.out"
+    trained=$(value test_acc <"$work/train.out") evaluated=$(value test_acc <"$work/eval.out")
+    [ "$trained" = "$evaluated" ] || die "test_acc $trained at save time, $evaluated after loading"
+    set +e
+    run --model reference --eval-only --load "$work/seed.ckpt" >/dev/null 2>"$work/other.err"
+    other=$?
+    cp "$work/seed.ckpt" "$work/damaged.ckpt"
+    size=$(stat -c %s "$work/damaged.ckpt")
+    printf '\x55' | dd of="$work/damaged.ckpt" bs=1 seek=$((size - 100)) conv=notrunc 2>/dev/null
+    run --model seed --eval-only --load "$work/damaged.ckpt" >/dev/null 2>"$work/damaged.err"
+    damaged=$?
+    head -c 1000 "$work/seed.ckpt" >"$work/truncated.ckpt"
+    run --model seed --eval-only --load "$work/truncated.ckpt" >/dev/null 2>"$work/truncated.err"
+    truncated=$?
+    set -e
+    cat "$work/other.err" "$work/damaged.err" "$work/truncated.err"
+    [ $other -ne 0 ] && grep -q "holds the 'seed' model" "$work/other.err" ||
+        die "a checkpoint of the other model was not refused clearly"
+    [ $damaged -ne 0 ] && grep -qi "crc\|checksum" "$work/damaged.err" ||
+        die "a damaged checkpoint was not refused by its checksum"
+    [ $truncated -ne 0 ] || die "a truncated checkpoint was accepted"
+    echo "checkpoint: test_acc $trained at save time and after loading; other model, damaged and truncated files refused"
     ;;
 *)
     die "unknown check '$check'"

@@ -34,26 +34,34 @@ static tg_tensor *accumulate(tg_tensor *sum, tg_tensor *g) { return sum ? tg_add
 
 int tg_grad(tg_tensor *y, int n, tg_tensor *const *xs, tg_tensor *seed, tg_tensor **grads)
 {
-    if (!y || (n > 0 && (!xs || !grads)) || n < 0)
+    if (y && n < 0)
+        return tg_fail(TG_ERR_ARG, "grad: negative input count %d", n);
+    if (!y || (n > 0 && (!xs || !grads)))
         return tg_fail(TG_ERR_NULL, "grad: %s", !y ? "output is NULL"
-                                                : n < 0 ? "negative input count"
                                                 : !xs ? "inputs is NULL" : "grads is NULL");
+    if (!tg_node_is_live(y))
+        return tg_fail(TG_ERR_TAPE, "grad: the output was dropped by tg_tape_rewind");
     tg_tape *tape = y->tape;
     for (int i = 0; i < n; i++) {
         grads[i] = NULL;
         if (!xs[i])
             return tg_fail(TG_ERR_NULL, "grad: input %d is NULL", i);
+        if (!tg_node_is_live(xs[i]))
+            return tg_fail(TG_ERR_TAPE, "grad: input %d was dropped by tg_tape_rewind", i);
         if (xs[i]->tape != tape)
             return tg_fail(TG_ERR_TAPE, "grad: input %d is on a different tape from the output",
                            i);
     }
     if (seed) {
+        if (!tg_node_is_live(seed))
+            return tg_fail(TG_ERR_TAPE, "grad: the seed was dropped by tg_tape_rewind");
         if (seed->tape != tape)
             return tg_fail(TG_ERR_TAPE, "grad: the seed is on a different tape from the output");
         if (!tg_shape_equal(seed->ndim, seed->shape, y->ndim, y->shape) ||
             seed->dtype != y->dtype) {
             char sa[128], sb[128];
-            return tg_fail(TG_ERR_SHAPE, "grad: the seed (%s %s) must match the output (%s %s)",
+            return tg_fail(seed->dtype != y->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
+                           "grad: the seed (%s %s) must match the output (%s %s)",
                            tg_dtype_name(seed->dtype),
                            tg_shape_str(sa, sizeof sa, seed->ndim, seed->shape),
                            tg_dtype_name(y->dtype), tg_shape_str(sb, sizeof sb, y->ndim, y->shape));

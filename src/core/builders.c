@@ -184,6 +184,9 @@ tg_tensor *tg_reshape(tg_tensor *a, int ndim, const int64_t *shape)
         } else if (shape[i] < 0) {
             tg_fail(TG_ERR_SHAPE, "reshape: dimension %d is %lld", i, (long long)shape[i]);
             return NULL;
+        } else if (shape[i] != 0 && known > INT64_MAX / shape[i]) {
+            tg_fail(TG_ERR_SHAPE, "reshape: the shape has too many elements");
+            return NULL;
         } else {
             known *= shape[i];
         }
@@ -292,6 +295,12 @@ tg_tensor *tg_pad(tg_tensor *a, const int64_t *before, const int64_t *after, dou
     for (int i = 0; i < a->ndim; i++) {
         if (before[i] < 0 || after[i] < 0) {
             tg_fail(TG_ERR_ARG, "pad: negative padding (%lld, %lld) on axis %d",
+                    (long long)before[i], (long long)after[i], i);
+            return NULL;
+        }
+        if (before[i] > INT64_MAX - a->shape[i] ||
+            after[i] > INT64_MAX - a->shape[i] - before[i]) {
+            tg_fail(TG_ERR_ARG, "pad: padding (%lld, %lld) on axis %d is too large",
                     (long long)before[i], (long long)after[i], i);
             return NULL;
         }

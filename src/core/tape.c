@@ -371,7 +371,8 @@ int tg_assign(tg_tensor *target, tg_tensor *value)
     if (!tg_shape_equal(target->ndim, target->shape, value->ndim, value->shape) ||
         target->dtype != value->dtype) {
         char sa[128], sb[128];
-        return tg_fail(TG_ERR_SHAPE, "assign: target %s %s, value %s %s",
+        return tg_fail(target->dtype != value->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
+                       "assign: target %s %s, value %s %s",
                        tg_dtype_name(target->dtype),
                        tg_shape_str(sa, sizeof sa, target->ndim, target->shape),
                        tg_dtype_name(value->dtype),

@@ -358,6 +358,12 @@ int tg_mnist_gather(const tg_mnist *m, const int64_t *indices, int64_t count, fl
     if (!isfinite(mean) || !isfinite(std) || !(std > 0.0f))
         return tg_fail(TG_ERR_ARG, "tg_mnist_gather: mean %g and std %g must be finite, std > 0",
                        (double)mean, (double)std);
+    if ((images && !m->images) || (labels && !m->labels))
+        return tg_fail(TG_ERR_NULL, "tg_mnist_gather: the dataset has no %s",
+                       images && !m->images ? "images" : "labels");
+    if (m->rows < 0 || m->cols < 0)
+        return tg_fail(TG_ERR_ARG, "tg_mnist_gather: the dataset has %d x %d images", m->rows,
+                       m->cols);
     /* Check every index before writing, so a bad one leaves the buffers as they were. */
     for (int64_t i = 0; i < count; i++) {
         if (indices[i] < 0 || indices[i] >= m->count)

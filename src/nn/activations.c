@@ -33,7 +33,8 @@ tg_tensor *tg_dropout_mask(tg_tensor *x, tg_tensor *mask, double p)
     char sx[128], sm[128];
     if (mask->dtype != x->dtype ||
         !tg_shape_equal(mask->ndim, mask->shape, x->ndim, x->shape)) {
-        tg_fail(TG_ERR_SHAPE, "dropout: the mask (%s %s) must have x's shape and dtype (%s %s)",
+        tg_fail(mask->dtype != x->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
+                "dropout: the mask (%s %s) must have x's shape and dtype (%s %s)",
                 tg_dtype_name(mask->dtype), SHAPE_STR(sm, mask), tg_dtype_name(x->dtype),
                 SHAPE_STR(sx, x));
         return NULL;

@@ -133,10 +133,11 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
 int tg_batchnorm_layer_init(tg_batchnorm_layer *layer, tg_tape *tape, tg_dtype dt,
                             int64_t features)
 {
+    if (layer) /* zeroed on every failure, NULL arguments included */
+        *layer = (tg_batchnorm_layer){0};
     if (!layer || !tape)
         return tg_fail(TG_ERR_NULL, "batchnorm_layer_init: %s is NULL",
                        !layer ? "the layer" : "the tape");
-    *layer = (tg_batchnorm_layer){0};
     if (features < 1)
         return tg_fail(TG_ERR_ARG, "batchnorm_layer_init: %lld features; needs >= 1",
                        (long long)features);

@@ -22,8 +22,8 @@ tg_tensor *tg_conv2d(tg_tensor *x, tg_tensor *weight, tg_tensor *bias, int64_t s
                 "x %s and weight %s", SHAPE_STR(sx, x), SHAPE_STR(sw, weight));
         return NULL;
     }
-    if (stride < 1 || padding < 0) {
-        tg_fail(TG_ERR_ARG, "conv2d: stride %lld must be >= 1 and padding %lld >= 0",
+    if (stride < 1 || padding < 0 || padding > INT64_MAX / 4) {
+        tg_fail(TG_ERR_ARG, "conv2d: stride %lld must be >= 1 and padding %lld in 0 .. 2^61",
                 (long long)stride, (long long)padding);
         return NULL;
     }
@@ -69,10 +69,11 @@ int tg_conv2d_layer_init(tg_conv2d_layer *layer, tg_tape *tape, tg_rng *rng, tg_
                          int64_t in_channels, int64_t out_channels, int64_t kernel,
                          int64_t stride, int64_t padding, bool bias)
 {
+    if (layer) /* zeroed on every failure, NULL arguments included */
+        *layer = (tg_conv2d_layer){0};
     if (!layer || !tape || !rng)
         return tg_fail(TG_ERR_NULL, "conv2d_layer_init: %s is NULL",
                        !layer ? "the layer" : !tape ? "the tape" : "rng");
-    *layer = (tg_conv2d_layer){0};
     if (in_channels < 1 || out_channels < 1 || kernel < 1 || stride < 1 || padding < 0)
         return tg_fail(TG_ERR_ARG, "conv2d_layer_init: channels %lld -> %lld, kernel %lld and "
                        "stride %lld must be >= 1, padding %lld >= 0", (long long)in_channels,

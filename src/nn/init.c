@@ -91,10 +91,14 @@ int tg_init_default(tg_tensor *weight, tg_tensor *bias, tg_rng *rng)
         return tg_fail(TG_ERR_SHAPE, "tg_init_default: the bias has %lld elements in %d axes "
                        "but the weight has %lld outputs", (long long)bias->numel, bias->ndim,
                        (long long)weight->shape[0]);
+    /* Check the bias before the weight is written, so a failure writes nothing. */
+    int status = bias ? check_leaf("tg_init_default", bias) : TG_OK;
+    if (status != TG_OK)
+        return status;
     /* With a = sqrt(5) the Kaiming bound gain * sqrt(3 / fan_in) is exactly 1 / sqrt(fan_in);
      * computing it that way keeps the last bit identical to the bias bound. */
     double bound = inv_sqrt_fan(fan);
-    int status = tg_init_uniform(weight, rng, -bound, bound);
+    status = tg_init_uniform(weight, rng, -bound, bound);
     if (status == TG_OK && bias)
         status = tg_init_uniform(bias, rng, -bound, bound);
     return status;

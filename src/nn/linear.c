@@ -36,10 +36,11 @@ tg_tensor *tg_linear(tg_tensor *x, tg_tensor *weight, tg_tensor *bias)
 int tg_linear_layer_init(tg_linear_layer *layer, tg_tape *tape, tg_rng *rng, tg_dtype dt,
                          int64_t in_features, int64_t out_features, bool bias)
 {
+    if (layer) /* zeroed on every failure, NULL arguments included */
+        *layer = (tg_linear_layer){0};
     if (!layer || !tape || !rng)
         return tg_fail(TG_ERR_NULL, "linear_layer_init: %s is NULL",
                        !layer ? "the layer" : !tape ? "the tape" : "rng");
-    *layer = (tg_linear_layer){0};
     if (in_features < 1 || out_features < 1)
         return tg_fail(TG_ERR_ARG, "linear_layer_init: features %lld -> %lld must be >= 1",
                        (long long)in_features, (long long)out_features);

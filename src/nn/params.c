@@ -92,11 +92,16 @@ int tg_params_append(tg_params *dst, const tg_params *src, const char *prefix)
         return tg_fail(TG_ERR_NULL, "tg_params_append: %s is NULL", !dst ? "dst" : "src");
     if (dst == src)
         return tg_fail(TG_ERR_ARG, "tg_params_append: dst and src are the same list");
+    /* All or nothing: on a failure (a name clash, say) the entries added so far go again. */
+    size_t before = dst->count;
     for (size_t i = 0; i < src->count; i++) {
         const tg_param *e = &src->entries[i];
         int status = tg_params_add(dst, prefix, e->name, e->tensor, e->kind);
-        if (status != TG_OK)
+        if (status != TG_OK) {
+            while (dst->count > before)
+                free((void *)dst->entries[--dst->count].name);
             return status;
+        }
     }
     return TG_OK;
 }

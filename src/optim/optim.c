@@ -108,7 +108,8 @@ int tg_optim_step(tg_optim *opt, tg_tensor *const *grads)
             continue;
         if (g->dtype != p->dtype || !tg_shape_equal(g->ndim, g->shape, p->ndim, p->shape)) {
             char sg[128], sp[128];
-            return tg_fail(TG_ERR_SHAPE, "%s step: gradient %zu is %s %s but its parameter "
+            return tg_fail(g->dtype != p->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
+                           "%s step: gradient %zu is %s %s but its parameter "
                            "'%s' is %s %s", opt->name, i, tg_dtype_name(g->dtype),
                            SHAPE_STR(sg, g), opt->names[i], tg_dtype_name(p->dtype),
                            SHAPE_STR(sp, p));

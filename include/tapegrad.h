@@ -234,8 +234,8 @@ typedef struct {
     char message[256];    /* where the largest error was */
 } tg_gradcheck_result;
 
-/* inputs are f64 tensors (on any tape) that give the shapes and the point to check at; they
- * are copied. Returns 0 when the check ran (see result->passed), negative on error. */
+/* inputs are 1 to 8 f64 tensors (on any tape) that give the shapes and the point to check
+ * at; they are copied. Returns 0 when the check ran (see result->passed), negative on error. */
 int tg_gradcheck(tg_fn f, void *ctx, int n, tg_tensor *const *inputs,
                  const tg_gradcheck_opts *opts, tg_gradcheck_result *result);
 

@@ -325,7 +325,12 @@ static int load_checkpoint(run *r)
 static void progress(const run *r, int epoch, int64_t done, int64_t total, double loss,
                      double img_s, bool tty)
 {
-    double left = img_s > 0 ? (double)((total - done) * r->opt.batch) / img_s : 0;
+    /* Time left in the whole run (evaluations aside), not just this epoch. */
+    int64_t last = (int64_t)r->opt.epochs * total;
+    if (r->opt.max_steps && r->opt.max_steps < last)
+        last = r->opt.max_steps;
+    int64_t steps_left = last > r->step ? last - r->step : 0;
+    double left = img_s > 0 ? (double)(steps_left * r->opt.batch) / img_s : 0;
     if (tty) {
         char bar[31];
         int filled = total ? (int)(30 * done / total) : 30;

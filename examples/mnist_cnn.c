@@ -594,11 +594,14 @@ int main(int argc, char **argv)
     }
     if (status == 0) {
         double epoch_s = n_points ? train_seconds / n_points : train_seconds;
-        printf("model=%s steps=%lld epochs=%d batch=%lld threads=%d final_loss=%.4f "
-               "test_acc=%.2f epoch_s=%.2f train_img_s=%.0f\n", model_name(r.opt.model),
-               (long long)r.step, (int)tg_batches_epoch(r.batches), (long long)r.opt.batch,
-               r.opt.threads, last_loss, test_acc, epoch_s,
-               train_seconds > 0 ? (double)train_images / train_seconds : 0.0);
+        /* final_loss is the last training batch's; an evaluation-only run has none. */
+        char loss[48] = "";
+        if (!isnan(last_loss))
+            snprintf(loss, sizeof loss, " final_loss=%.4f", last_loss);
+        printf("model=%s steps=%lld epochs=%d batch=%lld threads=%d%s test_acc=%.2f "
+               "epoch_s=%.2f train_img_s=%.0f\n", model_name(r.opt.model), (long long)r.step,
+               (int)tg_batches_epoch(r.batches), (long long)r.opt.batch, r.opt.threads, loss,
+               test_acc, epoch_s, train_seconds > 0 ? (double)train_images / train_seconds : 0.0);
     }
     free(curve);
     teardown(&r);

@@ -57,15 +57,9 @@ int tg_grad(tg_tensor *y, int n, tg_tensor *const *xs, tg_tensor *seed, tg_tenso
             return tg_fail(TG_ERR_TAPE, "grad: the seed was dropped by tg_tape_rewind");
         if (seed->tape != tape)
             return tg_fail(TG_ERR_TAPE, "grad: the seed is on a different tape from the output");
-        if (!tg_shape_equal(seed->ndim, seed->shape, y->ndim, y->shape) ||
-            seed->dtype != y->dtype) {
-            char sa[128], sb[128];
-            return tg_fail(seed->dtype != y->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
-                           "grad: the seed (%s %s) must match the output (%s %s)",
-                           tg_dtype_name(seed->dtype),
-                           tg_shape_str(sa, sizeof sa, seed->ndim, seed->shape),
-                           tg_dtype_name(y->dtype), tg_shape_str(sb, sizeof sb, y->ndim, y->shape));
-        }
+        tg_status same = tg_check_same_type("grad", "the seed", seed, "the output", y);
+        if (same != TG_OK)
+            return same;
     } else if (y->numel != 1) {
         char sa[128];
         return tg_fail(TG_ERR_SHAPE, "grad: without a seed the output must have one element, "

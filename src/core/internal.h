@@ -70,6 +70,10 @@ tg_status tg_fail(tg_status code, const char *fmt, ...)
 /* The error for a NULL input: when an earlier call failed (the usual reason for a NULL), the
  * message quotes the first failure of that chain. */
 tg_status tg_fail_null_input(const char *op, int index);
+/* 0 when a and b have one dtype and shape; else TG_ERR_DTYPE or TG_ERR_SHAPE with
+ * "<op>: <a_name> is <dtype> <shape> but <b_name> is <dtype> <shape>". */
+tg_status tg_check_same_type(const char *op, const char *a_name, const struct tg_node *a,
+                             const char *b_name, const struct tg_node *b);
 /* Formats a shape as "[2, 3, 4]" into buf. */
 const char *tg_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
 

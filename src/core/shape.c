@@ -57,6 +57,18 @@ void tg_broadcast_strides(int ndim, const int64_t *shape, int out_ndim, const in
     }
 }
 
+tg_status tg_check_same_type(const char *op, const char *a_name, const struct tg_node *a,
+                             const char *b_name, const struct tg_node *b)
+{
+    bool same_dtype = a->dtype == b->dtype;
+    if (same_dtype && tg_shape_equal(a->ndim, a->shape, b->ndim, b->shape))
+        return TG_OK;
+    char sa[128], sb[128];
+    return tg_fail(same_dtype ? TG_ERR_SHAPE : TG_ERR_DTYPE, "%s: %s is %s %s but %s is %s %s",
+                   op, a_name, tg_dtype_name(a->dtype), tg_shape_str(sa, sizeof sa, a->ndim, a->shape),
+                   b_name, tg_dtype_name(b->dtype), tg_shape_str(sb, sizeof sb, b->ndim, b->shape));
+}
+
 int tg_norm_axis(int axis, int ndim)
 {
     if (axis < 0)

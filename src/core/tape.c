@@ -368,16 +368,9 @@ int tg_assign(tg_tensor *target, tg_tensor *value)
     if (target->op != TG_OP_LEAF)
         return tg_fail(TG_ERR_ARG, "assign: the target must be a leaf, not a %s node",
                        tg_op_name(target->op));
-    if (!tg_shape_equal(target->ndim, target->shape, value->ndim, value->shape) ||
-        target->dtype != value->dtype) {
-        char sa[128], sb[128];
-        return tg_fail(target->dtype != value->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
-                       "assign: target %s %s, value %s %s",
-                       tg_dtype_name(target->dtype),
-                       tg_shape_str(sa, sizeof sa, target->ndim, target->shape),
-                       tg_dtype_name(value->dtype),
-                       tg_shape_str(sb, sizeof sb, value->ndim, value->shape));
-    }
+    tg_status same = tg_check_same_type("assign", "the value", value, "the target", target);
+    if (same != TG_OK)
+        return same;
     tg_tape *tape = target->tape;
     if (tape->n_updates == tape->cap_updates) {
         size_t cap = tape->cap_updates ? 2 * tape->cap_updates : 16;

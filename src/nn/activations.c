@@ -4,7 +4,6 @@
 
 #include <math.h>
 
-#define SHAPE_STR(buf, t) tg_shape_str(buf, sizeof buf, (t)->ndim, (t)->shape)
 
 /* where(x > 0, x, 0) rather than maximum(x, 0): maximum hands a tie to its first input, which
  * would make relu'(0) = 1; with where the gradient at 0 is 0, as PyTorch's. */
@@ -30,15 +29,8 @@ tg_tensor *tg_dropout_mask(tg_tensor *x, tg_tensor *mask, double p)
     tg_tensor *in[2] = {x, mask};
     if (!tg_check_inputs("dropout", 2, in) || !check_p(p))
         return NULL;
-    char sx[128], sm[128];
-    if (mask->dtype != x->dtype ||
-        !tg_shape_equal(mask->ndim, mask->shape, x->ndim, x->shape)) {
-        tg_fail(mask->dtype != x->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
-                "dropout: the mask (%s %s) must have x's shape and dtype (%s %s)",
-                tg_dtype_name(mask->dtype), SHAPE_STR(sm, mask), tg_dtype_name(x->dtype),
-                SHAPE_STR(sx, x));
+    if (tg_check_same_type("dropout", "the mask", mask, "x", x) != TG_OK)
         return NULL;
-    }
     for (int64_t i = 0; i < mask->numel; i++) {
         double m = tg_get(mask, i);
         if (m != 0 && m != 1) {

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SHAPE_STR(buf, t) tg_shape_str(buf, sizeof buf, (t)->ndim, (t)->shape)
 
 void tg_optim_free(tg_optim *opt)
 {
@@ -106,14 +105,13 @@ int tg_optim_step(tg_optim *opt, tg_tensor *const *grads)
         const tg_tensor *g = grads[i], *p = opt->params[i];
         if (!g)
             continue;
-        if (g->dtype != p->dtype || !tg_shape_equal(g->ndim, g->shape, p->ndim, p->shape)) {
-            char sg[128], sp[128];
-            return tg_fail(g->dtype != p->dtype ? TG_ERR_DTYPE : TG_ERR_SHAPE,
-                           "%s step: gradient %zu is %s %s but its parameter "
-                           "'%s' is %s %s", opt->name, i, tg_dtype_name(g->dtype),
-                           SHAPE_STR(sg, g), opt->names[i], tg_dtype_name(p->dtype),
-                           SHAPE_STR(sp, p));
-        }
+        char op[64], gradient[32], parameter[160];
+        snprintf(op, sizeof op, "%s step", opt->name);
+        snprintf(gradient, sizeof gradient, "gradient %zu", i);
+        snprintf(parameter, sizeof parameter, "its parameter '%s'", opt->names[i]);
+        tg_status same = tg_check_same_type(op, gradient, g, parameter, p);
+        if (same != TG_OK)
+            return same;
         double t = tg_optim_load(opt->step[i], 0);
         if (!(t >= 0 && t < 0x1p53 && t == floor(t)))
             return tg_fail(TG_ERR_NUMERIC, "%s step: the step count of '%s' is %g; it must be "

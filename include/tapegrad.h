@@ -211,6 +211,66 @@ size_t tg_tape_updates(const tg_tape *tape, tg_tensor ***targets, tg_tensor ***v
  * differentiate them again for higher orders. */
 int tg_grad(tg_tensor *y, int n, tg_tensor *const *xs, tg_tensor *seed, tg_tensor **grads);
 
+/* ---- tracing and compiled plans ------------------------------------------------------------ */
+/* Tracing: while a tape traces, the builders (and every composition, tg_grad, the optimizers'
+ * steps and tg_assign) record nodes without computing them or allocating their values. Leaves
+ * made while tracing (tg_scalar, tg_full, ...) are constants of the trace; tensors made before
+ * it (parameters, running estimates, optimizer state, a learning-rate scalar) are read by
+ * pointer every time a plan runs, so their current values are used; placeholders are the
+ * plan's inputs. A traced tensor has no value: tg_data returns NULL and tg_get fails. */
+int tg_tape_trace(tg_tape *tape, bool on);
+bool tg_tape_tracing(const tg_tape *tape);
+/* A named input of a trace (the tape must be tracing); its data is given to a plan with
+ * tg_plan_set_input. The tape keeps a copy of the name. */
+tg_tensor *tg_placeholder(tg_tape *tape, const char *name, tg_dtype dt, int ndim,
+                          const int64_t *shape);
+
+/* A plan: the traced graph, optimized and specialized to its shapes, with all of its memory
+ * allocated when it is built; running it allocates nothing.
+ * Ownership: the caller owns a plan (tg_compile / tg_plan_free). The plan owns copies of the
+ * traced nodes and constants, so the tape may be rewound past the trace once it is compiled;
+ * it reads and updates tensors made before the trace (parameters, state) by pointer: those
+ * must outlive the plan. Input pointers given to tg_plan_set_input are read at every run and
+ * must stay valid until replaced. Output pointers are valid until the next run or the free. */
+typedef struct tg_plan tg_plan;
+
+typedef struct {
+    /* Passes to switch off, comma-separated ("cse,fuse"; "all" for every pass, "memplan" for
+     * the memory plan); TG_DISABLE_PASSES in the environment adds to it. NULL: none. */
+    const char *disable;
+    /* A directory to write each pass's graph into (NN-name.txt, before and after), and the
+     * memory plan; TG_DUMP_PASSES in the environment sets it too. NULL: no dumps. */
+    const char *dump_dir;
+} tg_compile_opts;
+
+/* Compiles what outputs need, plus every tg_assign recorded while tracing (applied in
+ * order at the end of each run), into a plan. opts may be NULL. NULL with an error on
+ * failure (an output that was not traced, a dump directory that cannot be written). */
+tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
+                    const tg_compile_opts *opts);
+/* Gives the placeholder `name` its data (dtype and shape as traced, row-major). */
+int tg_plan_set_input(tg_plan *plan, const char *name, const void *data);
+/* Runs every kernel, then the updates. Fails without running when an input is not set or
+ * when more threads are asked for than the plan was compiled with. */
+int tg_plan_run(tg_plan *plan);
+/* Output i of the last run (shape and dtype of the traced output); NULL on error. */
+const void *tg_plan_output(const tg_plan *plan, int index);
+void tg_plan_free(tg_plan *plan); /* NULL is fine */
+
+/* What compiling did: for stage 0 (the traced graph) and each pass after it, its name
+ * ("traced", "dce", ...), whether it ran, and the nodes and kernels left. Returns the
+ * number of stages; fills *info for stage i when i is in range. */
+typedef struct {
+    const char *name;
+    bool ran;
+    int nodes, kernels;
+} tg_plan_stage;
+int tg_plan_stages(const tg_plan *plan, int i, tg_plan_stage *info);
+/* Bytes of the plan's arena (intermediate values) and what the same values would take
+ * with a buffer each, as eager execution gives them. */
+size_t tg_plan_arena_bytes(const tg_plan *plan);
+size_t tg_plan_unplanned_bytes(const tg_plan *plan);
+
 /* ---- gradient verification -------------------------------------------------------------- */
 /* The function under test builds its output from n f64 leaves on a tape gradcheck owns.
  * Anything else it needs (constants, labels) comes through ctx and is built on that tape. */

@@ -35,8 +35,11 @@ struct tg_node {
      * kh, kw, sh, sw. */
     int64_t attr[2 * TG_MAX_DIMS];
     double fattr;
-    void *data;
+    void *data;        /* NULL for a node recorded while tracing (and for placeholders) */
     const char *label;
+    const char *name;  /* a placeholder's name (interned); NULL otherwise */
+    bool traced;       /* made while the tape was tracing: a leaf is then a constant of the
+                          trace, any other node has no value */
 };
 
 typedef void (*tg_kernel_fn)(const struct tg_node *n, void *out, const void *const *in);
@@ -82,8 +85,10 @@ const char *tg_shape_str(char *buf, size_t size, int ndim, const int64_t *shape)
  * (or aliased for views) but not computed. Returns NULL with an error set on failure. */
 struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
                             const int64_t *shape, int n_in, struct tg_node *const *in);
-/* Computes a node's value from its inputs' values (eager mode). */
+/* Computes a node's value from its inputs' values (eager mode); nothing for a traced node. */
 void tg_node_compute(struct tg_node *n);
+/* False, with an error naming who asked, for a traced node (it has no value). */
+bool tg_check_has_value(const char *who, const struct tg_node *n);
 /* With the tape's finite check on: an error naming the node if its value has a NaN or inf. */
 int tg_node_check_finite(const struct tg_node *n);
 /* A tape-owned copy of text, shared by every node that uses it; NULL when out of memory. */

@@ -36,6 +36,7 @@ struct tg_tape {
     size_t n_strings;
     const char *scope;
     bool check_finite;
+    bool tracing; /* builders record without computing (tg_tape_trace) */
     tg_tensor **update_targets;
     tg_tensor **update_values;
     size_t n_updates;
@@ -209,8 +210,10 @@ void *tg_tape_alloc(tg_tape *tape, size_t bytes)
     return p;
 }
 
-struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
-                            const int64_t *shape, int n_in, struct tg_node *const *in)
+/* with_value: allocate (or alias, for views) the value buffer. */
+static struct tg_node *node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
+                                const int64_t *shape, int n_in, struct tg_node *const *in,
+                                bool with_value)
 {
     if (ndim < 0 || ndim > TG_MAX_DIMS) {
         tg_fail(TG_ERR_SHAPE, "%s: %d dimensions (at most %d)", tg_op_name(op), ndim,
@@ -255,7 +258,10 @@ struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
     n->n_in = n_in;
     for (int i = 0; i < n_in; i++)
         n->in[i] = in[i];
-    if (tg_op_table[op].flags & TG_OPF_VIEW) {
+    n->traced = tape->tracing;
+    if (!with_value) {
+        n->data = NULL; /* a plan gives it memory when it is compiled */
+    } else if (tg_op_table[op].flags & TG_OPF_VIEW) {
         n->data = in[0]->data;
     } else {
         size_t elem = dt == TG_F64 ? sizeof(double) : sizeof(float);
@@ -270,10 +276,17 @@ nomem:
     return NULL;
 }
 
+struct tg_node *tg_node_new(tg_tape *tape, tg_op op, tg_dtype dt, int ndim,
+                            const int64_t *shape, int n_in, struct tg_node *const *in)
+{
+    /* While tracing, leaves are constants of the trace and keep their value. */
+    return node_new(tape, op, dt, ndim, shape, n_in, in, !tape->tracing || op == TG_OP_LEAF);
+}
+
 void tg_node_compute(struct tg_node *n)
 {
     const tg_op_info *info = &tg_op_table[n->op];
-    if (!info->kernel || (info->flags & TG_OPF_VIEW))
+    if (!info->kernel || (info->flags & TG_OPF_VIEW) || !n->data)
         return;
     const void *ins[3] = {NULL, NULL, NULL};
     for (int i = 0; i < n->n_in; i++)
@@ -300,7 +313,7 @@ static int64_t first_nonfinite(const struct tg_node *n, bool infinities, double 
  * nor when it is a pad's fill value. */
 int tg_node_check_finite(const struct tg_node *n)
 {
-    if (!n->tape->check_finite)
+    if (!n->tape->check_finite || !n->data)
         return TG_OK;
     bool infinities = !(n->op == TG_OP_PAD && isinf(n->fattr));
     double value = 0, ignored;
@@ -387,6 +400,8 @@ int tg_assign(tg_tensor *target, tg_tensor *value)
     tape->update_targets[tape->n_updates] = target;
     tape->update_values[tape->n_updates] = value;
     tape->n_updates++;
+    if (tape->tracing || !value->data) /* a plan applies it when it runs */
+        return TG_OK;
     size_t elem = value->dtype == TG_F64 ? sizeof(double) : sizeof(float);
     memmove(target->data, value->data, (size_t)value->numel * elem);
     return TG_OK;
@@ -403,3 +418,62 @@ size_t tg_tape_updates(const tg_tape *tape, tg_tensor ***targets, tg_tensor ***v
     return tape->n_updates;
 }
 
+
+/* ---- tracing ---------------------------------------------------------------------------- */
+int tg_tape_trace(tg_tape *tape, bool on)
+{
+    if (!tape)
+        return tg_fail(TG_ERR_NULL, "tg_tape_trace: tape is NULL");
+    tape->tracing = on;
+    return TG_OK;
+}
+
+bool tg_tape_tracing(const tg_tape *tape) { return tape && tape->tracing; }
+
+bool tg_check_has_value(const char *who, const struct tg_node *n)
+{
+    if (n->data)
+        return true;
+    tg_fail(TG_ERR_TAPE, "%s: node %zu (%s%s%s) was traced and has no value; a compiled plan "
+            "computes it", who, n->id, n->name ? "placeholder '" : tg_op_name(n->op),
+            n->name ? n->name : "", n->name ? "'" : "");
+    return false;
+}
+
+tg_tensor *tg_placeholder(tg_tape *tape, const char *name, tg_dtype dt, int ndim,
+                          const int64_t *shape)
+{
+    if (!tape || !name || (ndim > 0 && !shape)) {
+        tg_fail(TG_ERR_NULL, "tg_placeholder: %s is NULL",
+                !tape ? "the tape" : !name ? "the name" : "shape");
+        return NULL;
+    }
+    if (!tape->tracing) {
+        tg_fail(TG_ERR_TAPE, "tg_placeholder: the tape is not tracing (call tg_tape_trace)");
+        return NULL;
+    }
+    if (!name[0]) {
+        tg_fail(TG_ERR_ARG, "tg_placeholder: the name is empty");
+        return NULL;
+    }
+    if (dt != TG_F32 && dt != TG_F64) {
+        tg_fail(TG_ERR_DTYPE, "tg_placeholder: unknown dtype %d", (int)dt);
+        return NULL;
+    }
+    for (int i = 0; i < ndim && ndim <= TG_MAX_DIMS; i++) {
+        if (shape[i] < 0) {
+            tg_fail(TG_ERR_SHAPE, "tg_placeholder: dimension %d is negative (%lld)", i,
+                    (long long)shape[i]);
+            return NULL;
+        }
+    }
+    const char *interned = tg_tape_intern(tape, name);
+    if (!interned) {
+        tg_fail(TG_ERR_NOMEM, "tg_placeholder: out of memory");
+        return NULL;
+    }
+    struct tg_node *n = node_new(tape, TG_OP_LEAF, dt, ndim, shape, 0, NULL, false);
+    if (n)
+        n->name = interned;
+    return n;
+}

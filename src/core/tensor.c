@@ -37,6 +37,8 @@ double tg_get(const tg_tensor *t, int64_t i)
         tg_fail(TG_ERR_NULL, "tg_get: tensor is NULL");
         return NAN;
     }
+    if (!tg_check_has_value("tg_get", t))
+        return NAN;
     if (i < 0 || i >= t->numel) {
         tg_fail(TG_ERR_ARG, "tg_get: index %lld is out of range for %lld elements",
                 (long long)i, (long long)t->numel);

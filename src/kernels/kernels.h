@@ -16,6 +16,9 @@ void tg_kernel_expand(const struct tg_node *n, void *out, const void *const *in)
 void tg_kernel_slice(const struct tg_node *n, void *out, const void *const *in);
 void tg_kernel_pad(const struct tg_node *n, void *out, const void *const *in);
 void tg_kernel_matmul(const struct tg_node *n, void *out, const void *const *in);
+/* Dispatches (JIT-compiles) the libxsmm kernels tg_kernel_matmul will use for n, so a
+ * compiled plan's first run compiles nothing. */
+void tg_matmul_prepare(const struct tg_node *n);
 void tg_kernel_im2col(const struct tg_node *n, void *out, const void *const *in);
 void tg_kernel_col2im(const struct tg_node *n, void *out, const void *const *in);
 void tg_kernel_cast(const struct tg_node *n, void *out, const void *const *in);

@@ -60,6 +60,34 @@ static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, co
 #define BAND 64
 #define FEW_PRODUCTS 8
 
+/* Row bands: tasks of BAND rows when there are few, large products. */
+static int64_t band_count(int64_t batches, int64_t m)
+{
+    return batches < FEW_PRODUCTS && m > BAND ? (m + BAND - 1) / BAND : 1;
+}
+
+void tg_matmul_prepare(const struct tg_node *node)
+{
+    int nd = node->ndim;
+    int64_t m = node->shape[nd - 2], n = node->shape[nd - 1];
+    int64_t k = node->in[0]->shape[node->in[0]->ndim - 1];
+    if (m <= 0 || n <= 0 || k <= 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX)
+        return;
+    int64_t bands = band_count(tg_shape_numel(nd - 2, node->shape), m);
+    int64_t rows[2] = {bands > 1 ? BAND : m, bands > 1 ? m - (bands - 1) * BAND : m};
+    for (int r = 0; r < 2; r++) {
+        if (node->dtype == TG_F64) {
+            double alpha = 1, beta = 0;
+            libxsmm_dmmdispatch((libxsmm_blasint)n, (libxsmm_blasint)rows[r], (libxsmm_blasint)k,
+                                NULL, NULL, NULL, &alpha, &beta, NULL, NULL);
+        } else {
+            float alpha = 1, beta = 0;
+            libxsmm_smmdispatch((libxsmm_blasint)n, (libxsmm_blasint)rows[r], (libxsmm_blasint)k,
+                                NULL, NULL, NULL, &alpha, &beta, NULL, NULL);
+        }
+    }
+}
+
 void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *in)
 {
     const struct tg_node *A = node->in[0], *B = node->in[1];
@@ -79,7 +107,7 @@ void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *
     }
     const char *a = in[0], *b = in[1];
     char *c = out;
-    int64_t bands = batches < FEW_PRODUCTS && m > BAND ? (m + BAND - 1) / BAND : 1;
+    int64_t bands = band_count(batches, m);
     int64_t rows = bands > 1 ? BAND : m, tasks = batches * bands;
     int threads = batches * m * n * k >= 4 * TG_PARALLEL_MIN ? tg_num_threads() : 1;
     if (threads > tasks)

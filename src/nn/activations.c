@@ -31,7 +31,7 @@ tg_tensor *tg_dropout_mask(tg_tensor *x, tg_tensor *mask, double p)
         return NULL;
     if (tg_check_same_type("dropout", "the mask", mask, "x", x) != TG_OK)
         return NULL;
-    for (int64_t i = 0; i < mask->numel; i++) {
+    for (int64_t i = 0; mask->data && i < mask->numel; i++) { /* a traced mask: unchecked */
         double m = tg_get(mask, i);
         if (m != 0 && m != 1) {
             tg_fail(TG_ERR_ARG, "dropout: mask element %lld is %g; a mask holds 0s and 1s",
@@ -52,6 +52,12 @@ tg_tensor *tg_dropout(tg_tensor *x, double p, bool training, tg_rng *rng)
         return x;
     if (!rng) {
         tg_fail(TG_ERR_NULL, "dropout: training needs an rng for the mask");
+        return NULL;
+    }
+    if (tg_tape_tracing(x->tape)) {
+        /* A mask drawn now would be a constant of the plan: the same every step. */
+        tg_fail(TG_ERR_TAPE, "dropout: a traced step needs its mask as an input: use "
+                "tg_dropout_mask with a placeholder");
         return NULL;
     }
     tg_tensor *mask = tg_zeros(x->tape, x->dtype, x->ndim, x->shape);

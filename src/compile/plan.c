@@ -1,0 +1,248 @@
+/* Compiled plans: tg_compile (trace -> graph -> passes -> memory plan) and the runner.
+ *
+ * A plan owns its final graph, one arena for every intermediate value (offsets fixed by the
+ * memory plan), and a table of value pointers. Running walks the nodes in order: views take
+ * their source's pointer, kernels run on the pointers of their inputs, then the updates copy
+ * their values into their targets. Nothing is allocated while running: libxsmm's kernels
+ * are dispatched and OpenMP's threads started when the plan is built. */
+#include "pipeline.h"
+#include "plan_ops.h"
+#include "../kernels/kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+struct tg_plan {
+    tg_graph g;
+    tg_memplan mem;
+    char *arena;
+    void **value;            /* per node: where its value is during a run */
+    struct tg_node *prim;    /* per node: what the eager kernels read (shapes, attributes) */
+    int threads;             /* compiled for at most this many */
+    tg_plan_stage stages[TG_MAX_STAGES];
+    int n_stages;
+};
+
+static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : sizeof(float); }
+
+void tg_plan_free(tg_plan *plan)
+{
+    if (!plan)
+        return;
+    tg_graph_free(&plan->g);
+    tg_memplan_free(&plan->mem);
+    free(plan->arena);
+    free(plan->value);
+    free(plan->prim);
+    free(plan);
+}
+
+/* The eager kernels read a struct tg_node: give each primitive one that mirrors its IR node. */
+static void mirror_nodes(tg_plan *p)
+{
+    for (int i = 0; i < p->g.n; i++) {
+        const tg_ir_node *x = &p->g.nodes[i];
+        struct tg_node *t = &p->prim[i];
+        memset(t, 0, sizeof *t);
+        t->id = (size_t)i;
+        t->op = x->op < TG_OP_COUNT ? (tg_op)x->op : TG_OP_LEAF;
+        t->dtype = x->dtype;
+        t->ndim = x->ndim;
+        memcpy(t->shape, x->shape, sizeof t->shape);
+        t->numel = x->numel;
+        memcpy(t->attr, x->attr, sizeof t->attr);
+        t->fattr = x->fattr;
+        t->label = x->label;
+        t->n_in = x->op < TG_OP_COUNT ? x->n_in : 0;
+        for (int k = 0; k < t->n_in && k < 3; k++)
+            t->in[k] = &p->prim[x->in[k]];
+    }
+}
+
+/* Everything a run would otherwise do for the first time: JIT kernels, thread start-up. */
+static int prepare_kernels(tg_plan *p)
+{
+    for (int i = 0; i < p->g.n; i++) {
+        tg_ir_node *x = &p->g.nodes[i];
+        const tg_plan_op_info *info = tg_plan_op_info_of(x->op);
+        int status = TG_OK;
+        if (info)
+            status = info->prepare(&p->g, x);
+        else if (x->op == TG_OP_MATMUL)
+            tg_matmul_prepare(&p->prim[i]);
+        if (status != TG_OK)
+            return tg_fail(status, "compile: preparing %s (node %d) failed: %s",
+                           tg_ir_op_name(x->op), i, tg_last_error());
+    }
+#ifdef _OPENMP
+    int threads = p->threads;
+#pragma omp parallel num_threads(threads)
+    {
+        (void)0;
+    }
+#endif
+    return TG_OK;
+}
+
+static int bind_values(tg_plan *p)
+{
+    for (int i = 0; i < p->g.n; i++) {
+        const tg_ir_node *x = &p->g.nodes[i];
+        if (x->leaf == TG_LEAF_CONST || x->leaf == TG_LEAF_BOUND)
+            p->value[i] = x->data;
+        else if (x->leaf == TG_LEAF_INPUT)
+            p->value[i] = NULL; /* tg_plan_set_input */
+        else if (p->mem.offset[i] != SIZE_MAX)
+            p->value[i] = p->arena + p->mem.offset[i];
+        else
+            p->value[i] = NULL; /* a view of a leaf: resolved at run time */
+    }
+    return TG_OK;
+}
+
+tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
+                    const tg_compile_opts *opts)
+{
+    if (!tape) {
+        tg_fail(TG_ERR_NULL, "compile: the tape is NULL");
+        return NULL;
+    }
+    uint32_t disabled;
+    if (tg_pipeline_disabled(opts, &disabled) != TG_OK)
+        return NULL;
+    const char *dump_dir = tg_pipeline_dump_dir(opts);
+    tg_plan *p = calloc(1, sizeof *p);
+    if (!p) {
+        tg_fail(TG_ERR_NOMEM, "compile: out of memory");
+        return NULL;
+    }
+    p->threads = tg_num_threads();
+    if (tg_graph_from_tape(&p->g, tape, n_outputs, outputs) != TG_OK ||
+        tg_pipeline_run(&p->g, disabled, dump_dir, p->stages, &p->n_stages) != TG_OK)
+        goto fail;
+    p->prim = calloc((size_t)p->g.n + 1, sizeof *p->prim);
+    p->value = calloc((size_t)p->g.n + 1, sizeof *p->value);
+    if (!p->prim || !p->value) {
+        tg_fail(TG_ERR_NOMEM, "compile: out of memory");
+        goto fail;
+    }
+    mirror_nodes(p);
+    if (prepare_kernels(p) != TG_OK)
+        goto fail;
+    bool planned = !((disabled >> TG_PASS_ID_memplan) & 1);
+    if (tg_memplan_build(&p->g, p->threads, planned, &p->mem) != TG_OK)
+        goto fail;
+    p->arena = aligned_alloc(64, p->mem.arena_bytes ? (p->mem.arena_bytes + 63) / 64 * 64 : 64);
+    if (!p->arena) {
+        tg_fail(TG_ERR_NOMEM, "compile: out of memory for a %zu-byte arena",
+                p->mem.arena_bytes);
+        goto fail;
+    }
+    /* Touch every page now, so no run pays for first touches. */
+    memset(p->arena, 0, p->mem.arena_bytes);
+    bind_values(p);
+    if (dump_dir) {
+        char note[256];
+        snprintf(note, sizeof note, "# memory plan: arena %.2f MB (%s), a buffer each would "
+                 "take %.2f MB\n", (double)p->mem.arena_bytes / 1e6,
+                 planned ? "planned" : "switched off: a buffer each",
+                 (double)p->mem.unplanned_bytes / 1e6);
+        if (tg_pipeline_dump(&p->g, dump_dir, p->n_stages, "memplan", p->mem.offset, note) !=
+            TG_OK)
+            goto fail;
+    }
+    return p;
+fail:
+    tg_plan_free(p);
+    return NULL;
+}
+
+int tg_plan_set_input(tg_plan *plan, const char *name, const void *data)
+{
+    if (!plan || !name || !data)
+        return tg_fail(TG_ERR_NULL, "tg_plan_set_input: %s is NULL",
+                       !plan ? "the plan" : !name ? "the name" : "data");
+    bool found = false;
+    for (int i = 0; i < plan->g.n; i++) {
+        if (plan->g.nodes[i].leaf == TG_LEAF_INPUT && strcmp(plan->g.nodes[i].name, name) == 0) {
+            plan->value[i] = (void *)data;
+            found = true;
+        }
+    }
+    return found ? TG_OK
+                 : tg_fail(TG_ERR_ARG, "tg_plan_set_input: the plan has no input '%s' (or it "
+                           "does not need it)", name);
+}
+
+static void run_kernel(tg_plan *p, int i)
+{
+    const tg_ir_node *x = &p->g.nodes[i];
+    const void *ins[TG_IR_MAX_IN];
+    for (int k = 0; k < x->n_in; k++)
+        ins[k] = p->value[x->in[k]];
+    const tg_plan_op_info *info = tg_plan_op_info_of(x->op);
+    if (info) {
+        void *scratch = p->mem.scratch[i] != SIZE_MAX ? p->arena + p->mem.scratch[i] : NULL;
+        info->kernel(x, p->value[i], ins, scratch);
+    } else {
+        tg_op_table[x->op].kernel(&p->prim[i], p->value[i], ins);
+    }
+}
+
+int tg_plan_run(tg_plan *plan)
+{
+    if (!plan)
+        return tg_fail(TG_ERR_NULL, "tg_plan_run: the plan is NULL");
+    if (tg_num_threads() > plan->threads)
+        return tg_fail(TG_ERR_ARG, "tg_plan_run: %d threads, but the plan was compiled for %d; "
+                       "compile it again", tg_num_threads(), plan->threads);
+    tg_graph *g = &plan->g;
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].leaf == TG_LEAF_INPUT && !plan->value[i])
+            return tg_fail(TG_ERR_ARG, "tg_plan_run: input '%s' is not set (tg_plan_set_input)",
+                           g->nodes[i].name);
+    for (int i = 0; i < g->n; i++) {
+        const tg_ir_node *x = &g->nodes[i];
+        if (x->op == TG_OP_LEAF)
+            continue;
+        if (tg_ir_is_view(x->op))
+            plan->value[i] = plan->value[x->in[0]];
+        else
+            run_kernel(plan, i);
+    }
+    for (int u = 0; u < g->n_updates; u++) {
+        const tg_ir_node *t = &g->nodes[g->update_target[u]];
+        memmove(plan->value[g->update_target[u]], plan->value[g->update_value[u]],
+                (size_t)t->numel * elem_size(t->dtype));
+    }
+    return TG_OK;
+}
+
+const void *tg_plan_output(const tg_plan *plan, int index)
+{
+    if (!plan || index < 0 || index >= plan->g.n_outputs) {
+        tg_fail(plan ? TG_ERR_ARG : TG_ERR_NULL, "tg_plan_output: %s", plan ? "no such output"
+                                                                          : "the plan is NULL");
+        return NULL;
+    }
+    return plan->value[plan->g.outputs[index]];
+}
+
+int tg_plan_stages(const tg_plan *plan, int i, tg_plan_stage *info)
+{
+    if (!plan)
+        return tg_fail(TG_ERR_NULL, "tg_plan_stages: the plan is NULL");
+    if (info && i >= 0 && i < plan->n_stages)
+        *info = plan->stages[i];
+    return plan->n_stages;
+}
+
+size_t tg_plan_arena_bytes(const tg_plan *plan) { return plan ? plan->mem.arena_bytes : 0; }
+size_t tg_plan_unplanned_bytes(const tg_plan *plan) { return plan ? plan->mem.unplanned_bytes : 0; }
+
+/* For tests: the plan's final graph. */
+const tg_graph *tg_plan_graph(const tg_plan *plan) { return plan ? &plan->g : NULL; }

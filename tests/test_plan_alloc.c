@@ -1,0 +1,14 @@
+/* Placeholder: the plan_alloc tests are being written. */
+#include "testing.h"
+
+START_TEST(placeholder) { ck_assert_int_eq(1, 1); }
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("plan_alloc");
+    TCase *tc = tcase_create("plan_alloc");
+    tcase_add_test(tc, placeholder);
+    suite_add_tcase(s, tc);
+    return tg_run_suite(s);
+}

@@ -1465,6 +1465,78 @@ START_TEST(checkpoint_read_misuse)
 END_TEST
 
 
+/* ---- tracing and plans ---------------------------------------------------------------------- */
+START_TEST(compile_misuse)
+{
+    ck_assert(!tg_tape_tracing(NULL));
+    FAILS_NEG(tg_tape_trace(NULL, true), TG_ERR_NULL);
+    tg_tape *t = tg_tape_new();
+    /* Placeholders exist only while tracing. */
+    FAILS_NULL(tg_placeholder(t, "x", TG_F32, 1, SHAPE(3)), TG_ERR_TAPE);
+    SUCCEEDS(tg_tape_trace(t, true));
+    ck_assert(tg_tape_tracing(t));
+    FAILS_NULL(tg_placeholder(NULL, "x", TG_F32, 1, SHAPE(3)), TG_ERR_NULL);
+    FAILS_NULL(tg_placeholder(t, NULL, TG_F32, 1, SHAPE(3)), TG_ERR_NULL);
+    FAILS_NULL(tg_placeholder(t, "x", TG_F32, 1, NULL), TG_ERR_NULL);
+    FAILS_NULL(tg_placeholder(t, "", TG_F32, 1, SHAPE(3)), TG_ERR_ARG);
+    FAILS_NULL(tg_placeholder(t, "x", (tg_dtype)7, 1, SHAPE(3)), TG_ERR_DTYPE);
+    FAILS_NULL(tg_placeholder(t, "x", TG_F32, 1, SHAPE(-2)), TG_ERR_SHAPE);
+    FAILS_NULL(tg_placeholder(t, "x", TG_F32, TG_MAX_DIMS + 1, SHAPE(1, 1, 1, 1, 1, 1, 1, 1, 1)),
+               TG_ERR_SHAPE);
+    tg_tensor *x = tg_placeholder(t, "x", TG_F32, 1, SHAPE(3));
+    ck_assert_ptr_nonnull(x);
+    tg_tensor *y = tg_exp(x);
+    /* A traced tensor has no value. */
+    ck_assert_ptr_null(tg_data(y));
+    FAILS_NAN(tg_get(y, 0), TG_ERR_TAPE);
+    FAILS_NAN(tg_item(tg_sum(y, 0, NULL, false)), TG_ERR_TAPE);
+    tg_rng rng;
+    tg_rng_seed(&rng, 1);
+    FAILS_NULL(tg_dropout(y, 0.5, true, &rng), TG_ERR_TAPE); /* its mask would be a constant */
+    SUCCEEDS(tg_tape_trace(t, false));
+
+    FAILS_NULL(tg_compile(NULL, 1, &y, NULL), TG_ERR_NULL);
+    FAILS_NULL(tg_compile(t, 1, NULL, NULL), TG_ERR_ARG);
+    FAILS_NULL(tg_compile(t, -1, &y, NULL), TG_ERR_ARG);
+    tg_tensor *none = NULL;
+    FAILS_NULL(tg_compile(t, 1, &none, NULL), TG_ERR_NULL);
+    tg_tensor *foreign = tg_scalar(tape, TG_F32, 1.0);
+    FAILS_NULL(tg_compile(t, 1, &foreign, NULL), TG_ERR_TAPE);
+    FAILS_NULL(tg_compile(t, 1, &y, &(tg_compile_opts){.disable = "cse,nosuchpass"}), TG_ERR_ARG);
+    FAILS_NULL(tg_compile(t, 1, &y, &(tg_compile_opts){.dump_dir = "/nonexistent/dir"}),
+               TG_ERR_IO);
+
+    tg_plan *plan = tg_compile(t, 1, &y, NULL);
+    ck_assert_msg(plan != NULL, "%s", tg_last_error());
+    FAILS_NEG(tg_plan_run(NULL), TG_ERR_NULL);
+    FAILS_NEG(tg_plan_run(plan), TG_ERR_ARG); /* input 'x' is not set */
+    float data[3] = {0, 1, 2};
+    FAILS_NEG(tg_plan_set_input(NULL, "x", data), TG_ERR_NULL);
+    FAILS_NEG(tg_plan_set_input(plan, NULL, data), TG_ERR_NULL);
+    FAILS_NEG(tg_plan_set_input(plan, "x", NULL), TG_ERR_NULL);
+    FAILS_NEG(tg_plan_set_input(plan, "nosuch", data), TG_ERR_ARG);
+    SUCCEEDS(tg_plan_set_input(plan, "x", data));
+    if (tg_set_num_threads(2) == TG_OK) { /* more threads than the plan was compiled for */
+        FAILS_NEG(tg_plan_run(plan), TG_ERR_ARG);
+        tg_set_num_threads(1);
+    }
+    SUCCEEDS(tg_plan_run(plan));
+    FAILS_NULL(tg_plan_output(NULL, 0), TG_ERR_NULL);
+    FAILS_NULL(tg_plan_output(plan, 1), TG_ERR_ARG);
+    FAILS_NULL(tg_plan_output(plan, -1), TG_ERR_ARG);
+    ck_assert_float_eq_tol(((const float *)tg_plan_output(plan, 0))[1], expf(1), 1e-6);
+    FAILS_NEG(tg_plan_stages(NULL, 0, NULL), TG_ERR_NULL);
+    ck_assert_int_gt(tg_plan_stages(plan, 99, NULL), 1); /* out of range: just the count */
+    ck_assert_uint_eq(tg_plan_arena_bytes(NULL), 0);
+    ck_assert_uint_eq(tg_plan_unplanned_bytes(NULL), 0);
+    ck_assert_uint_gt(tg_plan_unplanned_bytes(plan), 0);
+    ck_assert_uint_le(tg_plan_arena_bytes(plan), tg_plan_unplanned_bytes(plan));
+    tg_plan_free(plan);
+    tg_plan_free(NULL); /* documented as fine */
+    tg_tape_free(t);
+}
+END_TEST
+
 /* ---- coverage ----------------------------------------------------------------------------- */
 /* Every public function this file calls. Keep it honest: list a name only when a test above
  * calls it. */
@@ -1493,6 +1565,10 @@ static const char *const exercised[] = {
     "tg_transpose", "tg_flatten",
     /* side effects, reverse mode, gradient check */
     "tg_assign", "tg_tape_updates", "tg_grad", "tg_gradcheck",
+    /* tracing and plans */
+    "tg_tape_trace", "tg_tape_tracing", "tg_placeholder", "tg_compile", "tg_plan_set_input",
+    "tg_plan_run", "tg_plan_output", "tg_plan_free", "tg_plan_stages", "tg_plan_arena_bytes",
+    "tg_plan_unplanned_bytes",
     /* parameter lists, initialization */
     "tg_params_new", "tg_params_free", "tg_params_add", "tg_params_append", "tg_params_count",
     "tg_params_get", "tg_params_find", "tg_params_trainable", "tg_init_uniform",
@@ -1635,6 +1711,7 @@ int main(void)
     tcase_add_test(tc, batches_misuse);
     tcase_add_test(tc, checkpoint_save_misuse);
     tcase_add_test(tc, checkpoint_read_misuse);
+    tcase_add_test(tc, compile_misuse);
     tcase_add_test(tc, every_public_function_is_exercised);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);

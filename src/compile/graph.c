@@ -243,7 +243,7 @@ int tg_graph_compact(tg_graph *g)
     /* Where index order already is topological, keep it (dumps stay in tracing order). */
     bool in_order = true;
     for (int v = 0; v < n && in_order; v++)
-        for (int k = 0; state[v] == 2 && k < g->nodes[v].n_in; k++)
+        for (int k = 0; state[v] == 2 && k < g->nodes[v].n_in && in_order; k++)
             in_order = g->nodes[v].in[k] < v;
     if (in_order)
         for (int v = 0, i = 0; v < n; v++)

@@ -23,6 +23,8 @@ struct tg_plan {
     void **value;            /* per node: where its value is during a run */
     struct tg_node *prim;    /* per node: what the eager kernels read (shapes, attributes) */
     int threads;             /* compiled for at most this many */
+    char **input_names;      /* every placeholder traced, needed by the plan or not */
+    int n_input_names;
     tg_plan_stage stages[TG_MAX_STAGES];
     int n_stages;
 };
@@ -38,6 +40,9 @@ void tg_plan_free(tg_plan *plan)
     free(plan->arena);
     free(plan->value);
     free(plan->prim);
+    for (int i = 0; i < plan->n_input_names; i++)
+        free(plan->input_names[i]);
+    free(plan->input_names);
     free(plan);
 }
 
@@ -88,6 +93,26 @@ static int prepare_kernels(tg_plan *p)
     return TG_OK;
 }
 
+/* Remembers the traced placeholders' names before passes may drop unneeded ones, so that
+ * giving such an input its data is not an error. */
+static int remember_inputs(tg_plan *p)
+{
+    p->input_names = calloc((size_t)p->g.n + 1, sizeof *p->input_names);
+    if (!p->input_names)
+        return tg_fail(TG_ERR_NOMEM, "compile: out of memory");
+    for (int i = 0; i < p->g.n; i++) {
+        if (p->g.nodes[i].leaf != TG_LEAF_INPUT)
+            continue;
+        size_t len = strlen(p->g.nodes[i].name) + 1;
+        char *copy = malloc(len);
+        if (!copy)
+            return tg_fail(TG_ERR_NOMEM, "compile: out of memory");
+        memcpy(copy, p->g.nodes[i].name, len);
+        p->input_names[p->n_input_names++] = copy;
+    }
+    return TG_OK;
+}
+
 static int bind_values(tg_plan *p)
 {
     for (int i = 0; i < p->g.n; i++) {
@@ -122,7 +147,7 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     }
     p->threads = tg_num_threads();
     if (tg_graph_from_tape(&p->g, tape, n_outputs, outputs) != TG_OK ||
-        tg_pipeline_run(&p->g, disabled, dump_dir, p->stages, &p->n_stages) != TG_OK)
+        remember_inputs(p) != TG_OK || tg_pipeline_run(&p->g, disabled, dump_dir, p->stages, &p->n_stages) != TG_OK)
         goto fail;
     p->prim = calloc((size_t)p->g.n + 1, sizeof *p->prim);
     p->value = calloc((size_t)p->g.n + 1, sizeof *p->value);
@@ -173,9 +198,10 @@ int tg_plan_set_input(tg_plan *plan, const char *name, const void *data)
             found = true;
         }
     }
+    for (int i = 0; i < plan->n_input_names && !found; i++)
+        found = strcmp(plan->input_names[i], name) == 0; /* traced, but no longer needed */
     return found ? TG_OK
-                 : tg_fail(TG_ERR_ARG, "tg_plan_set_input: the plan has no input '%s' (or it "
-                           "does not need it)", name);
+                 : tg_fail(TG_ERR_ARG, "tg_plan_set_input: the plan has no input '%s'", name);
 }
 
 static void run_kernel(tg_plan *p, int i)

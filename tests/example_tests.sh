@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end checks of examples/mnist_cnn on real MNIST, run by `meson test` (suite 'mnist').
-# Usage: example_tests.sh MNIST_CNN DATA_DIR CHECK
+# Usage: example_tests.sh MNIST_CNN DATA_DIR CHECK [COMPARE_CHECKPOINTS]
 #   smoke        a few hundred steps of the reference model: the loss falls, accuracy > 90%
 #   resume       N steps, save, resume for M more == N + M steps straight: identical checkpoints
 #   determinism  the same seed twice, and 1 vs 2 threads: identical losses and checkpoints
@@ -8,9 +8,13 @@
 #                still loads
 #   checkpoint   evaluating a saved checkpoint gives the accuracy printed at save time; one of
 #                the other model, or a damaged one, is refused with a clear message
+#   compiled-vs-eager  300 steps of the reference model through compiled plans and eagerly:
+#                the same loss trajectory, parameters, running estimates and optimizer state
+#                (f32 tolerance), and the same test accuracy
+# (Runs are compiled, the default, except where --eager is given.)
 # Exits 77 (skipped) when MNIST has not been fetched (scripts/fetch_mnist.sh).
 set -euo pipefail
-bin=$1 data=$2 check=$3
+bin=$1 data=$2 check=$3 compare=${4:-}
 if [ ! -f "$data/train-images-idx3-ubyte" ] && [ ! -f "$data/train-images-idx3-ubyte.gz" ]; then
     echo "MNIST is not in $data (scripts/fetch_mnist.sh fetches it): skipped"
     exit 77
@@ -99,6 +103,26 @@ checkpoint)
         die "a damaged checkpoint was not refused by its checksum"
     [ $truncated -ne 0 ] || die "a truncated checkpoint was accepted"
     echo "checkpoint: test_acc $trained at save time and after loading; other model, damaged and truncated files refused"
+    ;;
+compiled-vs-eager)
+    for mode in compiled eager; do
+        flag=; [ $mode = eager ] && flag=--eager
+        run --model reference --seed 6 --max-steps 300 $flag --save "$work/$mode.ckpt" \
+            >"$work/$mode.out"
+        grep '^epoch 1 step' "$work/$mode.out" | sed 's/ [0-9]* img\/s.*//' >"$work/$mode.losses"
+    done
+    paste "$work/compiled.losses" "$work/eager.losses"
+    # Mean losses over 100, 200 and 300 steps agree to f32 rounding carried through training.
+    paste -d' ' "$work/compiled.losses" "$work/eager.losses" | awk '{
+        a = $6; b = $12; d = a - b; if (d < 0) d = -d;
+        if (d > 2e-3 * (b > 1 ? b : 1)) { print "loss differs: " a " vs " b; bad = 1 } }
+        END { exit bad }' || die "the loss trajectories differ"
+    "$compare" "$work/eager.ckpt" "$work/compiled.ckpt" 2e-3 ||
+        die "parameters, running estimates or optimizer state differ"
+    acc_c=$(value test_acc <"$work/compiled.out") acc_e=$(value test_acc <"$work/eager.out")
+    awk -v a="$acc_c" -v b="$acc_e" 'BEGIN { d = a - b; exit !(d < 0.3 && d > -0.3) }' ||
+        die "test accuracy $acc_c compiled, $acc_e eager"
+    echo "compiled-vs-eager: losses and state agree; test_acc $acc_c compiled, $acc_e eager"
     ;;
 *)
     die "unknown check '$check'"

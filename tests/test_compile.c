@@ -120,6 +120,156 @@ START_TEST(fold_scale_folds_batch_norm)
 }
 END_TEST
 
+/* ---- a training step, each pass alone and all together --------------------------------------- */
+/* A small CNN with every kind of layer the MNIST models use, f32: conv 3x3 -> batch norm
+ * (training) -> relu -> max pool 2 -> conv -> batch norm -> relu -> avg pool -> linear ->
+ * cross-entropy, its gradients, an SGD step with momentum and weight decay, and the
+ * running-estimate updates. */
+typedef struct {
+    tg_tape *tape;
+    tg_conv2d_layer c1, c2;
+    tg_batchnorm_layer b1, b2;
+    tg_linear_layer fc;
+    tg_params *params;
+    tg_optim *opt;
+} cnn;
+
+enum { BATCH = 8 };
+
+static void cnn_init(cnn *m)
+{
+    tg_rng rng;
+    tg_rng_seed(&rng, 11);
+    m->tape = tg_tape_new();
+    ck_assert_int_eq(tg_conv2d_layer_init(&m->c1, m->tape, &rng, TG_F32, 1, 4, 3, 1, 1, false), 0);
+    ck_assert_int_eq(tg_batchnorm_layer_init(&m->b1, m->tape, TG_F32, 4), 0);
+    ck_assert_int_eq(tg_conv2d_layer_init(&m->c2, m->tape, &rng, TG_F32, 4, 6, 3, 1, 1, true), 0);
+    ck_assert_int_eq(tg_batchnorm_layer_init(&m->b2, m->tape, TG_F32, 6), 0);
+    ck_assert_int_eq(tg_linear_layer_init(&m->fc, m->tape, &rng, TG_F32, 6 * 2 * 2, 10, true), 0);
+    m->params = tg_params_new();
+    ck_assert_int_eq(tg_conv2d_layer_register(&m->c1, m->params, "c1"), 0);
+    ck_assert_int_eq(tg_batchnorm_layer_register(&m->b1, m->params, "b1"), 0);
+    ck_assert_int_eq(tg_conv2d_layer_register(&m->c2, m->params, "c2"), 0);
+    ck_assert_int_eq(tg_batchnorm_layer_register(&m->b2, m->params, "b2"), 0);
+    ck_assert_int_eq(tg_linear_layer_register(&m->fc, m->params, "fc"), 0);
+    m->opt = tg_sgd_new(m->params, &(tg_sgd_opts){.lr = 0.05, .momentum = 0.9,
+                                                  .weight_decay = 1e-3});
+    ck_assert_ptr_nonnull(m->opt);
+}
+
+static void cnn_free(cnn *m)
+{
+    tg_optim_free(m->opt);
+    tg_params_free(m->params);
+    tg_tape_free(m->tape);
+}
+
+/* The loss of one training step on x, y (placeholders or data), with the update recorded. */
+static tg_tensor *cnn_step(cnn *m, tg_tensor *x, tg_tensor *y)
+{
+    tg_tensor *h = tg_conv2d_layer_forward(&m->c1, x);
+    h = tg_max_pool2d(tg_relu(tg_batchnorm_layer_forward(&m->b1, h, true)), 2, 2, 0);
+    h = tg_conv2d_layer_forward(&m->c2, h);
+    h = tg_avg_pool2d(tg_relu(tg_batchnorm_layer_forward(&m->b2, h, true)), 2, 2, 0);
+    tg_tensor *loss = tg_cross_entropy(tg_linear_layer_forward(&m->fc, tg_flatten(h, 1)), y);
+    tg_tensor *w[16], *g[16];
+    size_t n = tg_params_trainable(m->params, w, 16);
+    ck_assert_int_eq(tg_grad(loss, (int)n, w, NULL, g), 0);
+    ck_assert_int_eq(tg_optim_step(m->opt, g), 0);
+    return loss;
+}
+
+static void batch_data(int step, float *x, float *y)
+{
+    tg_rng rng;
+    tg_rng_seed(&rng, 100 + (uint64_t)step);
+    for (int i = 0; i < BATCH * 64; i++)
+        x[i] = (float)tg_rng_normal(&rng);
+    for (int i = 0; i < BATCH; i++)
+        y[i] = (float)tg_rng_below(&rng, 10);
+}
+
+/* Every parameter and buffer (running estimates, optimizer state) of both models agree. */
+static void expect_same_state(cnn *a, cnn *b, double tol, const char *what)
+{
+    tg_params *lists[2][2] = {{a->params, tg_optim_state(a->opt)},
+                              {b->params, tg_optim_state(b->opt)}};
+    for (int l = 0; l < 2; l++) {
+        ck_assert_uint_eq(tg_params_count(lists[0][l]), tg_params_count(lists[1][l]));
+        for (size_t i = 0; i < tg_params_count(lists[0][l]); i++) {
+            const tg_param *p = tg_params_get(lists[0][l], i), *q = tg_params_get(lists[1][l], i);
+            double scale = 1e-30, diff = 0;
+            for (int64_t e = 0; e < tg_numel(p->tensor); e++) {
+                scale = fmax(scale, fabs(tg_get(p->tensor, e)));
+                diff = fmax(diff, fabs(tg_get(p->tensor, e) - tg_get(q->tensor, e)));
+            }
+            ck_assert_msg(diff <= tol * fmax(1.0, scale), "%s: %s differs by %g (scale %g)",
+                          what, p->name, diff, scale);
+        }
+    }
+}
+
+static const char *const all_passes[] = {"dce", "simplify", "cse", "lower_conv", "fold_scale",
+                                         "fuse", "memplan"};
+#define N_PASSES (sizeof all_passes / sizeof *all_passes)
+
+/* config < N_PASSES: that pass alone; N_PASSES: none; N_PASSES + 1: all. */
+static void disable_list(size_t config, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (config == N_PASSES + 1)
+        return;
+    for (size_t k = 0; k < N_PASSES; k++) {
+        if (k == config)
+            continue;
+        if (buf[0])
+            strncat(buf, ",", size - strlen(buf) - 1);
+        strncat(buf, all_passes[k], size - strlen(buf) - 1);
+    }
+}
+
+START_TEST(training_step_each_pass)
+{
+    size_t config = (size_t)_i;
+    char disable[256];
+    disable_list(config, disable, sizeof disable);
+    cnn eager, compiled;
+    cnn_init(&eager);
+    cnn_init(&compiled);
+
+    tg_mark mark = tg_tape_mark(compiled.tape);
+    tg_tape_trace(compiled.tape, true);
+    tg_tensor *px = tg_placeholder(compiled.tape, "x", TG_F32, 4, SHAPE(BATCH, 1, 8, 8));
+    tg_tensor *py = tg_placeholder(compiled.tape, "y", TG_F32, 1, SHAPE(BATCH));
+    tg_tensor *loss = cnn_step(&compiled, px, py);
+    tg_tape_trace(compiled.tape, false);
+    tg_plan *plan = tg_compile(compiled.tape, 1, &loss, &(tg_compile_opts){.disable = disable});
+    ck_assert_msg(plan != NULL, "%s", tg_last_error());
+    tg_tape_rewind(compiled.tape, mark);
+
+    tg_mark eager_mark = tg_tape_mark(eager.tape);
+    float x[BATCH * 64], y[BATCH];
+    for (int step = 0; step < 5; step++) {
+        batch_data(step, x, y);
+        tg_tensor *ex = tg_from_data(eager.tape, TG_F32, 4, SHAPE(BATCH, 1, 8, 8), x);
+        tg_tensor *ey = tg_from_data(eager.tape, TG_F32, 1, SHAPE(BATCH), y);
+        double want = tg_item(cnn_step(&eager, ex, ey));
+        tg_tape_rewind(eager.tape, eager_mark);
+        ck_assert_int_eq(tg_plan_set_input(plan, "x", x), 0);
+        ck_assert_int_eq(tg_plan_set_input(plan, "y", y), 0);
+        ck_assert_int_eq(tg_plan_run(plan), 0);
+        double got = *(const float *)tg_plan_output(plan, 0);
+        ck_assert_msg(fabs(got - want) <= 1e-5 * fmax(1.0, fabs(want)),
+                      "off: '%s', step %d: loss %.9g compiled, %.9g eager", disable, step, got,
+                      want);
+    }
+    expect_same_state(&eager, &compiled, 1e-5, disable);
+    tg_plan_free(plan);
+    cnn_free(&eager);
+    cnn_free(&compiled);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("compile");
@@ -127,6 +277,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, compiled_matches_eager);
     tcase_add_test(tc, fold_scale_folds_batch_norm);
+    tcase_add_loop_test(tc, training_step_each_pass, 0, (int)N_PASSES + 2);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);
 }

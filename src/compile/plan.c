@@ -84,11 +84,12 @@ static int prepare_kernels(tg_plan *p)
                            tg_ir_op_name(x->op), i, tg_last_error());
     }
 #ifdef _OPENMP
+    /* OpenMP allocates its team on the first parallel region (an empty one may be compiled
+     * away, hence the store). */
+    static volatile int team_size;
     int threads = p->threads;
 #pragma omp parallel num_threads(threads)
-    {
-        (void)0;
-    }
+    team_size = omp_get_num_threads();
 #endif
     return TG_OK;
 }

@@ -61,7 +61,7 @@ static int full_size_products(const tg_plan *plan)
             const tg_ir_node *in = &g->nodes[n->in[k]];
             while (in->op == TG_OP_RESHAPE || in->op == TG_OP_SUB || in->op == TG_OP_ADD)
                 in = &g->nodes[in->in[0]];
-            count += in->op == TG_OP_MATMUL;
+            count += in->op == TG_OP_MATMUL || in->op == TG_PLAN_OP_CONV;
         }
     }
     return count;
@@ -209,7 +209,7 @@ static void expect_same_state(cnn *a, cnn *b, double tol, const char *what)
     }
 }
 
-static const char *const all_passes[] = {"dce", "simplify", "cse", "lower_conv", "fold_scale",
+static const char *const all_passes[] = {"dce", "simplify", "cse", "fold_scale", "lower_conv",
                                          "fuse", "memplan"};
 #define N_PASSES (sizeof all_passes / sizeof *all_passes)
 

@@ -2,10 +2,17 @@
  *
  *   mnist_cnn [--model seed|reference] [--data DIR] [--epochs N] [--batch N] [--lr X] ...
  *
+ * By default each step runs a compiled plan: the training step (forward, gradients,
+ * optimizer and running-estimate updates) is traced once per batch size, optimized and then
+ * run step after step; evaluation likewise. --eager builds and runs the graph op by op
+ * every step instead (same model code, same results up to rounding).
+ *
  * The last line printed on success is a key=value summary (test_acc, epoch_s, train_img_s,
  * ...); errors go to stderr with a non-zero exit status. Run with --help for every flag. */
 #include <errno.h>
 #include <getopt.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,16 +29,17 @@
 #define EVAL_BATCH 1000
 #define MAX_EPOCHS 1000
 #define SEED_EPOCHS 15
+#define MAX_PLANS 8
 
 typedef struct {
-    const char *data_dir, *save, *load, *curves;
+    const char *data_dir, *save, *load, *curves, *dump_passes;
     model_kind model;
     int epochs;
     int64_t batch;
     double lr;
     int threads;
     uint64_t seed;
-    bool eval_only, check_finite, constant_lr;
+    bool eval_only, check_finite, constant_lr, eager;
     int64_t max_steps, save_every;
     int shift; /* augmentation: random translations of up to this many pixels */
 } options;
@@ -55,7 +63,10 @@ static void usage(FILE *out)
             "  --load FILE       start from a checkpoint (parameters, optimizer, data order)\n"
             "  --eval-only       only evaluate on the test set\n"
             "  --max-steps N     stop after N training steps in all\n"
-            "  --check-finite    stop at the first op that produces NaN or infinity\n"
+            "  --check-finite    stop at the first op that produces NaN or infinity (runs\n"
+            "                    eagerly: the check names the op)\n"
+            "  --eager           run every step op by op instead of through compiled plans\n"
+            "  --dump-passes DIR write each compiled plan's graph after every pass into DIR\n"
             "  --curves PREFIX   write PREFIX.csv and PREFIX.svg (loss and accuracy per epoch)\n"
             "  --help            this text\n");
 }
@@ -77,7 +88,8 @@ static int parse_count(const char *flag, const char *text, int64_t lo, int64_t *
 static int parse_options(int argc, char **argv, options *o)
 {
     enum { O_DATA = 1, O_MODEL, O_EPOCHS, O_BATCH, O_LR, O_THREADS, O_SEED, O_SAVE, O_LOAD,
-           O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE, O_SCHEDULE, O_SHIFT };
+           O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE, O_SCHEDULE, O_SHIFT,
+           O_EAGER, O_DUMP };
     static const struct option longs[] = {
         {"data", required_argument, 0, O_DATA},       {"model", required_argument, 0, O_MODEL},
         {"epochs", required_argument, 0, O_EPOCHS},   {"batch", required_argument, 0, O_BATCH},
@@ -89,7 +101,8 @@ static int parse_options(int argc, char **argv, options *o)
         {"save-every", required_argument, 0, O_SAVE_EVERY},
         {"check-finite", no_argument, 0, O_FINITE},
         {"schedule", required_argument, 0, O_SCHEDULE},
-        {"shift", required_argument, 0, O_SHIFT},     {0, 0, 0, 0}};
+        {"shift", required_argument, 0, O_SHIFT},     {"eager", no_argument, 0, O_EAGER},
+        {"dump-passes", required_argument, 0, O_DUMP}, {0, 0, 0, 0}};
     *o = (options){.data_dir = "data/mnist", .model = MODEL_REFERENCE, .epochs = -1,
                    .batch = 0, .lr = 0, .threads = 1, .seed = 1, .shift = 2};
     int64_t v;
@@ -144,6 +157,8 @@ static int parse_options(int argc, char **argv, options *o)
                 return -1;
             break;
         case O_FINITE: o->check_finite = true; break;
+        case O_EAGER: o->eager = true; break;
+        case O_DUMP: o->dump_passes = optarg; break;
         case O_SHIFT:
             if (parse_count("--shift", optarg, 0, &v) || v > 8)
                 return -1;
@@ -172,6 +187,8 @@ static int parse_options(int argc, char **argv, options *o)
         o->batch = o->model == MODEL_SEED ? 100 : 128;
     if (!o->lr)
         o->lr = o->model == MODEL_SEED ? 0.1 : 0.05;
+    if (o->check_finite)
+        o->eager = true;
     return 0;
 }
 
@@ -184,6 +201,12 @@ static double now(void)
 
 /* ---- the run's state ------------------------------------------------------------------------ */
 typedef struct {
+    int64_t batch;
+    bool training;
+    tg_plan *plan;
+} compiled_step;
+
+typedef struct {
     options opt;
     tg_tape *tape;
     tg_mark mark;
@@ -192,6 +215,12 @@ typedef struct {
     tg_batches *batches;
     tg_mnist train, test;
     int64_t step;  /* training steps taken, across resumes */
+    /* Compiled plans, one per (batch size, training or evaluation), made when first needed. */
+    compiled_step plans[MAX_PLANS];
+    int n_plans;
+    tg_tensor **trainable; /* the model's trainable parameters, and room for their gradients */
+    tg_tensor **grads;
+    size_t n_trainable;
     float *images; /* a batch of inputs, normalized */
     float *labels;
 } run;
@@ -203,9 +232,8 @@ static int fail(const char *what)
 }
 
 /* Predicted classes of logits [n, 10] compared with labels; returns the number right. */
-static int64_t count_correct(tg_tensor *logits, const float *labels, int64_t n)
+static int64_t count_correct(const float *l, const float *labels, int64_t n)
 {
-    const float *l = tg_data(logits);
     int64_t right = 0;
     for (int64_t i = 0; i < n; i++) {
         int best = 0;
@@ -222,6 +250,86 @@ static tg_tensor *input_batch(run *r, int64_t n)
     return tg_from_data(r->tape, TG_F32, 4, (int64_t[]){n, 1, 28, 28}, r->images);
 }
 
+/* ---- compiled plans ------------------------------------------------------------------------ */
+/* Traces one step for batch size n and compiles it: training (outputs loss and logits; the
+ * optimizer's and batch norm's updates ride along) or evaluation (outputs logits). The model
+ * code is the same forward code the eager path runs. */
+static tg_plan *compile_step(run *r, int64_t n, bool training)
+{
+    tg_tape *tape = r->tape;
+    tg_tape_trace(tape, true);
+    tg_tensor *x = tg_placeholder(tape, "images", TG_F32, 4, (int64_t[]){n, 1, 28, 28});
+    tg_tensor *logits = model_forward(&r->model, x, training), *outputs[2] = {logits, NULL};
+    int n_outputs = 1;
+    if (training) {
+        tg_tensor *labels = tg_placeholder(tape, "labels", TG_F32, 1, (int64_t[]){n});
+        tg_tensor *loss = tg_cross_entropy(logits, labels);
+        if (!loss || tg_grad(loss, (int)r->n_trainable, r->trainable, NULL, r->grads) != 0 ||
+            tg_optim_step(r->optim, r->grads) != 0)
+            logits = NULL;
+        outputs[0] = loss;
+        outputs[1] = logits;
+        n_outputs = 2;
+    }
+    tg_tape_trace(tape, false);
+    tg_plan *plan = NULL;
+    if (logits) {
+        char dir[1024];
+        tg_compile_opts opts = {0};
+        if (r->opt.dump_passes) {
+            snprintf(dir, sizeof dir, "%s/%s-batch%lld", r->opt.dump_passes,
+                     training ? "train" : "eval", (long long)n);
+            mkdir(r->opt.dump_passes, 0777);
+            mkdir(dir, 0777);
+            opts.dump_dir = dir;
+        }
+        plan = tg_compile(tape, n_outputs, outputs, &opts);
+    }
+    if (plan) { /* what the passes did, once per plan */
+        printf("compiled the %s step for batch %lld:", training ? "training" : "evaluation",
+               (long long)n);
+        tg_plan_stage st;
+        for (int i = 0; i < tg_plan_stages(plan, 0, NULL); i++) {
+            tg_plan_stages(plan, i, &st);
+            if (st.ran)
+                printf(" %s %d/%d", st.name, st.nodes, st.kernels);
+        }
+        printf(" (nodes/kernels); arena %.1f MB, %.1f MB with a buffer per value\n",
+               (double)tg_plan_arena_bytes(plan) / 1e6, (double)tg_plan_unplanned_bytes(plan) / 1e6);
+    }
+    tg_tape_rewind(tape, r->mark);
+    return plan;
+}
+
+static tg_plan *plan_for(run *r, int64_t n, bool training)
+{
+    for (int i = 0; i < r->n_plans; i++)
+        if (r->plans[i].batch == n && r->plans[i].training == training)
+            return r->plans[i].plan;
+    if (r->n_plans == MAX_PLANS) { /* not expected: a run has at most four shapes */
+        tg_plan_free(r->plans[0].plan);
+        memmove(&r->plans[0], &r->plans[1], (MAX_PLANS - 1) * sizeof r->plans[0]);
+        r->n_plans--;
+    }
+    tg_plan *plan = compile_step(r, n, training);
+    if (plan)
+        r->plans[r->n_plans++] = (compiled_step){n, training, plan};
+    return plan;
+}
+
+/* Logits of the n images in r->images (the plan's or the tape's memory), NULL on failure. */
+static const float *eval_logits(run *r, int64_t n)
+{
+    if (r->opt.eager) {
+        tg_tensor *logits = model_forward(&r->model, input_batch(r, n), false);
+        return logits ? tg_data(logits) : NULL;
+    }
+    tg_plan *plan = plan_for(r, n, false);
+    if (!plan || tg_plan_set_input(plan, "images", r->images) != 0 || tg_plan_run(plan) != 0)
+        return NULL;
+    return tg_plan_output(plan, 0);
+}
+
 static int evaluate(run *r, double *accuracy)
 {
     int64_t right = 0, indices[EVAL_BATCH];
@@ -231,7 +339,7 @@ static int evaluate(run *r, double *accuracy)
             indices[i] = start + i;
         if (tg_mnist_gather(&r->test, indices, n, MNIST_MEAN, MNIST_STD, r->images, r->labels))
             return fail("evaluation data");
-        tg_tensor *logits = model_forward(&r->model, input_batch(r, n), false);
+        const float *logits = eval_logits(r, n);
         if (!logits)
             return fail("evaluation forward pass");
         right += count_correct(logits, r->labels, n);
@@ -391,31 +499,56 @@ static void shift_images(const run *r, int64_t n)
     }
 }
 
+/* One step, eagerly: build the graph, differentiate it, update; the loss and logits. */
+static tg_tensor *eager_step(run *r, int64_t n, tg_tensor **logits)
+{
+    tg_tensor *labels = tg_from_data(r->tape, TG_F32, 1, (int64_t[]){n}, r->labels);
+    *logits = model_forward(&r->model, input_batch(r, n), true);
+    tg_tensor *loss = tg_cross_entropy(*logits, labels);
+    if (!loss || tg_grad(loss, (int)r->n_trainable, r->trainable, NULL, r->grads) != 0 ||
+        tg_optim_step(r->optim, r->grads) != 0)
+        return NULL;
+    return loss;
+}
+
 /* One step: forward, loss, gradients, optimizer. Returns the loss, NaN on failure. */
-static double train_step(run *r, const int64_t *indices, int64_t n, tg_tensor **trainable,
-                         tg_tensor **grads, size_t n_trainable, int64_t *right)
+static double train_step(run *r, const int64_t *indices, int64_t n, int64_t *right)
 {
     if (tg_mnist_gather(&r->train, indices, n, MNIST_MEAN, MNIST_STD, r->images, r->labels)) {
         fail("training data");
         return NAN;
     }
     shift_images(r, n);
-    tg_tensor *labels = tg_from_data(r->tape, TG_F32, 1, (int64_t[]){n}, r->labels);
-    tg_tensor *logits = model_forward(&r->model, input_batch(r, n), true);
-    tg_tensor *loss = tg_cross_entropy(logits, labels);
-    if (!loss || tg_grad(loss, (int)n_trainable, trainable, NULL, grads) != 0) {
-        fprintf(stderr, "mnist_cnn: training step %lld failed; the last checkpoint saved, if "
-                "any, is untouched: %s\n", (long long)r->step + 1, tg_last_error());
+    double value = NAN;
+    const float *logits = NULL;
+    if (tg_optim_set_lr(r->optim, learning_rate(r)) != 0) {
+        fail("learning rate");
         return NAN;
     }
-    double value = tg_item(loss);
+    if (r->opt.eager) {
+        tg_tensor *logits_t, *loss = eager_step(r, n, &logits_t);
+        if (loss) {
+            value = tg_item(loss);
+            logits = tg_data(logits_t);
+        }
+    } else {
+        tg_plan *plan = plan_for(r, n, true);
+        if (plan && tg_plan_set_input(plan, "images", r->images) == 0 &&
+            tg_plan_set_input(plan, "labels", r->labels) == 0 && tg_plan_run(plan) == 0) {
+            value = *(const float *)tg_plan_output(plan, 0);
+            logits = tg_plan_output(plan, 1);
+        }
+    }
+    if (!logits) {
+        fprintf(stderr, "mnist_cnn: training step %lld failed; the last checkpoint saved, if "
+                "any, is untouched: %s\n", (long long)r->step + 1, tg_last_error());
+        tg_tape_rewind(r->tape, r->mark);
+        return NAN;
+    }
     if (!isfinite(value)) {
         fprintf(stderr, "mnist_cnn: the loss is %g at step %lld; stopping (rerun with "
                 "--check-finite to find the op that made it)\n", value, (long long)r->step + 1);
-        return NAN;
-    }
-    if (tg_optim_set_lr(r->optim, learning_rate(r)) != 0 || tg_optim_step(r->optim, grads) != 0) {
-        fail("optimizer step");
+        tg_tape_rewind(r->tape, r->mark);
         return NAN;
     }
     *right += count_correct(logits, r->labels, n);
@@ -426,16 +559,6 @@ static double train_step(run *r, const int64_t *indices, int64_t n, tg_tensor **
 static int train(run *r, curve_point *curve, int *n_points, double *train_seconds,
                  int64_t *train_images, double *last_loss)
 {
-    size_t n_trainable = tg_params_trainable(r->model.params, NULL, 0);
-    tg_tensor **trainable = calloc(n_trainable, sizeof *trainable);
-    tg_tensor **grads = calloc(n_trainable, sizeof *grads);
-    if (!trainable || !grads) {
-        free(trainable);
-        free(grads);
-        fprintf(stderr, "mnist_cnn: out of memory\n");
-        return -1;
-    }
-    tg_params_trainable(r->model.params, trainable, n_trainable);
     bool tty = isatty(STDERR_FILENO);
     int64_t per_epoch = tg_batches_count(r->batches);
     int status = 0;
@@ -450,7 +573,7 @@ static int train(run *r, curve_point *curve, int *n_points, double *train_second
         tg_batches_get_state(r->batches, &state);
         done = state.position / r->opt.batch;
         while ((n = tg_batches_next(r->batches, &indices)) > 0) {
-            double loss = train_step(r, indices, n, trainable, grads, n_trainable, &s.right);
+            double loss = train_step(r, indices, n, &s.right);
             if (isnan(loss)) {
                 status = -1;
                 break;
@@ -495,8 +618,6 @@ static int train(run *r, curve_point *curve, int *n_points, double *train_second
         if (r->opt.save && save_checkpoint(r) != 0)
             status = -1;
     }
-    free(trainable);
-    free(grads);
     return status;
 }
 
@@ -518,6 +639,14 @@ static int setup(run *r)
     tg_sgd_opts sgd = {.lr = r->opt.lr, .momentum = 0.9,
                        .weight_decay = r->opt.model == MODEL_SEED ? 1e-4 : 0};
     r->optim = tg_sgd_new(r->model.params, &sgd);
+    r->n_trainable = tg_params_trainable(r->model.params, NULL, 0);
+    r->trainable = calloc(r->n_trainable + 1, sizeof *r->trainable);
+    r->grads = calloc(r->n_trainable + 1, sizeof *r->grads);
+    if (!r->trainable || !r->grads) {
+        fprintf(stderr, "mnist_cnn: out of memory\n");
+        return -1;
+    }
+    tg_params_trainable(r->model.params, r->trainable, r->n_trainable);
     int64_t n_train = r->opt.eval_only ? r->opt.batch : r->train.count;
     r->batches = tg_batches_new(n_train, r->opt.batch, r->opt.seed, true);
     if (!r->optim || !r->batches)
@@ -541,6 +670,10 @@ static int setup(run *r)
 
 static void teardown(run *r)
 {
+    for (int i = 0; i < r->n_plans; i++)
+        tg_plan_free(r->plans[i].plan);
+    free(r->trainable);
+    free(r->grads);
     free(r->images);
     free(r->labels);
     tg_batches_free(r->batches);
@@ -598,10 +731,14 @@ int main(int argc, char **argv)
         char loss[48] = "";
         if (!isnan(last_loss))
             snprintf(loss, sizeof loss, " final_loss=%.4f", last_loss);
-        printf("model=%s steps=%lld epochs=%d batch=%lld threads=%d%s test_acc=%.2f "
-               "epoch_s=%.2f train_img_s=%.0f\n", model_name(r.opt.model), (long long)r.step,
+        struct rusage usage;
+        getrusage(RUSAGE_SELF, &usage);
+        printf("model=%s mode=%s steps=%lld epochs=%d batch=%lld threads=%d%s test_acc=%.2f "
+               "epoch_s=%.2f train_img_s=%.0f peak_rss_mb=%.0f\n", model_name(r.opt.model),
+               r.opt.eager ? "eager" : "compiled", (long long)r.step,
                (int)tg_batches_epoch(r.batches), (long long)r.opt.batch, r.opt.threads, loss,
-               test_acc, epoch_s, train_seconds > 0 ? (double)train_images / train_seconds : 0.0);
+               test_acc, epoch_s, train_seconds > 0 ? (double)train_images / train_seconds : 0.0,
+               (double)usage.ru_maxrss / 1024.0);
     }
     free(curve);
     teardown(&r);

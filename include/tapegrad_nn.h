@@ -12,8 +12,10 @@
  *   - tg_params:     the caller owns it (tg_params_new / tg_params_free); it owns copies of
  *                    the names, never the tensors (those stay with their tapes).
  *   - tg_optim:      the caller owns it (tg_sgd_new / tg_adam_new / tg_adamw_new /
- *                    tg_optim_free); it owns its state tensors, which live on a private tape,
- *                    and the tg_params listing them. The parameters' tape must outlive it.
+ *                    tg_optim_free); it owns the tg_params listing its state. The state
+ *                    tensors and the learning rate are leaves on the parameters' tape, which
+ *                    must outlive it; tg_optim_free leaves them there until the tape is freed
+ *                    (or rewound past them).
  *
  * Errors follow tapegrad.h: builders return NULL, int functions a negative tg_status, and
  * tg_last_error() says why. Nothing here aborts or prints.
@@ -163,20 +165,39 @@ int tg_batchnorm_layer_register(const tg_batchnorm_layer *layer, tg_params *para
 
 /* ---- optimizers ----------------------------------------------------------------------------- */
 /* An optimizer updates the trainable entries of a tg_params (those present when it is
- * created, in list order, f32 or f64; a tensor may appear only once). tg_optim_step takes grads parallel to them (the order
- * of tg_params_trainable); grads[i] = NULL skips parameter i for that step, as a PyTorch
- * parameter whose .grad is None. Each gradient must have its parameter's shape and dtype; all
- * are checked before anything is updated. The arithmetic is done in double per element.
+ * created, in list order, f32 or f64; a tensor may appear only once; all on one tape, or
+ * creation fails with TG_ERR_TAPE). tg_optim_step takes grads parallel to them (the order of
+ * tg_params_trainable); grads[i] = NULL skips parameter i for that step, as a PyTorch
+ * parameter whose .grad is None. Each gradient must have its parameter's shape, dtype and
+ * tape; all are checked before anything is updated, so a refused step changes nothing.
+ *
+ * A step is a composition of the builders, like a layer: the update is computed in the
+ * parameter's dtype, as PyTorch computes it (hyperparameters rounded to that dtype; the
+ * scalars PyTorch keeps as Python floats, such as Adam's bias corrections, in f64), and
+ * the new values are written with tg_assign. Eagerly, tg_optim_step computes and assigns at
+ * once and then drops the nodes it built (the tape's size is unchanged). While the tape
+ * traces (tg_tape_trace), it records the same nodes and assignments instead: a plan
+ * compiled from the trace updates the parameters and the state at every run. Which
+ * parameters have a gradient is then fixed by the trace; the step counts are checked when
+ * the step is built.
+ *
+ * The state and the learning rate live on the parameters' tape, so create the optimizer
+ * before the tg_tape_mark you rewind to each step, as the parameters, and before tracing
+ * (creating it while the tape traces fails with TG_ERR_TAPE). A rewind past them would drop
+ * them: tg_optim_step, tg_optim_set_lr and tg_optim_lr then fail with TG_ERR_TAPE.
  *
  * State, exposed by tg_optim_state() as TG_BUFFER entries so a checkpoint can save and
- * restore it exactly (the optimizer reads it back from the tensors at every step):
+ * restore it exactly (the optimizer reads it back from the tensors at every step); each
+ * tensor is also labelled with its name (tg_label), which plan dumps show:
  *   "optim.step.<name>"        f64 scalar: steps taken by that parameter (PyTorch keeps one
  *                              per parameter too; it drives Adam's bias correction and
  *                              SGD's first-step rule)
  *   "optim.momentum.<name>"    SGD momentum buffer (only when momentum != 0)
  *   "optim.exp_avg.<name>"     Adam(W) first moment
  *   "optim.exp_avg_sq.<name>"  Adam(W) second moment
- * The learning rate is not state: set it with tg_optim_set_lr between steps. */
+ * The learning rate is not state (a checkpoint leaves it alone): it is an f64 scalar leaf
+ * labelled "optim.lr", set with tg_optim_set_lr between steps. A compiled step reads it at
+ * every run, so a schedule needs no recompiling. */
 typedef struct tg_optim tg_optim;
 
 /* SGD as torch.optim.SGD: g += weight_decay * p; with momentum, buf = g on a parameter's
@@ -194,7 +215,8 @@ typedef struct {
 /* Adam as torch.optim.Adam / AdamW (amsgrad = false):
  *   Adam:  g += weight_decay * p (L2);   AdamW: p *= 1 - lr * weight_decay (decoupled)
  *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;  t = the parameter's step
- *   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)   (eps after the sqrt) */
+ *   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)   (eps after the sqrt)
+ * with beta^t = exp(t log beta) in f64 (exactly 0 for beta = 0). */
 typedef struct {
     double lr;
     double beta1, beta2;
@@ -209,7 +231,7 @@ tg_optim *tg_adam_new(const tg_params *params, const tg_adam_opts *opts);
 tg_optim *tg_adamw_new(const tg_params *params, const tg_adam_opts *opts);
 int tg_optim_step(tg_optim *opt, tg_tensor *const *grads);
 int tg_optim_set_lr(tg_optim *opt, double lr); /* lr >= 0 and finite */
-double tg_optim_lr(const tg_optim *opt);      /* NaN with an error when opt is NULL */
+double tg_optim_lr(const tg_optim *opt);      /* NaN with an error: NULL, or state dropped */
 size_t tg_optim_count(const tg_optim *opt);   /* parameters updated = length of grads */
 tg_params *tg_optim_state(tg_optim *opt);     /* owned by the optimizer */
 void tg_optim_free(tg_optim *opt);            /* NULL is fine */

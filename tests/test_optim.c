@@ -1,7 +1,8 @@
 /* Optimizers: hand-computed steps for SGD (momentum, Nesterov, dampening, weight decay),
  * Adam and AdamW; skipped parameters; the learning rate; state exposed by name and restored
- * exactly; argument errors; and a training loop over marks and rewinds. The PyTorch fixtures
- * (test_torch_agreement) cover longer runs. */
+ * exactly; argument errors; a training loop over marks and rewinds; the same step traced and
+ * compiled against eager twins; one tape for parameters and state; state dropped by a
+ * rewind. The PyTorch fixtures (test_torch_agreement) cover longer runs. */
 #include "testing.h"
 #include "tapegrad_nn.h"
 
@@ -171,7 +172,12 @@ static void check_restore(tg_optim *(*make)(const tg_params *, const void *), co
     for (int s = 0; s < 2; s++) {
         random_grads(a.tape, &rng, g);
         ck_assert_int_eq(tg_optim_step(oa, g), 0);
-        ck_assert_int_eq(tg_optim_step(ob, g), 0);
+        /* The same gradients, on b's tape (an optimizer takes them from its parameters'). */
+        tg_tensor *gb[2];
+        for (int i = 0; i < 2; i++)
+            gb[i] = tg_from_data(b.tape, tg_dtype_of(g[i]), tg_ndim(g[i]), tg_shape(g[i]),
+                                 tg_data(g[i]));
+        ck_assert_int_eq(tg_optim_step(ob, gb), 0);
     }
     for (int i = 0; i < 2; i++)
         ck_assert_int_eq(memcmp(tg_data(a.p[i]), tg_data(b.p[i]), bytes_of(a.p[i])), 0);
@@ -339,6 +345,302 @@ START_TEST(training_loop_learns_with_rewinds)
 }
 END_TEST
 
+/* ---- traced and compiled steps -------------------------------------------------------------- */
+/* Three parameters on one tape, "w" f64 [2, 3], "b" f64 [4] and "h" f32 [3], the same values
+ * for the same seed, with an optimizer over them. */
+enum { NP = 3 };
+static const int64_t twin_shapes[NP][2] = {{2, 3}, {4, 0}, {3, 0}};
+static const int twin_ndim[NP] = {2, 1, 1};
+static const tg_dtype twin_dtype[NP] = {TG_F64, TG_F64, TG_F32};
+
+static int64_t twin_numel(int i)
+{
+    return twin_shapes[i][0] * (twin_ndim[i] == 2 ? twin_shapes[i][1] : 1);
+}
+
+typedef struct {
+    tg_tape *tape;
+    tg_params *params;
+    tg_tensor *p[NP];
+    tg_optim *opt;
+} twin;
+
+typedef tg_optim *(*make_fn)(const tg_params *, const void *);
+
+static void twin_init(twin *t, make_fn make, const void *opts)
+{
+    tg_rng rng;
+    tg_rng_seed(&rng, 11);
+    t->tape = tg_tape_new();
+    t->params = tg_params_new();
+    const char *names[NP] = {"w", "b", "h"};
+    for (int i = 0; i < NP; i++) {
+        t->p[i] = tg_rand_normal(t->tape, &rng, twin_dtype[i], twin_ndim[i], twin_shapes[i], 0, 1);
+        ck_assert_int_eq(tg_params_add(t->params, NULL, names[i], t->p[i], TG_TRAINABLE), 0);
+    }
+    t->opt = make(t->params, opts);
+    ck_assert_msg(t->opt != NULL, "%s", tg_last_error());
+}
+
+static void twin_free(twin *t)
+{
+    tg_optim_free(t->opt);
+    tg_params_free(t->params);
+    tg_tape_free(t->tape);
+}
+
+/* |a - b| <= tol max(|a|, |b|) element by element. */
+static void assert_close(const char *what, const tg_tensor *a, const tg_tensor *b, double tol)
+{
+    ck_assert_int_eq(tg_numel(a), tg_numel(b));
+    for (int64_t e = 0; e < tg_numel(a); e++) {
+        double x = tg_get(a, e), y = tg_get(b, e);
+        ck_assert_msg(fabs(x - y) <= tol * fmax(fabs(x), fabs(y)),
+                      "%s[%lld]: eager %.17g, compiled %.17g", what, (long long)e, x, y);
+    }
+}
+
+typedef struct {
+    const char *name;
+    make_fn make;
+    const void *opts;
+    int skip; /* a parameter left without a gradient in every step, or -1 */
+    int slots;
+} traced_case;
+
+/* Traces one step over placeholders, compiles it, and runs it `steps` times next to an eager
+ * twin given the same gradients; halves the learning rate of both halfway through. */
+static void check_traced(const traced_case *c, int steps)
+{
+    twin e, k;
+    twin_init(&e, c->make, c->opts);
+    twin_init(&k, c->make, c->opts);
+
+    tg_mark mark = tg_tape_mark(k.tape);
+    ck_assert_int_eq(tg_tape_trace(k.tape, true), 0);
+    tg_tensor *ph[NP];
+    for (int i = 0; i < NP; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "g%d", i);
+        ph[i] = i == c->skip ? NULL
+                             : tg_placeholder(k.tape, name, twin_dtype[i], twin_ndim[i],
+                                              twin_shapes[i]);
+    }
+    size_t updates = tg_tape_updates(k.tape, NULL, NULL);
+    ck_assert_msg(tg_optim_step(k.opt, ph) == 0, "%s: %s", c->name, tg_last_error());
+    /* Recorded, not applied: each updated parameter, its buffers and its step count. */
+    int updated = NP - (c->skip >= 0);
+    ck_assert_uint_eq(tg_tape_updates(k.tape, NULL, NULL), updates + updated * (2 + c->slots));
+    ck_assert_double_eq(tg_item(tg_params_find(tg_optim_state(k.opt), "optim.step.w")), 0);
+    ck_assert_int_eq(tg_tape_trace(k.tape, false), 0);
+    tg_plan *plan = tg_compile(k.tape, 0, NULL, NULL);
+    ck_assert_msg(plan != NULL, "%s: %s", c->name, tg_last_error());
+    ck_assert_int_eq(tg_tape_rewind(k.tape, mark), 0); /* the plan has its own copy */
+
+    tg_rng rng;
+    tg_rng_seed(&rng, 5);
+    tg_mark eager_mark = tg_tape_mark(e.tape);
+    for (int s = 0; s < steps; s++) {
+        if (s == steps / 2) {
+            double lr = 0.5 * tg_optim_lr(e.opt);
+            ck_assert_int_eq(tg_optim_set_lr(e.opt, lr), 0);
+            ck_assert_int_eq(tg_optim_set_lr(k.opt, lr), 0); /* no recompiling */
+        }
+        double g64[2][6];
+        float g32[3];
+        tg_tensor *g[NP];
+        for (int i = 0; i < NP; i++) {
+            const void *data = i < 2 ? (const void *)g64[i] : (const void *)g32;
+            for (int64_t j = 0; j < twin_numel(i); j++) {
+                double v = tg_rng_normal(&rng);
+                if (i < 2)
+                    g64[i][j] = v;
+                else
+                    g32[j] = (float)v;
+            }
+            g[i] = i == c->skip ? NULL
+                                : tg_from_data(e.tape, twin_dtype[i], twin_ndim[i],
+                                               twin_shapes[i], data);
+            if (i != c->skip) {
+                char name[8];
+                snprintf(name, sizeof name, "g%d", i);
+                ck_assert_int_eq(tg_plan_set_input(plan, name, data), 0);
+            }
+        }
+        size_t size = tg_tape_size(e.tape), recorded = tg_tape_updates(e.tape, NULL, NULL);
+        ck_assert_int_eq(tg_optim_step(e.opt, g), 0);
+        /* Eagerly the step's nodes are gone once applied. */
+        ck_assert_uint_eq(tg_tape_size(e.tape), size);
+        ck_assert_uint_eq(tg_tape_updates(e.tape, NULL, NULL), recorded);
+        ck_assert_msg(tg_plan_run(plan) == 0, "%s: %s", c->name, tg_last_error());
+        ck_assert_int_eq(tg_tape_rewind(e.tape, eager_mark), 0);
+    }
+
+    char what[96];
+    for (int i = 0; i < NP; i++) {
+        snprintf(what, sizeof what, "%s: parameter %d", c->name, i);
+        assert_close(what, e.p[i], k.p[i], twin_dtype[i] == TG_F64 ? 1e-12 : 1e-6);
+    }
+    tg_params *se = tg_optim_state(e.opt), *sk = tg_optim_state(k.opt);
+    ck_assert_uint_eq(tg_params_count(se), (size_t)(NP * (1 + c->slots)));
+    for (size_t j = 0; j < tg_params_count(se); j++) {
+        const tg_param *entry = tg_params_get(se, j);
+        tg_tensor *other = tg_params_find(sk, entry->name);
+        ck_assert_ptr_nonnull(other);
+        snprintf(what, sizeof what, "%s: %s", c->name, entry->name);
+        assert_close(what, entry->tensor, other,
+                     tg_dtype_of(other) == TG_F64 ? 1e-12 : 1e-6);
+    }
+    ck_assert_double_eq(tg_item(tg_params_find(sk, "optim.step.w")), c->skip == 0 ? 0 : steps);
+    ck_assert_double_eq(tg_item(tg_params_find(sk, "optim.step.b")), c->skip == 1 ? 0 : steps);
+    tg_plan_free(plan);
+    twin_free(&e);
+    twin_free(&k);
+}
+
+START_TEST(traced_step_matches_eager)
+{
+    static const tg_sgd_opts plain = {.lr = 0.1};
+    static const tg_sgd_opts damped = {.lr = 0.05, .momentum = 0.9, .dampening = 0.3,
+                                       .weight_decay = 0.01};
+    static const tg_sgd_opts nesterov = {.lr = 0.05, .momentum = 0.8, .nesterov = true,
+                                         .weight_decay = 1e-3};
+    tg_adam_opts adam = tg_adam_defaults();
+    adam.lr = 0.01;
+    adam.weight_decay = 0.01;
+    tg_adam_opts adam_beta0 = adam; /* beta1 = 0: no first bias correction at all */
+    adam_beta0.beta1 = 0;
+    adam_beta0.weight_decay = 0;
+    tg_adam_opts adamw = tg_adamw_defaults();
+    adamw.lr = 0.01;
+    const traced_case cases[] = {
+        {"sgd", make_sgd, &plain, -1, 0},
+        {"sgd momentum+dampening+wd", make_sgd, &damped, -1, 1},
+        {"sgd nesterov+wd, b skipped", make_sgd, &nesterov, 1, 1},
+        {"adam+wd", make_adam, &adam, -1, 2},
+        {"adam beta1=0, w skipped", make_adam, &adam_beta0, 0, 2},
+        {"adamw", make_adamw, &adamw, -1, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_traced(&cases[i], 6);
+}
+END_TEST
+
+/* One plan, three learning rates: the plan reads the rate's tensor at every run. */
+START_TEST(compiled_step_reads_the_current_lr)
+{
+    tg_tape *tape = tg_tape_new();
+    tg_tensor *w = tg_full(tape, TG_F64, 1, SHAPE(2), 1.0);
+    tg_params *params = tg_params_new();
+    ck_assert_int_eq(tg_params_add(params, NULL, "w", w, TG_TRAINABLE), 0);
+    tg_optim *opt = tg_sgd_new(params, &(tg_sgd_opts){.lr = 0.1});
+    tg_mark mark = tg_tape_mark(tape);
+    ck_assert_int_eq(tg_tape_trace(tape, true), 0);
+    tg_tensor *g = tg_placeholder(tape, "g", TG_F64, 1, SHAPE(2));
+    ck_assert_int_eq(tg_optim_step(opt, &g), 0);
+    ck_assert_int_eq(tg_tape_trace(tape, false), 0);
+    tg_plan *plan = tg_compile(tape, 0, NULL, NULL);
+    ck_assert_msg(plan != NULL, "%s", tg_last_error());
+    ck_assert_int_eq(tg_tape_rewind(tape, mark), 0);
+    const double ones[2] = {1, 1};
+    ck_assert_int_eq(tg_plan_set_input(plan, "g", ones), 0);
+    const double rates[3] = {0.1, 0.5, 0}, expect[3] = {0.9, 0.4, 0.4};
+    for (int s = 0; s < 3; s++) {
+        ck_assert_int_eq(tg_optim_set_lr(opt, rates[s]), 0);
+        ck_assert_int_eq(tg_plan_run(plan), 0);
+        ck_assert_double_eq_tol(tg_get(w, 1), expect[s], 1e-15);
+        ck_assert_double_eq(tg_item(tg_params_find(tg_optim_state(opt), "optim.step.w")), s + 1);
+    }
+    tg_plan_free(plan);
+    tg_optim_free(opt);
+    tg_params_free(params);
+    tg_tape_free(tape);
+}
+END_TEST
+
+/* The parameters, their gradients and the state share one tape, which is not tracing when the
+ * optimizer is made. */
+START_TEST(one_tape_for_parameters_and_state)
+{
+    tg_tape *t1 = tg_tape_new(), *t2 = tg_tape_new();
+    tg_tensor *a = tg_full(t1, TG_F64, 1, SHAPE(2), 1.0);
+    tg_tensor *b = tg_full(t2, TG_F64, 1, SHAPE(2), 1.0);
+    tg_params *params = tg_params_new();
+    ck_assert_int_eq(tg_params_add(params, NULL, "a", a, TG_TRAINABLE), 0);
+    ck_assert_int_eq(tg_params_add(params, NULL, "b", b, TG_TRAINABLE), 0);
+    ck_assert_ptr_null(tg_sgd_new(params, &(tg_sgd_opts){.lr = 0.1}));
+    ck_assert_int_eq(tg_last_error_code(), TG_ERR_TAPE);
+    ck_assert_msg(strstr(tg_last_error(), "parameter 'b' is on a different tape from 'a'"),
+                  "%s", tg_last_error());
+    ck_assert_ptr_null(tg_adamw_new(params, &(tg_adam_opts){.lr = 0.1, .beta1 = 0.9}));
+    ck_assert_int_eq(tg_last_error_code(), TG_ERR_TAPE);
+    tg_params_free(params);
+
+    /* A gradient from another tape is refused before anything moves. */
+    params = tg_params_new();
+    ck_assert_int_eq(tg_params_add(params, NULL, "a", a, TG_TRAINABLE), 0);
+    tg_optim *opt = tg_adam_new(params, &(tg_adam_opts){.lr = 0.1, .beta2 = 0.9});
+    ck_assert_ptr_nonnull(opt);
+    tg_tensor *g = tg_full(t2, TG_F64, 1, SHAPE(2), 1.0);
+    ck_assert_int_eq(tg_optim_step(opt, &g), TG_ERR_TAPE);
+    ck_assert_msg(strstr(tg_last_error(), "different tape"), "%s", tg_last_error());
+    ck_assert_double_eq(tg_get(a, 0), 1.0);
+    /* Eagerly, a gradient must have a value: a placeholder has none. */
+    ck_assert_int_eq(tg_tape_trace(t1, true), 0);
+    g = tg_placeholder(t1, "g", TG_F64, 1, SHAPE(2));
+    tg_tensor *constant = tg_full(t1, TG_F64, 1, SHAPE(2), 1.0);
+    /* State made while tracing would be constants of the trace, and so would parameters. */
+    ck_assert_ptr_null(tg_sgd_new(params, &(tg_sgd_opts){.lr = 0.1}));
+    ck_assert_int_eq(tg_last_error_code(), TG_ERR_TAPE);
+    ck_assert_int_eq(tg_tape_trace(t1, false), 0);
+    tg_params *traced = tg_params_new();
+    ck_assert_int_eq(tg_params_add(traced, NULL, "c", constant, TG_TRAINABLE), 0);
+    ck_assert_ptr_null(tg_sgd_new(traced, &(tg_sgd_opts){.lr = 0.1}));
+    ck_assert_msg(strstr(tg_last_error(), "parameter 'c' was made while tracing"), "%s",
+                  tg_last_error());
+    tg_params_free(traced);
+    ck_assert_int_eq(tg_optim_step(opt, &g), TG_ERR_TAPE);
+    ck_assert_double_eq(tg_get(a, 0), 1.0);
+    ck_assert_double_eq(tg_item(tg_params_find(tg_optim_state(opt), "optim.step.a")), 0);
+    tg_optim_free(opt);
+    tg_params_free(params);
+    tg_tape_free(t1);
+    tg_tape_free(t2);
+}
+END_TEST
+
+/* An optimizer made after the mark loses its state at the rewind: refused, never a crash, even
+ * when the next step's nodes have taken the dropped slots (and the same memory). */
+START_TEST(state_dropped_by_a_rewind_is_refused)
+{
+    tg_tape *tape = tg_tape_new();
+    tg_tensor *w = tg_full(tape, TG_F64, 1, SHAPE(2), 1.0);
+    tg_params *params = tg_params_new();
+    ck_assert_int_eq(tg_params_add(params, NULL, "w", w, TG_TRAINABLE), 0);
+    tg_mark mark = tg_tape_mark(tape);
+    tg_optim *opt = tg_sgd_new(params, &(tg_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    ck_assert_ptr_nonnull(opt);
+    tg_tensor *g = tg_full(tape, TG_F64, 1, SHAPE(2), 1.0);
+    ck_assert_int_eq(tg_optim_step(opt, &g), 0);
+    ck_assert_double_eq_tol(tg_get(w, 0), 0.9, 1e-15);
+    ck_assert_int_eq(tg_tape_rewind(tape, mark), 0);
+    ck_assert_int_eq(tg_optim_step(opt, &g), TG_ERR_TAPE);
+    /* The next step's first leaf lands where the step count was, with its shape and memory. */
+    tg_tensor *look_alike = tg_scalar(tape, TG_F64, 0.0);
+    g = tg_full(tape, TG_F64, 1, SHAPE(2), 1.0);
+    ck_assert_int_eq(tg_optim_step(opt, &g), TG_ERR_TAPE);
+    ck_assert_msg(strstr(tg_last_error(), "optim.step.w was dropped by tg_tape_rewind"), "%s",
+                  tg_last_error());
+    ck_assert_double_eq(tg_item(look_alike), 0);
+    ck_assert_double_eq_tol(tg_get(w, 0), 0.9, 1e-15);
+    ck_assert_int_eq(tg_optim_set_lr(opt, 0.2), TG_ERR_TAPE);
+    ck_assert(isnan(tg_optim_lr(opt)));
+    tg_optim_free(opt);
+    tg_params_free(params);
+    tg_tape_free(tape);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("optim");
@@ -349,6 +651,10 @@ int main(void)
     tcase_add_test(tc, skips_null_gradients_and_sets_lr);
     tcase_add_test(tc, optimizers_report_bad_arguments);
     tcase_add_test(tc, training_loop_learns_with_rewinds);
+    tcase_add_test(tc, traced_step_matches_eager);
+    tcase_add_test(tc, compiled_step_reads_the_current_lr);
+    tcase_add_test(tc, one_tape_for_parameters_and_state);
+    tcase_add_test(tc, state_dropped_by_a_rewind_is_refused);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);
 }

@@ -1,7 +1,8 @@
 /* Adam and AdamW with PyTorch's semantics (torch.optim.Adam / AdamW, amsgrad off): bias
  * correction from the parameter's own step count, eps added after the square root of the
  * bias-corrected second moment. Adam's weight decay is L2 added to the gradient; AdamW's is
- * decoupled and shrinks the parameter before the moment update. */
+ * decoupled and shrinks the parameter before the moment update. The update is a composition
+ * of builders in the parameter's dtype, as PyTorch computes it. */
 #include "optim.h"
 
 #include <math.h>
@@ -21,24 +22,47 @@ tg_adam_opts tg_adamw_defaults(void)
     return o;
 }
 
-static void adam_update(tg_optim *opt, size_t i, const tg_tensor *g, double t)
+/* 1 - beta^t for the f64 step count t, with beta^t = exp(t log beta) (no power builder is
+ * needed); NULL means exactly 1, which beta = 0 gives for every t >= 1 (log 0 would put an
+ * infinity on the tape, which the finite check rejects). */
+static tg_tensor *bias_correction(tg_tensor *t, double beta)
+{
+    if (beta == 0)
+        return NULL;
+    tg_tensor *power = tg_exp(tg_mul_scalar(t, log(beta)));
+    return tg_sub(tg_scalar(t->tape, TG_F64, 1.0), power);
+}
+
+static int adam_rule(const tg_optim *opt, size_t i, tg_tensor *g, tg_tensor *lr, tg_tensor *t,
+                     tg_optim_values *out)
 {
     const tg_adam_opts *o = &opt->adam;
-    tg_tensor *p = opt->params[i], *m = opt->slot[EXP_AVG][i], *v = opt->slot[EXP_AVG_SQ][i];
-    double step_size = opt->lr / (1 - pow(o->beta1, t));
-    double correction2_sqrt = sqrt(1 - pow(o->beta2, t));
-    for (int64_t e = 0; e < p->numel; e++) {
-        double w = tg_optim_load(p, e), grad = tg_optim_load(g, e);
-        if (opt->decoupled)
-            w *= 1 - opt->lr * o->weight_decay;
+    tg_tensor *p = opt->params[i];
+    tg_dtype dt = p->dtype;
+    if (o->weight_decay != 0) {
+        if (opt->decoupled) /* 1 - lr wd in f64, as PyTorch's Python float */
+            p = tg_mul(p, tg_optim_as(tg_sub(tg_scalar(p->tape, TG_F64, 1.0),
+                                             tg_mul_scalar(lr, o->weight_decay)), dt));
         else
-            grad += o->weight_decay * w;
-        tg_optim_store(m, e, o->beta1 * tg_optim_load(m, e) + (1 - o->beta1) * grad);
-        tg_optim_store(v, e, o->beta2 * tg_optim_load(v, e) + (1 - o->beta2) * grad * grad);
-        /* The moments as stored: f32 state then steps exactly as it will be restored. */
-        double denom = sqrt(tg_optim_load(v, e)) / correction2_sqrt + o->eps;
-        tg_optim_store(p, e, w - step_size * tg_optim_load(m, e) / denom);
+            g = tg_add(g, tg_mul_scalar(p, o->weight_decay));
     }
+    tg_tensor *m = tg_add(tg_mul_scalar(opt->slot[EXP_AVG][i], o->beta1),
+                          tg_mul_scalar(g, 1 - o->beta1));
+    tg_tensor *v = tg_add(tg_mul_scalar(opt->slot[EXP_AVG_SQ][i], o->beta2),
+                          tg_mul(tg_mul_scalar(g, 1 - o->beta2), g));
+    /* The scalars in f64 (PyTorch's step_size and bias_correction2_sqrt are Python floats),
+     * then rounded to the parameter's dtype where they meet tensors. */
+    tg_tensor *correction1 = bias_correction(t, o->beta1);
+    tg_tensor *correction2 = bias_correction(t, o->beta2);
+    tg_tensor *step_size = correction1 ? tg_div(lr, correction1) : lr;
+    tg_tensor *denom = tg_sqrt(v);
+    if (correction2)
+        denom = tg_div(denom, tg_optim_as(tg_sqrt(correction2), dt));
+    denom = tg_add_scalar(denom, o->eps); /* eps after the square root */
+    out->slot[EXP_AVG] = m;
+    out->slot[EXP_AVG_SQ] = v;
+    out->param = tg_sub(p, tg_mul(tg_optim_as(step_size, dt), tg_div(m, denom)));
+    return out->param ? TG_OK : tg_last_error_code();
 }
 
 static tg_optim *adam_new(const char *name, bool decoupled, const tg_params *params,
@@ -60,7 +84,7 @@ static tg_optim *adam_new(const char *name, bool decoupled, const tg_params *par
         return NULL;
     }
     const char *const slots[TG_OPTIM_SLOTS] = {"exp_avg", "exp_avg_sq"};
-    tg_optim *opt = tg_optim_create(name, params, o.lr, slots, adam_update);
+    tg_optim *opt = tg_optim_create(name, params, o.lr, slots, adam_rule);
     if (opt) {
         opt->adam = o;
         opt->decoupled = decoupled;

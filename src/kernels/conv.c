@@ -1,0 +1,692 @@
+/* Direct 2-D convolutions on libxsmm's batch-reduce GEMM: the CONV and CONV_WGRAD plan ops
+ * (compile/plan_ops.def), stride 1, NCHW tensors, no im2col buffer.
+ *
+ * The "wide rows" layout makes every kernel tap the same matrix at a shifted address: with
+ * the zero-padded image stored in rows of wp = w + 2 pw columns, output position p = y wp + x
+ * reads input position p + kh wp + kw under tap (kh, kw). Positions with x >= ow straddle
+ * two rows; they are computed and dropped (2 of 16 columns for 3x3, padding 1, 14x14).
+ *
+ * libxsmm is column-major and our tensors are row-major, so a row-major [C][P] image is the
+ * column-major P x C matrix that libxsmm wants as its first operand, with the channel plane
+ * as leading dimension:
+ * - CONV: per band of output rows, out[pos, oc] = sum over taps t of X[pos + shift_t, c]
+ *   W_t[c, oc]: one call batch-reduced over the KH*KW taps (accumulating in registers),
+ *   M = positions, N = OC, K = C. The weights are repacked per run, tap-major [t][OC][C]; for
+ *   the input gradient (TG_CONV_TRANSPOSED_FLIPPED) that repack also transposes and rotates
+ *   them, and the rest is the same convolution.
+ * - CONV_WGRAD: per tap, dW_t[oc, c] = sum over images and positions of G[oc, pos]
+ *   X[c, pos + shift_t]. Both operands run along the reduced positions; libxsmm 1.17's JIT
+ *   cannot transpose its first operand, so the gradient is transposed per image into
+ *   [pos][OC] scratch (garbage positions zero, so they add nothing). M = a block of OC, N = C,
+ *   K = positions, batch-reduced over a chunk of images.
+ * With few input channels (an image's first layer: C = 1 or 3) K = C per tap is too short
+ * for a GEMM to be fast, and the output is large next to the work, so the taps are gathered
+ * instead: the C*KH*KW shifted windows of a band's rows go to scratch as an im2col of that
+ * band, small because C is, without garbage positions. One GEMM with K = C*KH*KW then writes
+ * the output in place (forward); for the weight gradient, the image's im2col transposed
+ * ([pos][C*KH*KW], M = C*KH*KW) against the gradient read where it is (N = OC) sums straight
+ * into dW, with no transpose of the gradient at all.
+ *
+ * The copies in and out of scratch use libxsmm's JIT copies and transposes where it has them
+ * (2-3 times faster than loops on such short rows), and plain loops elsewhere; where libxsmm
+ * generates no GEMM kernel, a plain loop computes the same batch-reduce GEMM. Everything is
+ * dispatched by prepare; a run allocates nothing. Threads take tasks that do not depend on
+ * their number: (image, band of rows) for CONV, blocks of output channels (each summing every
+ * image in order) for CONV_WGRAD. So results are bit-identical for any thread count. */
+#include "../compile/plan_ops.h"
+
+#include <libxsmm.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---- one batch-reduce GEMM ------------------------------------------------------------------ */
+/* Column-major C (m x n, ldc) = or += the sum over i < count of A_i (m x k, lda) B_i (k x n,
+ * ldb), where A_i and B_i sit a_offs[i] and b_offs[i] bytes after a and b. */
+typedef struct {
+    tg_dtype dt;
+    int64_t m, n, k, lda, ldb, ldc;
+    bool accumulate;
+    union {
+        libxsmm_smmfunction_reducebatch_offs s;
+        libxsmm_dmmfunction_reducebatch_offs d;
+    } jit; /* NULL: the loop */
+} brgemm;
+
+static void brgemm_init(brgemm *b, tg_dtype dt, int64_t m, int64_t n, int64_t k, int64_t lda,
+                        int64_t ldb, int64_t ldc, bool accumulate)
+{
+    *b = (brgemm){dt, m, n, k, lda, ldb, ldc, accumulate, {NULL}};
+    if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
+        ldc > INT_MAX)
+        return;
+    libxsmm_blasint lm = (libxsmm_blasint)m, ln = (libxsmm_blasint)n, lk = (libxsmm_blasint)k;
+    libxsmm_blasint la = (libxsmm_blasint)lda, lb = (libxsmm_blasint)ldb,
+                    lc = (libxsmm_blasint)ldc;
+    if (dt == TG_F64) {
+        double alpha = 1, beta = accumulate;
+        b->jit.d = libxsmm_dmmdispatch_reducebatch_offs(lm, ln, lk, &la, &lb, &lc, &alpha, &beta,
+                                                        NULL, NULL);
+    } else {
+        float alpha = 1, beta = accumulate;
+        b->jit.s = libxsmm_smmdispatch_reducebatch_offs(lm, ln, lk, &la, &lb, &lc, &alpha, &beta,
+                                                        NULL, NULL);
+    }
+}
+
+#define BRGEMM_LOOP(T)                                                                          \
+    static void brgemm_loop_##T(const brgemm *g, const char *a, const char *b, T *c,            \
+                                unsigned long long count, const unsigned long long *a_offs,     \
+                                const unsigned long long *b_offs)                               \
+    {                                                                                           \
+        for (int64_t j = 0; j < g->n; j++) {                                                    \
+            T *cj = c + j * g->ldc;                                                             \
+            if (!g->accumulate)                                                                 \
+                memset(cj, 0, (size_t)g->m * sizeof *cj);                                       \
+            for (unsigned long long i = 0; i < count; i++) {                                    \
+                const T *ai = (const T *)(a + a_offs[i]);                                       \
+                const T *bj = (const T *)(b + b_offs[i]) + j * g->ldb;                          \
+                for (int64_t p = 0; p < g->k; p++)                                              \
+                    for (int64_t r = 0; r < g->m; r++)                                          \
+                        cj[r] += ai[p * g->lda + r] * bj[p];                                    \
+            }                                                                                   \
+        }                                                                                       \
+    }
+BRGEMM_LOOP(float)
+BRGEMM_LOOP(double)
+
+static void brgemm_run(const brgemm *g, const void *a, const void *b, void *c,
+                       unsigned long long count, const unsigned long long *a_offs,
+                       const unsigned long long *b_offs)
+{
+    if (g->dt == TG_F64) {
+        if (g->jit.d)
+            g->jit.d(a, b, c, &count, a_offs, b_offs);
+        else
+            brgemm_loop_double(g, a, b, c, count, a_offs, b_offs);
+    } else {
+        if (g->jit.s)
+            g->jit.s(a, b, c, &count, a_offs, b_offs);
+        else
+            brgemm_loop_float(g, a, b, c, count, a_offs, b_offs);
+    }
+}
+
+/* ---- geometry ------------------------------------------------------------------------------ */
+/* Taps are gathered when C*KH*KW is at most this (see the top of the file). */
+#define GATHER_MAX_K 32
+
+/* A stride-1 convolution as the kernels see it: the image x [batch, c, h, w] zero-padded by
+ * (ph, pw), oc output channels of oh x ow, a kh x kw kernel. */
+typedef struct {
+    tg_dtype dt;
+    size_t elem;
+    const struct conv_copies *copy; /* the typed copies for dt */
+    int64_t batch, c, h, w, oc, oh, ow, kh, kw, ph, pw;
+    int64_t taps; /* kh kw */
+    int64_t wp;   /* the wide rows: w + 2 pw */
+    bool direct;  /* no padding: the GEMMs read x where it is */
+    bool gathered;
+} conv_geom;
+
+static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Where tap t reads, relative to the output position, in the wide layout. */
+static int64_t tap_shift(const conv_geom *g, int64_t t) { return t / g->kw * g->wp + t % g->kw; }
+
+static int thread_index(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---- the typed copies in and out of scratch ---------------------------------------------- */
+/* Rows here are short (14 elements for the reference model), so these are plain loops the
+ * compiler vectorizes, not memcpy calls; the hottest, copy_rows, has libxsmm's JIT copy as
+ * a fast path (below). Weights and sums come in two layouts: tap-major [t][o][c] when the
+ * GEMMs batch over taps, [o][c][t] (the tensors' own) when taps are gathered. */
+#define COPIES(T)                                                                               \
+    /* n rows of m elements, ldi apart in src, to rows ldo apart in dst. */                    \
+    static void copy_rows_##T(const void *src_, int64_t ldi, void *dst_, int64_t ldo,           \
+                              int64_t m, int64_t n)                                             \
+    {                                                                                           \
+        const T *src = src_;                                                                    \
+        T *dst = dst_;                                                                          \
+        for (int64_t r = 0; r < n; r++, src += ldi, dst += ldo)                                 \
+            for (int64_t x = 0; x < m; x++)                                                     \
+                dst[x] = src[x];                                                                \
+    }                                                                                           \
+    /* cols[c taps + t][r ow + x] = src[c][(r + kh) wp + x + kw] for the first `rows` output \
+     * rows: the band's im2col, from its wide image src (plane elements per channel). */       \
+    static void gather_taps_##T(const conv_geom *g, const void *src_, int64_t plane,            \
+                                int64_t rows, void *cols_, int64_t ld)                          \
+    {                                                                                           \
+        const T *src = src_;                                                                    \
+        T *cols = cols_;                                                                        \
+        for (int64_t c = 0; c < g->c; c++)                                                      \
+            for (int64_t t = 0; t < g->taps; t++) {                                             \
+                const T *from = src + c * plane + tap_shift(g, t);                              \
+                T *to = cols + (c * g->taps + t) * ld;                                          \
+                for (int64_t r = 0; r < rows; r++, from += g->wp, to += g->ow)                  \
+                    for (int64_t x = 0; x < g->ow; x++)                                         \
+                        to[x] = from[x];                                                        \
+            }                                                                                   \
+    }                                                                                           \
+    /* cols[r ow + x][c taps + t] = src[c][(r + kh) wp + x + kw]: a whole image's im2col,      \
+     * transposed, from its wide image src (plane elements per channel). */                    \
+    static void gather_taps_transposed_##T(const conv_geom *g, const void *src_, int64_t plane, \
+                                           void *cols_)                                         \
+    {                                                                                           \
+        const T *src = src_;                                                                    \
+        T *cols = cols_;                                                                        \
+        int64_t ckk = g->c * g->taps, shift[GATHER_MAX_K];                                      \
+        for (int64_t j = 0; j < ckk; j++)                                                       \
+            shift[j] = j / g->taps * plane + tap_shift(g, j % g->taps);                         \
+        for (int64_t r = 0; r < g->oh; r++)                                                     \
+            for (int64_t x = 0; x < g->ow; x++, cols += ckk) {                                  \
+                const T *at = src + r * g->wp + x;                                              \
+                for (int64_t j = 0; j < ckk; j++)                                               \
+                    cols[j] = at[shift[j]];                                                     \
+            }                                                                                   \
+    }                                                                                           \
+    /* The weights W_t[c, o] = w[o][c][t], or flipped: w[c][o][taps - 1 - t]. */                \
+    static void repack_weights_##T(const conv_geom *g, bool flipped, const void *w_, void *wt_) \
+    {                                                                                           \
+        const T *w = w_;                                                                        \
+        T *wt = wt_;                                                                            \
+        int64_t taps = g->taps;                                                                 \
+        for (int64_t o = 0; o < g->oc; o++)                                                     \
+            for (int64_t c = 0; c < g->c; c++)                                                  \
+                for (int64_t t = 0; t < taps; t++) {                                            \
+                    size_t at = g->gathered ? (size_t)((o * g->c + c) * taps + t)               \
+                                            : (size_t)((t * g->oc + o) * g->c + c);             \
+                    wt[at] = flipped ? w[(c * g->oc + o) * taps + taps - 1 - t]                 \
+                                     : w[(o * g->c + c) * taps + t];                            \
+                }                                                                               \
+    }                                                                                           \
+    /* gt[y wp + x][o] = grad[oc0 + o][y][x]; the garbage positions (x >= ow) stay as the      \
+     * caller cleared them, once. */                                                            \
+    static void transpose_grad_##T(const conv_geom *g, const void *grad, int64_t oc0,           \
+                                   int64_t m, void *gt_)                                        \
+    {                                                                                           \
+        int64_t plane = g->oh * g->ow;                                                          \
+        const T *first = (const T *)grad + oc0 * plane;                                         \
+        for (int64_t y = 0; y < g->oh; y++)                                                     \
+            for (int64_t x = 0; x < g->ow; x++) {                                               \
+                const T *src = first + y * g->ow + x;                                           \
+                T *gt = (T *)gt_ + (y * g->wp + x) * m;                                         \
+                for (int64_t o = 0; o < m; o++)                                                 \
+                    gt[o] = src[o * plane];                                                     \
+            }                                                                                   \
+    }                                                                                           \
+    /* dw[oc0 + o][c][t] = the taps' sums acc[t][c][o]. */                                      \
+    static void scatter_wgrad_##T(const conv_geom *g, const void *acc_, int64_t oc0, int64_t m, \
+                                  void *dw_)                                                    \
+    {                                                                                           \
+        const T *acc = acc_;                                                                    \
+        T *dw = dw_;                                                                            \
+        for (int64_t o = 0; o < m; o++)                                                         \
+            for (int64_t c = 0; c < g->c; c++)                                                  \
+                for (int64_t t = 0; t < g->taps; t++)                                           \
+                    dw[((oc0 + o) * g->c + c) * g->taps + t] = acc[(t * g->c + c) * m + o];     \
+    }                                                                                           \
+    static const struct conv_copies copies_##T = {                                              \
+        copy_rows_##T,      gather_taps_##T,    gather_taps_transposed_##T,                     \
+        repack_weights_##T, transpose_grad_##T, scatter_wgrad_##T};
+
+struct conv_copies {
+    void (*copy_rows)(const void *src, int64_t ldi, void *dst, int64_t ldo, int64_t m,
+                      int64_t n);
+    void (*gather_taps)(const conv_geom *g, const void *src, int64_t plane, int64_t rows,
+                        void *cols, int64_t ld);
+    void (*gather_taps_transposed)(const conv_geom *g, const void *src, int64_t plane,
+                                   void *cols);
+    void (*repack_weights)(const conv_geom *g, bool flipped, const void *w, void *wt);
+    void (*transpose_grad)(const conv_geom *g, const void *grad, int64_t oc0, int64_t m,
+                           void *gt);
+    void (*scatter_wgrad)(const conv_geom *g, const void *acc, int64_t oc0, int64_t m, void *dw);
+};
+COPIES(float)
+COPIES(double)
+
+/* libxsmm's copy of n rows of m elements, ldi apart, to rows ldo apart (three times as fast
+ * as the loop on 14-element rows); NULL where it has none. */
+static libxsmm_xmcopyfunction copy_kernel(const conv_geom *g, int64_t m, int64_t n, int64_t ldi,
+                                          int64_t ldo)
+{
+    if (m > UINT_MAX || n > UINT_MAX || ldi > UINT_MAX || ldo > UINT_MAX)
+        return NULL;
+    libxsmm_descriptor_blob blob;
+    const libxsmm_mcopy_descriptor *desc = libxsmm_mcopy_descriptor_init(
+        &blob, (unsigned int)g->elem, (unsigned int)m, (unsigned int)n, (unsigned int)ldo,
+        (unsigned int)ldi, 0, 0, NULL);
+    return desc ? libxsmm_dispatch_mcopy(desc) : NULL;
+}
+
+/* copy_rows by `jit`, a copy_kernel of exactly these sizes, or the loop when it is NULL. */
+static void copy_rows(const conv_geom *g, libxsmm_xmcopyfunction jit, const void *src,
+                      int64_t ldi, void *dst, int64_t ldo, int64_t m, int64_t n)
+{
+    if (!jit) {
+        g->copy->copy_rows(src, ldi, dst, ldo, m, n);
+        return;
+    }
+    unsigned int i = (unsigned int)ldi, o = (unsigned int)ldo;
+    jit(src, &i, dst, &o);
+}
+
+/* Rows first .. first + rows - 1 of each channel's zero-padded image (negative: the top
+ * padding) into dst, `plane` elements per channel. Only what can change between calls is
+ * written: the left and right padding columns stay as the caller cleared them, once.
+ * `whole` copies a channel's h rows, for when all of them are in range. */
+static void stage_rows(const conv_geom *g, libxsmm_xmcopyfunction whole, const char *image,
+                       int64_t first, int64_t rows, int64_t plane, char *dst)
+{
+    size_t e = g->elem, row = (size_t)g->wp * e;
+    int64_t above = min64(first < 0 ? -first : 0, rows); /* rows of padding, then of x */
+    int64_t in = min64(rows - above, g->h - (first + above));
+    in = in > 0 ? in : 0;
+    for (int64_t c = 0; c < g->c; c++) {
+        char *band = dst + (size_t)(c * plane) * e;
+        memset(band, 0, (size_t)above * row);
+        memset(band + (size_t)(above + in) * row, 0, (size_t)(rows - above - in) * row);
+        if (in > 0)
+            copy_rows(g, in == g->h ? whole : NULL,
+                      image + (size_t)((c * g->h + first + above) * g->w) * e, g->w,
+                      band + (size_t)above * row + (size_t)g->pw * e, g->wp, g->w, in);
+    }
+}
+
+/* ---- CONV ------------------------------------------------------------------------------------ */
+/* Output rows go in bands: thin enough that the band's A operand stays in L1 while the GEMM
+ * passes over it once per block of output channels (BAND_L1_BYTES, the L1 of current cores;
+ * for the reference model's input gradient, 64 channels at 14x14, two bands instead of one
+ * are 10-15% faster), at most BAND_POSITIONS positions, and with few images thinner still,
+ * so that there are MIN_TASKS tasks to share. All depend on the shapes only, never on the
+ * thread count. */
+#define BAND_L1_BYTES (48 * 1024)
+#define BAND_POSITIONS 1024
+#define MIN_TASKS 4
+
+typedef struct {
+    conv_geom g;
+    bool flipped;
+    int64_t band_rows, bands;
+    int64_t plane;            /* elements per channel of the band's input: its rows, or h w */
+    brgemm full, last;        /* a full band and the last, maybe shorter, band */
+    libxsmm_xmcopyfunction stage, copy_out; /* an image's rows in; a full band's rows out */
+    size_t at_image, at_cols, at_out; /* in a thread's scratch (the weights are first) */
+    unsigned long long count; /* GEMMs summed per band: the taps, or 1 when gathered */
+    unsigned long long offs[]; /* A offsets, then B offsets (bytes) */
+} conv_fwd;
+
+static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, int64_t image,
+                         int64_t band)
+{
+    const conv_geom *g = &p->g;
+    size_t e = g->elem;
+    int64_t r0 = band * p->band_rows, rows = min64(p->band_rows, g->oh - r0);
+    const brgemm *gemm = rows == p->band_rows ? &p->full : &p->last;
+    const char *img = x + (size_t)(image * g->c * g->h * g->w) * e;
+    const char *a = img + (size_t)(r0 * g->w) * e;
+    if (!g->direct) {
+        stage_rows(g, p->stage, img, r0 - g->ph, rows + g->kh - 1, p->plane, mine + p->at_image);
+        a = mine + p->at_image;
+    }
+    if (g->gathered) { /* straight into y, whose rows have no garbage */
+        g->copy->gather_taps(g, a, p->plane, rows, mine + p->at_cols, gemm->lda);
+        brgemm_run(gemm, mine + p->at_cols, mine,
+                   y + (size_t)((image * g->oc * g->oh + r0) * g->ow) * e, 1, p->offs,
+                   p->offs + 1);
+        return;
+    }
+    char *band_out = mine + p->at_out;
+    brgemm_run(gemm, a, mine, band_out, p->count, p->offs, p->offs + p->count);
+    for (int64_t o = 0; o < g->oc; o++) /* without the garbage positions */
+        copy_rows(g, rows == p->band_rows ? p->copy_out : NULL,
+                  band_out + (size_t)(o * gemm->ldc) * e, g->wp,
+                  y + (size_t)(((image * g->oc + o) * g->oh + r0) * g->ow) * e, g->ow, g->ow,
+                  rows);
+}
+
+void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
+{
+    const conv_fwd *p = n->payload;
+    int64_t tasks = p->g.batch * p->bands;
+    if (tasks == 0)
+        return;
+#pragma omp parallel num_threads(tg_num_threads())
+    {
+        char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
+        p->g.copy->repack_weights(&p->g, p->flipped, in[1], mine);
+        memset(mine + p->at_image, 0, p->at_cols - p->at_image); /* the padding columns */
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; t++)
+            forward_band(p, in[0], mine, out, t / p->bands, t % p->bands);
+    }
+}
+
+static int prepare_forward(tg_ir_node *n, const conv_geom *g)
+{
+    unsigned long long count = g->gathered ? 1 : (unsigned long long)g->taps;
+    conv_fwd *p = calloc(1, sizeof *p + 2 * count * sizeof p->offs[0]);
+    if (!p)
+        return tg_fail(TG_ERR_NOMEM, "conv: out of memory");
+    p->g = *g;
+    p->flipped = n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED;
+    p->count = count;
+    /* Output rows whose A operand (the band's padded rows, or its im2col) fits in L1. */
+    int64_t row_bytes = (g->gathered ? g->c * g->taps * g->ow : g->c * g->wp) * (int64_t)g->elem;
+    int64_t fit = BAND_L1_BYTES / row_bytes - (g->gathered ? 0 : g->kh - 1);
+    fit = fit < 1 ? 1 : fit;
+    int64_t bands = (g->oh * g->wp + BAND_POSITIONS - 1) / BAND_POSITIONS;
+    if (bands < (g->oh + fit - 1) / fit)
+        bands = (g->oh + fit - 1) / fit;
+    if (g->batch * bands < MIN_TASKS)
+        bands = (MIN_TASKS + g->batch - 1) / g->batch;
+    bands = min64(bands, g->oh);
+    p->band_rows = (g->oh + bands - 1) / bands;
+    p->bands = (g->oh + p->band_rows - 1) / p->band_rows;
+    p->plane = g->direct ? g->h * g->w : (p->band_rows + g->kh - 1) * g->wp;
+    int64_t last_rows = g->oh - (p->bands - 1) * p->band_rows, k = g->gathered ? g->c * g->taps
+                                                                                        : g->c;
+    if (g->gathered) { /* A: the band's im2col; C: y's channel planes */
+        int64_t positions = p->band_rows * g->ow;
+        brgemm_init(&p->full, g->dt, positions, g->oc, k, positions, k, g->oh * g->ow, false);
+        brgemm_init(&p->last, g->dt, last_rows * g->ow, g->oc, k, positions, k, g->oh * g->ow,
+                    false);
+    } else { /* A: the wide band, a plane per channel; C: the band's output, wide too */
+        int64_t positions = p->band_rows * g->wp;
+        brgemm_init(&p->full, g->dt, (p->band_rows - 1) * g->wp + g->ow, g->oc, k, p->plane, k,
+                    positions, false);
+        brgemm_init(&p->last, g->dt, (last_rows - 1) * g->wp + g->ow, g->oc, k, p->plane, k,
+                    positions, false);
+        p->copy_out = copy_kernel(g, g->ow, p->band_rows, g->wp, g->ow);
+    }
+    if (!g->direct)
+        p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
+    for (unsigned long long t = 0; t < count && !g->gathered; t++) {
+        p->offs[t] = (unsigned long long)tap_shift(g, (int64_t)t) * g->elem;
+        p->offs[count + t] = t * (unsigned long long)(g->oc * g->c) * g->elem;
+    }
+    size_t weights = round64((size_t)(g->taps * g->oc * g->c) * g->elem);
+    size_t image = g->direct ? 0 : round64((size_t)(g->c * p->plane) * g->elem);
+    size_t cols = g->gathered ? round64((size_t)(k * p->full.lda) * g->elem) : 0;
+    size_t band_out = g->gathered ? 0 : round64((size_t)(g->oc * p->full.ldc) * g->elem);
+    p->at_image = weights;
+    p->at_cols = weights + image;
+    p->at_out = p->at_cols + cols;
+    n->scratch_bytes = p->at_out + band_out;
+    n->payload = p;
+    return TG_OK;
+}
+
+/* ---- CONV_WGRAD ------------------------------------------------------------------------------ */
+/* Output channels go in blocks of at most OC_BLOCK (and at least two blocks when there are
+ * OC_BLOCK channels, for two threads to share); images in chunks of about CHUNK_BYTES of
+ * staged operands. */
+#define OC_BLOCK 32
+#define CHUNK_BYTES (256 * 1024)
+
+typedef struct {
+    conv_geom g;
+    int64_t ocb, blocks, chunk;
+    int64_t k;                 /* positions summed per image: (oh - 1) wp + ow, or oh ow */
+    int64_t plane;             /* elements per channel of the (padded) input image */
+    brgemm full, last;         /* a full block of output channels and the last one */
+    libxsmm_xtransfunction transpose_full, transpose_last; /* their G rows; NULL: the loop */
+    libxsmm_xmcopyfunction stage; /* an image's rows into the padded layout; NULL: the loop */
+    size_t a_bytes;            /* A staged per image: the gradient block or the im2col */
+    size_t b_bytes;            /* B staged per image: the padded input (taps batched) */
+    size_t padded_bytes;       /* a padded input image; 0 without padding */
+    size_t at_a, at_b, at_image; /* in a thread's scratch (the taps' sums are first) */
+    size_t staged_bytes;       /* from at_a on */
+    unsigned long long offs[]; /* images of a chunk: A offsets, then B offsets (bytes) */
+} conv_wgrad;
+
+/* Image i's zero-padded copy at `to`, or where it is when there is no padding. */
+static const char *padded_image(const conv_wgrad *p, const char *x, int64_t i, char *to)
+{
+    const conv_geom *g = &p->g;
+    const char *img = x + (size_t)(i * g->c * g->h * g->w) * g->elem;
+    if (g->direct)
+        return img;
+    stage_rows(g, p->stage, img, -g->ph, g->oh + g->kh - 1, p->plane, to);
+    return to;
+}
+
+/* gt[y wp + x][o] = grad[oc0 + o][y][x] for one image: a libxsmm transpose per output row
+ * where there is one (twice as fast as the loop), else the loop. */
+static void transpose_grad(const conv_wgrad *p, const char *grad, int64_t oc0, int64_t m,
+                           char *gt)
+{
+    const conv_geom *g = &p->g;
+    libxsmm_xtransfunction jit = m == p->ocb ? p->transpose_full : p->transpose_last;
+    if (!jit) {
+        g->copy->transpose_grad(g, grad, oc0, m, gt);
+        return;
+    }
+    unsigned int ldi = (unsigned int)(g->oh * g->ow), ldo = (unsigned int)m;
+    const char *rows = grad + (size_t)(oc0 * g->oh * g->ow) * g->elem;
+    for (int64_t y = 0; y < g->oh; y++)
+        jit(rows + (size_t)(y * g->ow) * g->elem, &ldi, gt + (size_t)(y * g->wp * m) * g->elem,
+            &ldo);
+}
+
+/* Taps batched: per tap, dW_t[oc, c] (the block's rows) += G^T X_t over the chunk's images,
+ * with G transposed into [pos][oc] and X padded into the wide layout. */
+static void wgrad_block_taps(const conv_wgrad *p, const char *grad, const char *x, char *mine,
+                             char *dw, int64_t block)
+{
+    const conv_geom *g = &p->g;
+    size_t e = g->elem;
+    int64_t oc0 = block * p->ocb, m = min64(p->ocb, g->oc - oc0);
+    const brgemm *gemm = m == p->ocb ? &p->full : &p->last;
+    char *acc = mine, *gt = mine + p->at_a;
+    memset(acc, 0, (size_t)(g->taps * g->c * m) * e);
+    memset(gt, 0, p->staged_bytes); /* the garbage positions and padding columns */
+    for (int64_t n0 = 0; n0 < g->batch; n0 += p->chunk) {
+        int64_t count = min64(p->chunk, g->batch - n0);
+        for (int64_t i = 0; i < count; i++) {
+            transpose_grad(p, grad + (size_t)((n0 + i) * g->oc * g->oh * g->ow) * e, oc0, m,
+                           gt + (size_t)i * p->a_bytes);
+            padded_image(p, x, n0 + i, mine + p->at_b + (size_t)i * p->b_bytes);
+        }
+        const char *b = g->direct ? x + (size_t)(n0 * g->c * g->h * g->w) * e : mine + p->at_b;
+        for (int64_t t = 0; t < g->taps; t++)
+            brgemm_run(gemm, gt, b + (size_t)tap_shift(g, t) * e,
+                       acc + (size_t)(t * g->c * m) * e, (unsigned long long)count, p->offs,
+                       p->offs + p->chunk);
+    }
+    g->copy->scatter_wgrad(g, acc, oc0, m, dw);
+}
+
+/* Taps gathered: dW[oc][c, t] (the block's rows, in place) += cols^T G^T over the chunk's
+ * images, with cols^T the image's im2col transposed, [pos][c, t], and G read where it is. */
+static void wgrad_block_gathered(const conv_wgrad *p, const char *grad, const char *x,
+                                 char *mine, char *dw, int64_t block)
+{
+    const conv_geom *g = &p->g;
+    size_t e = g->elem;
+    int64_t oc0 = block * p->ocb, m = min64(p->ocb, g->oc - oc0), ckk = g->c * g->taps;
+    const brgemm *gemm = m == p->ocb ? &p->full : &p->last;
+    char *rows = dw + (size_t)(oc0 * ckk) * e;
+    memset(rows, 0, (size_t)(m * ckk) * e);
+    memset(mine + p->at_image, 0, p->padded_bytes); /* the padding */
+    for (int64_t n0 = 0; n0 < g->batch; n0 += p->chunk) {
+        int64_t count = min64(p->chunk, g->batch - n0);
+        for (int64_t i = 0; i < count; i++)
+            g->copy->gather_taps_transposed(g, padded_image(p, x, n0 + i, mine + p->at_image),
+                                            p->plane, mine + p->at_a + (size_t)i * p->a_bytes);
+        const char *b = grad + (size_t)((n0 * g->oc + oc0) * g->oh * g->ow) * e;
+        brgemm_run(gemm, mine + p->at_a, b, rows, (unsigned long long)count, p->offs,
+                   p->offs + p->chunk);
+    }
+}
+
+void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
+{
+    const conv_wgrad *p = n->payload;
+#pragma omp parallel for num_threads(tg_num_threads()) schedule(static)
+    for (int64_t b = 0; b < p->blocks; b++) {
+        char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
+        if (p->g.gathered)
+            wgrad_block_gathered(p, in[0], in[1], mine, out, b);
+        else
+            wgrad_block_taps(p, in[0], in[1], mine, out, b);
+    }
+}
+
+/* libxsmm's transpose of a row of G, ow positions x m channels (channel plane as leading
+ * dimension), into m x ow; NULL where it has none. */
+static libxsmm_xtransfunction transpose_kernel(const conv_geom *g, int64_t m)
+{
+    if (g->oh * g->ow > UINT_MAX || m > UINT_MAX)
+        return NULL;
+    libxsmm_descriptor_blob blob;
+    const libxsmm_trans_descriptor *desc = libxsmm_trans_descriptor_init(
+        &blob, (unsigned int)g->elem, (unsigned int)g->ow, (unsigned int)m, (unsigned int)m);
+    return desc ? libxsmm_dispatch_trans(desc) : NULL;
+}
+
+static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
+{
+    int64_t blocks = (g->oc + OC_BLOCK - 1) / OC_BLOCK;
+    if (blocks == 1 && g->oc >= OC_BLOCK)
+        blocks = 2;
+    int64_t ocb = (g->oc + blocks - 1) / blocks, ckk = g->c * g->taps;
+    int64_t k = g->gathered ? g->oh * g->ow : (g->oh - 1) * g->wp + g->ow;
+    int64_t plane = g->direct ? g->h * g->w : (g->oh + g->kh - 1) * g->wp;
+    size_t padded = g->direct ? 0 : round64((size_t)(g->c * plane) * g->elem);
+    size_t a_bytes = round64((size_t)(k * (g->gathered ? ckk : ocb)) * g->elem);
+    size_t b_bytes = g->gathered ? 0 : padded; /* gathered: one padded image, reused */
+    int64_t chunk = (int64_t)(CHUNK_BYTES / (a_bytes + b_bytes));
+    chunk = chunk < 1 ? 1 : min64(chunk, g->batch > 0 ? g->batch : 1);
+    conv_wgrad *p = calloc(1, sizeof *p + 2 * (size_t)chunk * sizeof p->offs[0]);
+    if (!p)
+        return tg_fail(TG_ERR_NOMEM, "conv_wgrad: out of memory");
+    *p = (conv_wgrad){.g = *g, .ocb = ocb, .blocks = (g->oc + ocb - 1) / ocb, .chunk = chunk,
+                      .k = k, .plane = plane, .a_bytes = a_bytes, .b_bytes = b_bytes,
+                      .padded_bytes = padded};
+    int64_t last = g->oc - (p->blocks - 1) * ocb;
+    if (!g->direct)
+        p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
+    size_t b_stride; /* between the chunk's images in B */
+    if (g->gathered) { /* A: cols^T [pos][ckk]; B: G [oc][pos] in place; C: dW [oc][ckk] */
+        brgemm_init(&p->full, g->dt, ckk, ocb, k, ckk, k, ckk, true);
+        brgemm_init(&p->last, g->dt, ckk, last, k, ckk, k, ckk, true);
+        b_stride = (size_t)(g->oc * k) * g->elem;
+    } else { /* A: G^T [pos][oc]; B: X [c][pos] wide; C: the tap's sums [c][oc] */
+        brgemm_init(&p->full, g->dt, ocb, g->c, k, ocb, plane, ocb, true);
+        brgemm_init(&p->last, g->dt, last, g->c, k, last, plane, last, true);
+        b_stride = g->direct ? (size_t)(g->c * plane) * g->elem : b_bytes;
+        p->transpose_full = transpose_kernel(g, ocb);
+        p->transpose_last = transpose_kernel(g, last);
+    }
+    for (int64_t i = 0; i < chunk; i++) {
+        p->offs[i] = (unsigned long long)i * a_bytes;
+        p->offs[chunk + i] = (unsigned long long)i * b_stride;
+    }
+    p->at_a = g->gathered ? 0 : round64((size_t)(g->taps * g->c * ocb) * g->elem);
+    p->at_b = p->at_a + (size_t)chunk * a_bytes;
+    p->at_image = p->at_b + (size_t)chunk * b_bytes;
+    p->staged_bytes = p->at_image + (g->gathered ? padded : 0) - p->at_a;
+    n->scratch_bytes = p->at_a + p->staged_bytes;
+    n->payload = p;
+    return TG_OK;
+}
+
+/* ---- prepare, describe, release ---------------------------------------------------------- */
+/* Reads the convolution off the node and its inputs, checking that they agree. */
+static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
+{
+    bool wgrad = n->op == TG_PLAN_OP_CONV_WGRAD, flipped = n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED;
+    const char *name = wgrad ? "conv_wgrad" : "conv";
+    if (n->n_in != 2)
+        return tg_fail(TG_ERR_ARG, "%s: needs two inputs, has %d", name, n->n_in);
+    const tg_ir_node *x = &gr->nodes[n->in[wgrad ? 1 : 0]];
+    const tg_ir_node *other = &gr->nodes[n->in[wgrad ? 0 : 1]];
+    if (n->ndim != 4 || x->ndim != 4 || other->ndim != 4)
+        return tg_fail(TG_ERR_SHAPE, "%s: needs 4-D inputs and a 4-D output", name);
+    if ((n->dtype != TG_F32 && n->dtype != TG_F64) || x->dtype != n->dtype ||
+        other->dtype != n->dtype)
+        return tg_fail(TG_ERR_DTYPE, "%s: inputs and output must share one dtype, f32 or f64",
+                       name);
+    if (n->attr[2] != 1 || n->attr[3] != 1 || n->attr[0] < 0 || n->attr[1] < 0)
+        return tg_fail(TG_ERR_ARG, "%s: stride %lldx%lld and padding %lldx%lld: only stride 1 "
+                       "and padding >= 0 are supported", name, (long long)n->attr[2],
+                       (long long)n->attr[3], (long long)n->attr[0], (long long)n->attr[1]);
+    bool f64 = n->dtype == TG_F64;
+    *g = (conv_geom){.dt = n->dtype, .elem = f64 ? sizeof(double) : sizeof(float),
+                     .copy = f64 ? &copies_double : &copies_float,
+                     .batch = x->shape[0], .c = x->shape[1], .h = x->shape[2], .w = x->shape[3],
+                     .ph = n->attr[0], .pw = n->attr[1]};
+    const int64_t *w = other->shape; /* CONV: the weights; CONV_WGRAD: the gradient */
+    if (wgrad) {
+        g->oc = n->shape[0], g->kh = n->shape[2], g->kw = n->shape[3];
+    } else {
+        g->oc = flipped ? w[1] : w[0], g->kh = w[2], g->kw = w[3];
+    }
+    g->taps = g->kh * g->kw;
+    g->oh = g->h + 2 * g->ph - g->kh + 1;
+    g->ow = g->w + 2 * g->pw - g->kw + 1;
+    g->wp = g->w + 2 * g->pw;
+    g->direct = g->ph == 0 && g->pw == 0;
+    g->gathered = g->c * g->taps <= GATHER_MAX_K;
+    const int64_t *y = wgrad ? w : n->shape; /* [N, OC, OH, OW] */
+    bool ok = g->kh >= 1 && g->kw >= 1 && g->oh >= 1 && g->ow >= 1 && y[0] == g->batch &&
+              y[1] == g->oc && y[2] == g->oh && y[3] == g->ow &&
+              (wgrad ? n->shape[1] == g->c : (flipped ? w[0] : w[1]) == g->c);
+    if (!ok) {
+        char sx[128], so[128], sn[128];
+        return tg_fail(TG_ERR_SHAPE, "%s: x %s, %s %s and output %s do not make a stride-1 "
+                       "convolution with padding %lldx%lld", name,
+                       tg_shape_str(sx, sizeof sx, 4, x->shape), wgrad ? "gradient" : "weight",
+                       tg_shape_str(so, sizeof so, 4, w), tg_shape_str(sn, sizeof sn, 4, n->shape),
+                       (long long)g->ph, (long long)g->pw);
+    }
+    return TG_OK;
+}
+
+int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
+{
+    conv_geom geom;
+    int status = read_geometry(g, n, &geom);
+    if (status != TG_OK)
+        return status;
+    tg_conv_release(n->payload);
+    n->payload = NULL;
+    return n->op == TG_PLAN_OP_CONV_WGRAD ? prepare_wgrad(n, &geom) : prepare_forward(n, &geom);
+}
+
+/* "conv 3x3 pad 1 32->64 [128,32,14,14]": the kernel, padding, channels and the image slid
+ * over, from the attributes the pass sets (attr[5..8] that image's shape, attr[9..10] the
+ * kernel size of a CONV). */
+void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
+{
+    bool wgrad = n->op == TG_PLAN_OP_CONV_WGRAD;
+    const int64_t *x = &n->attr[5];
+    long long kh = wgrad ? n->shape[2] : n->attr[9], kw = wgrad ? n->shape[3] : n->attr[10];
+    long long c = wgrad ? n->shape[1] : x[1], oc = wgrad ? n->shape[0] : n->shape[1];
+    char pad[48];
+    if (n->attr[0] == n->attr[1])
+        snprintf(pad, sizeof pad, "%lld", (long long)n->attr[0]);
+    else
+        snprintf(pad, sizeof pad, "%lldx%lld", (long long)n->attr[0], (long long)n->attr[1]);
+    snprintf(buf, size, "%s%s %lldx%lld pad %s %lld->%lld [%lld,%lld,%lld,%lld]",
+             wgrad ? "conv_wgrad" : "conv",
+             n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "", kh, kw, pad,
+             c, oc, (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3]);
+}
+
+void tg_conv_release(void *payload) { free(payload); }

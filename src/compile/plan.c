@@ -87,6 +87,7 @@ static int prepare_kernels(tg_plan *p)
     /* OpenMP allocates its team on the first parallel region (an empty one may be compiled
      * away, hence the store). */
     static volatile int team_size;
+    (void)team_size;
     int threads = p->threads;
 #pragma omp parallel num_threads(threads)
     team_size = omp_get_num_threads();

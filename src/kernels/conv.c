@@ -230,19 +230,26 @@ static int thread_index(void)
             }                                                                                   \
     }                                                                                           \
     /* dw[oc0 + o][c][t] = the taps' sums acc[t][c][o]. */                                      \
-    static void scatter_wgrad_##T(const conv_geom *g, const void *acc_, int64_t oc0, int64_t m, \
-                                  void *dw_)                                                    \
+    static void scatter_wgrad_##T(const conv_geom *g, const double *acc, int64_t oc0,           \
+                                  int64_t m, void *dw_)                                         \
     {                                                                                           \
-        const T *acc = acc_;                                                                    \
         T *dw = dw_;                                                                            \
         for (int64_t o = 0; o < m; o++)                                                         \
             for (int64_t c = 0; c < g->c; c++)                                                  \
                 for (int64_t t = 0; t < g->taps; t++)                                           \
-                    dw[((oc0 + o) * g->c + c) * g->taps + t] = acc[(t * g->c + c) * m + o];     \
+                    dw[((oc0 + o) * g->c + c) * g->taps + t] = (T)acc[(t * g->c + c) * m + o];  \
+    }                                                                                           \
+    /* acc[i] += part[i]: a chunk's sums join the running total in double. */                  \
+    static void add_partial_##T(double *acc, const void *part_, int64_t count)                  \
+    {                                                                                           \
+        const T *part = part_;                                                                  \
+        for (int64_t i = 0; i < count; i++)                                                     \
+            acc[i] += part[i];                                                                  \
     }                                                                                           \
     static const struct conv_copies copies_##T = {                                              \
         copy_rows_##T,      gather_taps_##T,    gather_taps_transposed_##T,                     \
-        repack_weights_##T, transpose_grad_##T, scatter_wgrad_##T};
+        repack_weights_##T, transpose_grad_##T, scatter_wgrad_##T,                              \
+        add_partial_##T};
 
 struct conv_copies {
     void (*copy_rows)(const void *src, int64_t ldi, void *dst, int64_t ldo, int64_t m,
@@ -254,7 +261,9 @@ struct conv_copies {
     void (*repack_weights)(const conv_geom *g, bool flipped, const void *w, void *wt);
     void (*transpose_grad)(const conv_geom *g, const void *grad, int64_t oc0, int64_t m,
                            void *gt);
-    void (*scatter_wgrad)(const conv_geom *g, const void *acc, int64_t oc0, int64_t m, void *dw);
+    void (*scatter_wgrad)(const conv_geom *g, const double *acc, int64_t oc0, int64_t m,
+                          void *dw);
+    void (*add_partial)(double *acc, const void *part, int64_t count);
 };
 COPIES(float)
 COPIES(double)
@@ -434,7 +443,10 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
 /* ---- CONV_WGRAD ------------------------------------------------------------------------------ */
 /* Output channels go in blocks of at most OC_BLOCK (and at least two blocks when there are
  * OC_BLOCK channels, for two threads to share); images in chunks of about CHUNK_BYTES of
- * staged operands. */
+ * staged operands. A chunk's sums are accumulated by the GEMM in the tensors' dtype and then
+ * added into a running total in double, as the eager path sums its per-image products: over
+ * a whole batch in f32, the cancellation in a gradient whose mean batch norm has removed
+ * costs an order of magnitude in accuracy. */
 #define OC_BLOCK 32
 #define CHUNK_BYTES (256 * 1024)
 
@@ -449,7 +461,8 @@ typedef struct {
     size_t a_bytes;            /* A staged per image: the gradient block or the im2col */
     size_t b_bytes;            /* B staged per image: the padded input (taps batched) */
     size_t padded_bytes;       /* a padded input image; 0 without padding */
-    size_t at_a, at_b, at_image; /* in a thread's scratch (the taps' sums are first) */
+    int64_t sums;              /* elements of a block's sums */
+    size_t at_part, at_a, at_b, at_image; /* in a thread's scratch, after the double sums */
     size_t staged_bytes;       /* from at_a on */
     unsigned long long offs[]; /* images of a chunk: A offsets, then B offsets (bytes) */
 } conv_wgrad;
@@ -492,8 +505,10 @@ static void wgrad_block_taps(const conv_wgrad *p, const char *grad, const char *
     size_t e = g->elem;
     int64_t oc0 = block * p->ocb, m = min64(p->ocb, g->oc - oc0);
     const brgemm *gemm = m == p->ocb ? &p->full : &p->last;
-    char *acc = mine, *gt = mine + p->at_a;
-    memset(acc, 0, (size_t)(g->taps * g->c * m) * e);
+    double *acc = (double *)mine;
+    char *part = mine + p->at_part, *gt = mine + p->at_a;
+    int64_t sums = g->taps * g->c * m;
+    memset(acc, 0, (size_t)sums * sizeof *acc);
     memset(gt, 0, p->staged_bytes); /* the garbage positions and padding columns */
     for (int64_t n0 = 0; n0 < g->batch; n0 += p->chunk) {
         int64_t count = min64(p->chunk, g->batch - n0);
@@ -505,8 +520,9 @@ static void wgrad_block_taps(const conv_wgrad *p, const char *grad, const char *
         const char *b = g->direct ? x + (size_t)(n0 * g->c * g->h * g->w) * e : mine + p->at_b;
         for (int64_t t = 0; t < g->taps; t++)
             brgemm_run(gemm, gt, b + (size_t)tap_shift(g, t) * e,
-                       acc + (size_t)(t * g->c * m) * e, (unsigned long long)count, p->offs,
+                       part + (size_t)(t * g->c * m) * e, (unsigned long long)count, p->offs,
                        p->offs + p->chunk);
+        g->copy->add_partial(acc, part, sums);
     }
     g->copy->scatter_wgrad(g, acc, oc0, m, dw);
 }
@@ -520,8 +536,9 @@ static void wgrad_block_gathered(const conv_wgrad *p, const char *grad, const ch
     size_t e = g->elem;
     int64_t oc0 = block * p->ocb, m = min64(p->ocb, g->oc - oc0), ckk = g->c * g->taps;
     const brgemm *gemm = m == p->ocb ? &p->full : &p->last;
-    char *rows = dw + (size_t)(oc0 * ckk) * e;
-    memset(rows, 0, (size_t)(m * ckk) * e);
+    double *acc = (double *)mine;
+    char *part = mine + p->at_part;
+    memset(acc, 0, (size_t)(m * ckk) * sizeof *acc);
     memset(mine + p->at_image, 0, p->padded_bytes); /* the padding */
     for (int64_t n0 = 0; n0 < g->batch; n0 += p->chunk) {
         int64_t count = min64(p->chunk, g->batch - n0);
@@ -529,8 +546,17 @@ static void wgrad_block_gathered(const conv_wgrad *p, const char *grad, const ch
             g->copy->gather_taps_transposed(g, padded_image(p, x, n0 + i, mine + p->at_image),
                                             p->plane, mine + p->at_a + (size_t)i * p->a_bytes);
         const char *b = grad + (size_t)((n0 * g->oc + oc0) * g->oh * g->ow) * e;
-        brgemm_run(gemm, mine + p->at_a, b, rows, (unsigned long long)count, p->offs,
+        brgemm_run(gemm, mine + p->at_a, b, part, (unsigned long long)count, p->offs,
                    p->offs + p->chunk);
+        g->copy->add_partial(acc, part, m * ckk);
+    }
+    /* dW[oc0 + o][c, t] = acc[o][c, t]: the block's rows, in the tensors' dtype. */
+    char *rows = dw + (size_t)(oc0 * ckk) * e;
+    for (int64_t i = 0; i < m * ckk; i++) {
+        if (g->dt == TG_F64)
+            ((double *)rows)[i] = acc[i];
+        else
+            ((float *)rows)[i] = (float)acc[i];
     }
 }
 
@@ -583,12 +609,12 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
         p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
     size_t b_stride; /* between the chunk's images in B */
     if (g->gathered) { /* A: cols^T [pos][ckk]; B: G [oc][pos] in place; C: dW [oc][ckk] */
-        brgemm_init(&p->full, g->dt, ckk, ocb, k, ckk, k, ckk, true);
-        brgemm_init(&p->last, g->dt, ckk, last, k, ckk, k, ckk, true);
+        brgemm_init(&p->full, g->dt, ckk, ocb, k, ckk, k, ckk, false);
+        brgemm_init(&p->last, g->dt, ckk, last, k, ckk, k, ckk, false);
         b_stride = (size_t)(g->oc * k) * g->elem;
     } else { /* A: G^T [pos][oc]; B: X [c][pos] wide; C: the tap's sums [c][oc] */
-        brgemm_init(&p->full, g->dt, ocb, g->c, k, ocb, plane, ocb, true);
-        brgemm_init(&p->last, g->dt, last, g->c, k, last, plane, last, true);
+        brgemm_init(&p->full, g->dt, ocb, g->c, k, ocb, plane, ocb, false);
+        brgemm_init(&p->last, g->dt, last, g->c, k, last, plane, last, false);
         b_stride = g->direct ? (size_t)(g->c * plane) * g->elem : b_bytes;
         p->transpose_full = transpose_kernel(g, ocb);
         p->transpose_last = transpose_kernel(g, last);
@@ -597,7 +623,9 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
         p->offs[i] = (unsigned long long)i * a_bytes;
         p->offs[chunk + i] = (unsigned long long)i * b_stride;
     }
-    p->at_a = g->gathered ? 0 : round64((size_t)(g->taps * g->c * ocb) * g->elem);
+    p->sums = g->taps * g->c * ocb; /* [taps][c][oc] batched, [oc][c, taps] gathered */
+    p->at_part = round64((size_t)p->sums * sizeof(double));
+    p->at_a = p->at_part + round64((size_t)p->sums * g->elem);
     p->at_b = p->at_a + (size_t)chunk * a_bytes;
     p->at_image = p->at_b + (size_t)chunk * b_bytes;
     p->staged_bytes = p->at_image + (g->gathered ? padded : 0) - p->at_a;

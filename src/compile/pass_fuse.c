@@ -1,9 +1,720 @@
-/* Fusion: not written yet; the pass leaves the graph as it is. */
+/* Fusion: elementwise chains around at most one reduction become one FUSED node, a program
+ * (kernels/fused.h) that the generic executor runs tile by tile.
+ *
+ * Everything follows from which values are materialized (written to memory). Each one that
+ * is computed here becomes one kernel, whose program walks down from it through elementwise
+ * ops and movement ops until it meets materialized values, which it loads. A value is
+ * materialized when
+ *   - it is a leaf, a reduction (which ends its kernel), the result of an op fusion leaves
+ *     alone (pad, matmul, col2im, plan ops), an input of such an op, an output, or the
+ *     value of an update;
+ *   - a kernel would read it through a view that repeats its elements (an expand, a
+ *     broadcast, overlapping windows): recomputing it at every repeat multiplies its work,
+ *     so it is written once first (tinygrad's rule: materialize before an expand);
+ *   - several kernels read it, and recomputing it in each would move more memory than
+ *     writing it once and reading it back, or would repeat a long chain;
+ *   - a reshape of the view a kernel has of it cannot be written with strides.
+ * Movement ops never cost a pass over memory by themselves: the walk carries an affine map
+ * from the kernel's iteration space to the indices of the node it is at, and permute,
+ * expand, slice, im2col and reshape only change the map. To keep a reshape's map affine
+ * the walk may split an iteration axis ([H] -> [H/2, 2] for 2x2 windows); splitting keeps
+ * the order of the points, so the output layout does not change.
+ *
+ * Decisions are made in rounds: build every kernel, then materialize the values that break
+ * a rule (one rule at a time: a value read through an expand topmost first, a costly
+ * shared value bottommost first; each changes who reads what around it), until a round
+ * asks for nothing more. Each kernel then replaces its root by a FUSED node; what only
+ * kernels read dies at the pipeline's compaction. */
 #include "passes.h"
+#include "plan_ops.h"
+#include "../kernels/fused.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define RECOMPUTE_MAX_OPS 16 /* a value several kernels read is recomputed up to this size */
+#define MAX_MEMO 512
+#define MAX_REACHED (TG_FUSED_MAX_INSTRS + 1)
+/* While a program is built, a value is an instruction's index or LOAD_REF(load): the
+ * program's own numbering (loads first) is known only once every load is. */
+#define LOAD_REF(l) (TG_FUSED_MAX_INSTRS + (l))
+
+/* Node index a = off[a] + sum_k coef[a][k] * i_k at iteration point i. */
+typedef struct {
+    int64_t coef[TG_MAX_DIMS][TG_FUSED_MAX_DIMS];
+    int64_t off[TG_MAX_DIMS];
+} imap;
+
+typedef struct {
+    int node;
+    imap map;
+    int value;
+} memo_entry;
+
+typedef struct {
+    tg_fused_program *prog; /* NULL: not a kernel */
+    int inputs[TG_IR_MAX_IN];
+    int n_inputs;
+} kernel;
+
+typedef struct {
+    tg_graph *g;
+    bool *mat; /* per node: materialized */
+    /* Per node, over the kernels of one round: how many read it (last_kernel counts each
+     * once) and whether one reads it through a view that repeats its elements. */
+    int *n_kernels, *last_kernel;
+    bool *repeated;
+    int *stamp; /* scratch marks for walks over the graph */
+    int stamp_now;
+
+    /* The kernel being built: its iteration space (axis k covers axis origin[k] of the
+     * node at the top of the walk, in steps of scale[k]) and program. */
+    int root;
+    int ndim;
+    int64_t shape[TG_FUSED_MAX_DIMS], scale[TG_FUSED_MAX_DIMS];
+    int origin[TG_FUSED_MAX_DIMS];
+    uint32_t mask;
+    kernel k;
+    memo_entry *memo;
+    int n_memo;
+    int reached[MAX_REACHED]; /* elementwise nodes the walk computed, and how */
+    bool reached_repeated[MAX_REACHED];
+    int n_reached;
+    /* Why a walk failed: an axis to split, or a node to materialize. */
+    int split_axis;
+    int64_t split_factor;
+    int need;
+} fuser;
+
+static const tg_ir_node *node(const fuser *f, int v) { return &f->g->nodes[v]; }
+
+static size_t value_bytes(const tg_ir_node *n)
+{
+    return (size_t)n->numel * (n->dtype == TG_F64 ? sizeof(double) : sizeof(float));
+}
+
+static bool is_movement(int op)
+{
+    return op == TG_OP_RESHAPE || op == TG_OP_DETACH || op == TG_OP_PERMUTE ||
+           op == TG_OP_EXPAND || op == TG_OP_SLICE || op == TG_OP_IM2COL;
+}
+
+static bool is_reduction(int op) { return op == TG_OP_SUM || op == TG_OP_MAX; }
+
+/* Ops a kernel's walk passes through; everything else is read from memory. */
+static bool fusible(int op)
+{
+    return tg_ir_is_elementwise(op) || is_reduction(op) || is_movement(op);
+}
+
+/* Materialized, or a reshape/detach of something that is (the same buffer). */
+static bool loadable(const fuser *f, int v)
+{
+    while (tg_ir_is_view(node(f, v)->op) && !f->mat[v])
+        v = node(f, v)->in[0];
+    return f->mat[v];
+}
+
+/* Materializes v (a reshape or detach is its source's buffer, so the source is); false if
+ * it already was. */
+static bool mark(fuser *f, int v)
+{
+    while (tg_ir_is_view(node(f, v)->op))
+        v = node(f, v)->in[0];
+    bool changed = !f->mat[v];
+    f->mat[v] = true;
+    return changed;
+}
+
+static bool is_kernel_root(const fuser *f, int v)
+{
+    return f->mat[v] && fusible(node(f, v)->op) && !tg_ir_is_view(node(f, v)->op);
+}
+
+/* ---- affine maps -------------------------------------------------------------------------- */
+/* The map of an operand broadcast to a node of shape `to` (right-aligned, size-1 axes
+ * repeat): an elementwise op's inputs, and expand. */
+static void broadcast_map(const imap *m, const tg_ir_node *to, const tg_ir_node *from, imap *out)
+{
+    memset(out, 0, sizeof *out);
+    int lead = to->ndim - from->ndim;
+    for (int a = 0; a < from->ndim; a++) {
+        if (from->shape[a] == 1)
+            continue;
+        memcpy(out->coef[a], m->coef[a + lead], sizeof out->coef[a]);
+        out->off[a] = m->off[a + lead];
+    }
+}
+
+/* Offset in n's row-major layout per step along each iteration axis. */
+static void linear_strides(const fuser *f, const imap *m, const tg_ir_node *n, int64_t *lin,
+                           int64_t *lin0)
+{
+    int64_t cs[TG_MAX_DIMS];
+    tg_contiguous_strides(n->ndim, n->shape, cs);
+    *lin0 = 0;
+    for (int a = 0; a < n->ndim; a++)
+        *lin0 += m->off[a] * cs[a];
+    for (int k = 0; k < f->ndim; k++) {
+        lin[k] = 0;
+        for (int a = 0; a < n->ndim; a++)
+            lin[k] += m->coef[a][k] * cs[a];
+    }
+}
+
+/* Whether no two iteration points reach the same element of n. Sufficient test: sorted by
+ * stride, each axis steps past everything the smaller ones reach. */
+static bool injective(const fuser *f, const imap *m, const tg_ir_node *n)
+{
+    int64_t lin[TG_FUSED_MAX_DIMS], lin0, stride[TG_FUSED_MAX_DIMS], extent[TG_FUSED_MAX_DIMS];
+    int count = 0;
+    linear_strides(f, m, n, lin, &lin0);
+    for (int k = 0; k < f->ndim; k++) {
+        if (f->shape[k] <= 1)
+            continue;
+        int j = count++;
+        for (; j > 0 && stride[j - 1] > lin[k]; j--) {
+            stride[j] = stride[j - 1];
+            extent[j] = extent[j - 1];
+        }
+        stride[j] = lin[k];
+        extent[j] = f->shape[k];
+    }
+    int64_t reach = 0;
+    for (int j = 0; j < count; j++) {
+        if (stride[j] <= reach)
+            return false;
+        reach += stride[j] * (extent[j] - 1);
+    }
+    return true;
+}
+
+/* The map through p -> reshape -> n. Row-major order is what a reshape keeps, so each
+ * iteration axis's step in n's layout must be a whole step along one axis of p, and the
+ * sums must never carry into the next axis. An axis that spans several of p's axes asks to
+ * be split (f->split_*); one that cannot be split asks for p to be materialized. */
+static int reshape_map(fuser *f, const imap *m, const tg_ir_node *n, int src, imap *out)
+{
+    const tg_ir_node *p = node(f, src);
+    int64_t lin[TG_FUSED_MAX_DIMS], lin0, cs[TG_MAX_DIMS];
+    memset(out, 0, sizeof *out);
+    if (p->numel == 0)
+        return 0;
+    linear_strides(f, m, n, lin, &lin0);
+    tg_contiguous_strides(p->ndim, p->shape, cs);
+    for (int b = 0; b < p->ndim; b++)
+        out->off[b] = lin0 / cs[b] % p->shape[b];
+    for (int k = 0; k < f->ndim; k++) {
+        if (f->shape[k] <= 1 || lin[k] == 0)
+            continue;
+        int b = p->ndim - 1; /* the innermost axis whose span holds the step */
+        while (b >= 0 && (p->shape[b] == 1 || lin[k] >= cs[b] * p->shape[b]))
+            b--;
+        if (b < 0 || lin[k] % cs[b] != 0)
+            goto fail;
+        int64_t q = lin[k] / cs[b];
+        if (q * (f->shape[k] - 1) >= p->shape[b]) {
+            int64_t factor = p->shape[b] / q;
+            if (p->shape[b] % q != 0 || f->shape[k] % factor != 0 ||
+                f->ndim == TG_FUSED_MAX_DIMS)
+                goto fail;
+            f->split_axis = k;
+            f->split_factor = factor;
+            f->need = src; /* should the split be impossible after all */
+            return -1;
+        }
+        out->coef[b][k] = q;
+    }
+    for (int b = 0; b < p->ndim; b++) {
+        int64_t top = out->off[b];
+        for (int k = 0; k < f->ndim; k++)
+            top += out->coef[b][k] * (f->shape[k] - 1);
+        if (top >= p->shape[b])
+            goto fail;
+    }
+    return 0;
+fail:
+    f->need = src;
+    return -1;
+}
+
+/* ---- the program ------------------------------------------------------------------------- */
+/* A walk that overflows the program's limits materializes the topmost node it computes
+ * below the root, which moves that part into a kernel of its own. */
+static int overflow(fuser *f)
+{
+    int pick = -1;
+    for (int i = 0; i < f->n_reached; i++)
+        if (f->reached[i] != f->root && f->reached[i] > pick)
+            pick = f->reached[i];
+    f->need = pick >= 0 ? pick : -2;
+    return -1;
+}
+
+static int emit(fuser *f, int op, tg_dtype dt, const int *args, double value)
+{
+    tg_fused_program *p = f->k.prog;
+    if (p->n_instrs == TG_FUSED_MAX_INSTRS)
+        return overflow(f);
+    tg_fused_instr *in = &p->instr[p->n_instrs];
+    *in = (tg_fused_instr){.op = op, .dtype = dt, .value = value};
+    int n_args = op == TG_OP_LEAF ? 0 : tg_op_table[op].arity;
+    for (int a = 0; a < n_args; a++)
+        in->arg[a] = args[a];
+    return p->n_instrs++;
+}
+
+static int input_slot(fuser *f, int v)
+{
+    for (int j = 0; j < f->k.n_inputs; j++)
+        if (f->k.inputs[j] == v)
+            return j;
+    if (f->k.n_inputs == TG_IR_MAX_IN)
+        return overflow(f);
+    f->k.inputs[f->k.n_inputs] = v;
+    return f->k.n_inputs++;
+}
+
+/* One instruction per constant and dtype. */
+static int constant(fuser *f, tg_dtype dt, double value)
+{
+    const tg_fused_program *p = f->k.prog;
+    for (int i = 0; i < p->n_instrs; i++)
+        if (p->instr[i].op == TG_OP_LEAF && p->instr[i].dtype == dt &&
+            memcmp(&p->instr[i].value, &value, sizeof value) == 0)
+            return i;
+    return emit(f, TG_OP_LEAF, dt, NULL, value);
+}
+
+static int load(fuser *f, int v, const imap *m)
+{
+    const tg_ir_node *n = node(f, v);
+    double c;
+    if (tg_ir_const_value(f->g, v, &c))
+        return constant(f, n->dtype, c);
+    int slot = input_slot(f, v);
+    if (slot < 0)
+        return -1;
+    tg_fused_load ld = {.input = slot, .dtype = n->dtype};
+    int64_t lin[TG_FUSED_MAX_DIMS];
+    linear_strides(f, m, n, lin, &ld.offset);
+    memcpy(ld.stride, lin, (size_t)f->ndim * sizeof *lin);
+    tg_fused_program *p = f->k.prog;
+    for (int l = 0; l < p->n_loads; l++)
+        if (memcmp(&p->load[l], &ld, sizeof ld) == 0)
+            return LOAD_REF(l);
+    if (p->n_loads == TG_FUSED_MAX_LOADS)
+        return overflow(f);
+    p->load[p->n_loads] = ld;
+    return LOAD_REF(p->n_loads++);
+}
+
+static int value_of(fuser *f, int v, const imap *m);
+
+/* The value of node v (not loaded) at the points m maps to. */
+static int compute(fuser *f, int v, const imap *m)
+{
+    const tg_ir_node *n = node(f, v);
+    imap sub;
+    switch (n->op) {
+    case TG_OP_DETACH:
+        return value_of(f, n->in[0], m);
+    case TG_OP_RESHAPE:
+        return reshape_map(f, m, n, n->in[0], &sub) < 0 ? -1 : value_of(f, n->in[0], &sub);
+    case TG_OP_EXPAND:
+        broadcast_map(m, n, node(f, n->in[0]), &sub);
+        return value_of(f, n->in[0], &sub);
+    case TG_OP_PERMUTE: /* output axis a is input axis attr[a] */
+        memset(&sub, 0, sizeof sub);
+        for (int a = 0; a < n->ndim; a++) {
+            memcpy(sub.coef[n->attr[a]], m->coef[a], sizeof sub.coef[a]);
+            sub.off[n->attr[a]] = m->off[a];
+        }
+        return value_of(f, n->in[0], &sub);
+    case TG_OP_SLICE:
+        sub = *m;
+        for (int a = 0; a < n->ndim; a++)
+            sub.off[a] += n->attr[a];
+        return value_of(f, n->in[0], &sub);
+    case TG_OP_IM2COL: /* [N, C, KH, KW, OH, OW] -> x[n, c, kh + OH*sh, kw + OW*sw] */
+        memset(&sub, 0, sizeof sub);
+        for (int a = 0; a < 4; a++) {
+            memcpy(sub.coef[a], m->coef[a], sizeof sub.coef[a]);
+            sub.off[a] = m->off[a];
+        }
+        for (int a = 2; a < 4; a++) {
+            for (int k = 0; k < f->ndim; k++)
+                sub.coef[a][k] += n->attr[a] * m->coef[a + 2][k];
+            sub.off[a] += n->attr[a] * m->off[a + 2];
+        }
+        return value_of(f, n->in[0], &sub);
+    default:
+        break;
+    }
+    if (!tg_ir_is_elementwise(n->op)) { /* cannot happen: those are materialized */
+        f->need = -2;
+        return -1;
+    }
+    int args[3];
+    for (int a = 0; a < n->n_in; a++) {
+        broadcast_map(m, n, node(f, n->in[a]), &sub);
+        args[a] = value_of(f, n->in[a], &sub);
+        if (args[a] < 0)
+            return -1;
+    }
+    if (f->n_reached == MAX_REACHED)
+        return overflow(f);
+    /* A single value (a step count, a flag) is recomputed once per tile, as a scalar: less
+     * than a kernel of its own costs. */
+    f->reached[f->n_reached] = v;
+    f->reached_repeated[f->n_reached++] = n->numel > 1 && !injective(f, m, n);
+    return emit(f, n->op, n->dtype, args, 0);
+}
+
+static int value_of(fuser *f, int v, const imap *m)
+{
+    for (int i = 0; i < f->n_memo; i++)
+        if (f->memo[i].node == v && memcmp(&f->memo[i].map, m, sizeof *m) == 0)
+            return f->memo[i].value;
+    int value = loadable(f, v) ? load(f, v, m) : compute(f, v, m);
+    if (value >= 0 && f->n_memo < MAX_MEMO)
+        f->memo[f->n_memo++] = (memo_entry){v, *m, value};
+    return value;
+}
+
+/* ---- one kernel --------------------------------------------------------------------------- */
+/* From the walk's references to the program's numbering: loads, then instructions. */
+static int number(const tg_fused_program *p, int ref)
+{
+    return ref >= LOAD_REF(0) ? ref - LOAD_REF(0) : p->n_loads + ref;
+}
+
+static void finish_program(fuser *f, bool reduce, int op, int result)
+{
+    tg_fused_program *p = f->k.prog;
+    for (int i = 0; i < p->n_instrs; i++)
+        for (int a = 0; p->instr[i].op != TG_OP_LEAF && a < tg_op_table[p->instr[i].op].arity;
+             a++)
+            p->instr[i].arg[a] = number(p, p->instr[i].arg[a]);
+    p->ndim = f->ndim;
+    memcpy(p->shape, f->shape, sizeof p->shape);
+    p->reduce_op = reduce ? op : TG_OP_LEAF;
+    p->reduce_mask = f->mask;
+    p->result = number(p, result);
+}
+
+static bool split(fuser *f, int k, int64_t factor)
+{
+    if (f->ndim == TG_FUSED_MAX_DIMS)
+        return false;
+    for (int j = f->ndim; j > k + 1; j--) {
+        f->shape[j] = f->shape[j - 1];
+        f->scale[j] = f->scale[j - 1];
+        f->origin[j] = f->origin[j - 1];
+    }
+    f->shape[k + 1] = factor;
+    f->scale[k + 1] = f->scale[k];
+    f->origin[k + 1] = f->origin[k];
+    f->shape[k] /= factor;
+    f->scale[k] *= factor;
+    uint32_t low = f->mask & ((2u << k) - 1), bit = (f->mask >> k) & 1;
+    f->mask = low | bit << (k + 1) | (f->mask >> (k + 1)) << (k + 2);
+    f->ndim++;
+    return true;
+}
+
+/* Builds the program of the kernel rooted at v into f->k: 0, or -1 with f->need set. */
+static int build_kernel(fuser *f, int v)
+{
+    const tg_ir_node *r = node(f, v);
+    bool reduce = is_reduction(r->op);
+    const tg_ir_node *top = reduce ? node(f, r->in[0]) : r;
+    f->root = v;
+    f->ndim = top->ndim;
+    f->mask = reduce ? (uint32_t)r->attr[0] : 0;
+    for (int k = 0; k < top->ndim; k++) {
+        f->shape[k] = top->shape[k];
+        f->scale[k] = 1;
+        f->origin[k] = k;
+    }
+    for (;;) {
+        memset(f->k.prog, 0, sizeof *f->k.prog);
+        f->k.n_inputs = f->n_memo = f->n_reached = 0;
+        f->split_axis = -1;
+        f->need = -1;
+        imap id;
+        memset(&id, 0, sizeof id);
+        for (int k = 0; k < f->ndim; k++)
+            id.coef[f->origin[k]][k] = f->scale[k];
+        int result = reduce ? value_of(f, r->in[0], &id) : compute(f, v, &id);
+        if (result >= 0) {
+            finish_program(f, reduce, r->op, result);
+            return 0;
+        }
+        if (f->split_axis < 0 || !split(f, f->split_axis, f->split_factor))
+            return -1;
+    }
+}
+
+/* Counts, for the round, which kernels read each node the walk computed. */
+static void record_reach(fuser *f, int root)
+{
+    for (int i = 0; i < f->n_reached; i++) {
+        int v = f->reached[i];
+        if (f->last_kernel[v] != root) {
+            f->last_kernel[v] = root;
+            f->n_kernels[v]++;
+        }
+        f->repeated[v] |= f->reached_repeated[i];
+    }
+}
+
+/* ---- rounds -------------------------------------------------------------------------------- */
+static void initial_marks(fuser *f)
+{
+    tg_graph *g = f->g;
+    for (int v = 0; v < g->n; v++) {
+        const tg_ir_node *n = node(f, v);
+        if (n->op == TG_OP_LEAF || is_reduction(n->op) || !fusible(n->op))
+            f->mat[v] = true;
+        if (n->op != TG_OP_LEAF && !fusible(n->op))
+            for (int k = 0; k < n->n_in; k++)
+                mark(f, n->in[k]);
+    }
+    for (int i = 0; i < g->n_outputs; i++)
+        mark(f, g->outputs[i]);
+    for (int i = 0; i < g->n_updates; i++)
+        mark(f, g->update_value[i]);
+}
+
+/* Builds every kernel; a kernel that needs a node materialized marks it. Returns the number
+ * of nodes marked, or a negative status. */
+static int build_all(fuser *f, kernel *kernels)
+{
+    int marked = 0;
+    for (int v = 0; v < f->g->n; v++) {
+        f->n_kernels[v] = 0;
+        f->last_kernel[v] = -1;
+        f->repeated[v] = false;
+    }
+    for (int v = 0; v < f->g->n; v++) {
+        if (!is_kernel_root(f, v))
+            continue;
+        f->k = kernels[v];
+        if (!f->k.prog && !(f->k.prog = tg_fused_program_new()))
+            return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+        int status = build_kernel(f, v);
+        kernels[v] = f->k;
+        if (status == 0) {
+            record_reach(f, v);
+        } else if (f->need >= 0 && mark(f, f->need)) {
+            marked++;
+        } else {
+            return tg_fail(TG_ERR_ARG, "fuse: no program fits the kernel of node %d", v);
+        }
+    }
+    return marked;
+}
+
+/* What recomputing v costs against materializing it: the ops it repeats and the bytes of
+ * the materialized values it reads, each node counted once. */
+static void recompute_cost(fuser *f, int v, int *ops, size_t *bytes)
+{
+    if (f->stamp[v] == f->stamp_now)
+        return;
+    f->stamp[v] = f->stamp_now;
+    double c;
+    if (loadable(f, v)) {
+        if (!tg_ir_const_value(f->g, v, &c))
+            *bytes += value_bytes(node(f, v));
+        return;
+    }
+    *ops += tg_ir_is_elementwise(node(f, v)->op);
+    for (int k = 0; k < node(f, v)->n_in; k++)
+        recompute_cost(f, node(f, v)->in[k], ops, bytes);
+}
+
+/* k kernels reading v: recomputing reads its sources k times; materializing reads them
+ * once, writes v and reads it k times. A single value costs nothing to read either way. */
+static bool shared_and_costly(fuser *f, int v)
+{
+    int k = f->n_kernels[v];
+    if (k < 2)
+        return false;
+    int ops = 0;
+    size_t bytes = 0;
+    f->stamp_now++;
+    recompute_cost(f, v, &ops, &bytes);
+    size_t own = value_bytes(node(f, v));
+    return ops > RECOMPUTE_MAX_OPS ||
+           (node(f, v)->numel > 1 && (size_t)(k - 1) * bytes > (size_t)(k + 1) * own);
+}
+
+/* Flags the nodes under v (not v) that kernels compute through it. */
+static void flag_below(fuser *f, int v, bool *flag)
+{
+    for (int k = 0; k < node(f, v)->n_in; k++) {
+        int u = node(f, v)->in[k];
+        if (flag[u] || loadable(f, u))
+            continue;
+        flag[u] = true;
+        flag_below(f, u, flag);
+    }
+}
+
+/* Whether a candidate lies under v (not v) among the nodes kernels compute through it. */
+static bool candidate_below(fuser *f, int v, const bool *candidate)
+{
+    for (int k = 0; k < node(f, v)->n_in; k++) {
+        int u = node(f, v)->in[k];
+        if (f->stamp[u] == f->stamp_now || loadable(f, u))
+            continue;
+        f->stamp[u] = f->stamp_now;
+        if (candidate[u] || candidate_below(f, u, candidate))
+            return true;
+    }
+    return false;
+}
+
+/* Materializes the values that break one rule. Repeated reads go topmost first (under a
+ * value read through an expand, everything is read through it too, and is fine once it is
+ * materialized); shared values go bottommost first (materializing one makes those above it
+ * cheaper to recompute). Returns how many, or a negative status. */
+static int materialize(fuser *f, bool shared_rule)
+{
+    int n = f->g->n, marked = 0;
+    bool *candidate = calloc((size_t)n + 1, sizeof *candidate);
+    bool *skip = calloc((size_t)n + 1, sizeof *skip);
+    if (!candidate || !skip) {
+        free(candidate);
+        free(skip);
+        return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+    }
+    for (int v = 0; v < n; v++)
+        candidate[v] = !f->mat[v] && f->n_kernels[v] > 0 &&
+                       (shared_rule ? shared_and_costly(f, v) : f->repeated[v]);
+    for (int v = 0; v < n; v++) {
+        if (!candidate[v])
+            continue;
+        if (shared_rule) {
+            f->stamp_now++;
+            skip[v] = candidate_below(f, v, candidate);
+        } else {
+            flag_below(f, v, skip);
+        }
+    }
+    for (int v = 0; v < n; v++) {
+        if (candidate[v] && !skip[v]) {
+            f->mat[v] = true;
+            marked++;
+        }
+    }
+    free(candidate);
+    free(skip);
+    return marked;
+}
+
+/* ---- the new nodes -------------------------------------------------------------------------- */
+/* Input j may be overwritten by the output when every load of it reads the element the
+ * output writes at the same point. */
+static uint32_t inplace_inputs(const tg_graph *g, const tg_ir_node *r, const kernel *k)
+{
+    const tg_fused_program *p = k->prog;
+    if (p->reduce_op != TG_OP_LEAF)
+        return 0;
+    int64_t own[TG_FUSED_MAX_DIMS];
+    tg_contiguous_strides(p->ndim, p->shape, own);
+    uint32_t bits = 0;
+    for (int j = 0; j < k->n_inputs; j++) {
+        const tg_ir_node *x = &g->nodes[k->inputs[j]];
+        bool same = x->dtype == r->dtype && tg_shape_equal(x->ndim, x->shape, r->ndim, r->shape);
+        for (int l = 0; l < p->n_loads && same; l++) {
+            const tg_fused_load *ld = &p->load[l];
+            if (ld->input != j)
+                continue;
+            same = ld->offset == 0;
+            for (int d = 0; d < p->ndim && same; d++)
+                same = p->shape[d] == 1 || ld->stride[d] == own[d];
+        }
+        bits |= (uint32_t)same << j;
+    }
+    return bits;
+}
+
+static int add_kernels(tg_graph *g, kernel *kernels)
+{
+    int n = g->n;
+    int *fused = malloc(((size_t)n + 1) * sizeof *fused);
+    if (!fused)
+        return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+    for (int v = 0; v < n; v++) {
+        fused[v] = -1;
+        if (!kernels[v].prog)
+            continue;
+        tg_ir_node proto = g->nodes[v];
+        tg_ir_node x = {.op = TG_PLAN_OP_FUSED, .dtype = proto.dtype, .ndim = proto.ndim,
+                        .n_in = kernels[v].n_inputs, .label = proto.label,
+                        .tape_id = SIZE_MAX, .payload = kernels[v].prog};
+        memcpy(x.shape, proto.shape, sizeof x.shape);
+        memcpy(x.in, kernels[v].inputs, sizeof x.in);
+        x.inplace_inputs = inplace_inputs(g, &proto, &kernels[v]);
+        fused[v] = tg_graph_add(g, &x);
+        if (fused[v] < 0) {
+            free(fused);
+            return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+        }
+        kernels[v].prog = NULL; /* the graph owns it now */
+    }
+    for (int v = 0; v < n; v++)
+        if (fused[v] >= 0)
+            tg_graph_replace(g, v, fused[v]);
+    free(fused);
+    return TG_OK;
+}
 
 int tg_pass_fuse(tg_graph *g, const tg_pass_ctx *ctx)
 {
-    TG_UNUSED(g);
     TG_UNUSED(ctx);
-    return TG_OK;
+    size_t n = (size_t)g->n + 1;
+    fuser f = {.g = g};
+    f.mat = calloc(n, sizeof *f.mat);
+    f.repeated = calloc(n, sizeof *f.repeated);
+    f.n_kernels = calloc(n, sizeof *f.n_kernels);
+    f.last_kernel = calloc(n, sizeof *f.last_kernel);
+    f.stamp = calloc(n, sizeof *f.stamp);
+    f.memo = malloc(MAX_MEMO * sizeof *f.memo);
+    kernel *kernels = calloc(n, sizeof *kernels);
+    int status = TG_OK;
+    if (!f.mat || !f.repeated || !f.n_kernels || !f.last_kernel || !f.stamp || !f.memo ||
+        !kernels) {
+        status = tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+        goto done;
+    }
+    initial_marks(&f);
+    /* Every round marks at least one more node, so this ends. */
+    for (;;) {
+        int marked = build_all(&f, kernels);
+        if (marked == 0)
+            marked = materialize(&f, false);
+        if (marked == 0)
+            marked = materialize(&f, true);
+        if (marked < 0) {
+            status = marked;
+            goto done;
+        }
+        if (marked == 0)
+            break;
+    }
+    status = add_kernels(g, kernels);
+done:
+    for (size_t v = 0; kernels && v < n; v++)
+        tg_fused_release(kernels[v].prog);
+    free(kernels);
+    free(f.mat);
+    free(f.repeated);
+    free(f.n_kernels);
+    free(f.last_kernel);
+    free(f.stamp);
+    free(f.memo);
+    return status;
 }

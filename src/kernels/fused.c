@@ -1,0 +1,1011 @@
+/* The generic fused kernel: runs any tg_fused_program (kernels/fused.h) tile by tile.
+ *
+ * Preparing a program (once, when a plan is built) reorders and merges its iteration axes
+ * and decides how every value lives inside a tile:
+ *   - the axes are reordered as [kept, reduced, trailing kept] so that one output element's
+ *     reduction is walked by one thread in one fixed order (results do not depend on the
+ *     thread count), and adjacent axes every operand steps through contiguously merge;
+ *   - a tile is a box of up to TILE points over the trailing axes (all of the innermost ones
+ *     and a chunk of the next), a few KB, so intermediates stay in L1;
+ *   - a value is a constant (computed once), a scalar over the tile (a broadcast load, an op
+ *     on scalars: computed once per tile), read in place (a load contiguous over the tile),
+ *     or a buffer in the thread's scratch (a gathered or broadcast load, an op's result).
+ *     The result of a kernel without a reduction is written straight into the output, and a
+ *     comparison read only by a where is computed inside the where's loop.
+ * A tile then runs its steps in order, each one loop over contiguous buffers that the
+ * compiler vectorizes, chosen when the program was prepared. Reductions fold each tile into
+ * double accumulators (exact for max, more precise for sums) and store them once every tile
+ * of an output element is folded. */
+#include "fused.h"
+#include "../compile/plan_ops.h"
+#include "strided.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE 1024 /* points per tile */
+#define MAX_VALUES (TG_FUSED_MAX_LOADS + TG_FUSED_MAX_INSTRS)
+#define SIMD _Pragma("omp simd")
+
+tg_fused_program *tg_fused_program_new(void) { return calloc(1, sizeof(tg_fused_program)); }
+
+static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : sizeof(float); }
+
+static int arity(int op) { return op == TG_OP_LEAF ? 0 : tg_op_table[op].arity; }
+
+static tg_dtype value_dtype(const tg_fused_program *p, int v)
+{
+    return v < p->n_loads ? p->load[v].dtype : p->instr[v - p->n_loads].dtype;
+}
+
+/* ---- the loops --------------------------------------------------------------------------- */
+/* A value inside one tile: a pointer to its points, packed, or a scalar. */
+typedef struct {
+    const void *ptr; /* NULL: the value is `scalar` */
+    double scalar;
+} ref;
+
+/* y[0 .. n) from the operands r[] (each a buffer or a scalar). No `restrict`: the output may
+ * be an input's memory (an in-place kernel), read and written at the same index in the same
+ * iteration, which `omp simd` allows. */
+typedef void (*op_fn)(void *y, const ref *r, int64_t n);
+
+#define UNARY(NAME, T, S, EXPR)                                                                 \
+    static void NAME##_##S(void *yv, const ref *r, int64_t n)                                   \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *x = r[0].ptr;                                                                  \
+        SIMD for (int64_t i = 0; i < n; i++)                                                    \
+        {                                                                                       \
+            T u = x[i];                                                                         \
+            y[i] = (EXPR);                                                                      \
+        }                                                                                       \
+    }
+
+/* A NULL operand is its scalar. */
+#define BINARY(NAME, T, S, EXPR)                                                                \
+    static void NAME##_##S(void *yv, const ref *r, int64_t n)                                   \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *a = r[0].ptr, *b = r[1].ptr;                                                   \
+        T as = (T)r[0].scalar, bs = (T)r[1].scalar;                                             \
+        if (a && b)                                                                             \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T u = a[i], v = b[i];                                                           \
+                y[i] = (EXPR);                                                                  \
+            }                                                                                   \
+        else if (a)                                                                             \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T u = a[i], v = bs;                                                             \
+                y[i] = (EXPR);                                                                  \
+            }                                                                                   \
+        else                                                                                    \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T u = as, v = b[i];                                                             \
+                y[i] = (EXPR);                                                                  \
+            }                                                                                   \
+    }
+
+/* y = COND ? c : d, with c and d buffers or scalars. */
+#define CHOOSE(COND)                                                                            \
+    do {                                                                                        \
+        if (c && d)                                                                             \
+            SIMD for (int64_t i = 0; i < n; i++) y[i] = (COND) ? c[i] : d[i];                   \
+        else if (c)                                                                             \
+            SIMD for (int64_t i = 0; i < n; i++) y[i] = (COND) ? c[i] : ds;                     \
+        else if (d)                                                                             \
+            SIMD for (int64_t i = 0; i < n; i++) y[i] = (COND) ? cs : d[i];                     \
+        else                                                                                    \
+            SIMD for (int64_t i = 0; i < n; i++) y[i] = (COND) ? cs : ds;                       \
+    } while (0)
+
+/* where(k, c, d); a scalar condition just picks a side. */
+#define WHERE(T, S)                                                                             \
+    static void where_##S(void *yv, const ref *r, int64_t n)                                    \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *k = r[0].ptr, *c = r[1].ptr, *d = r[2].ptr;                                    \
+        T cs = (T)r[1].scalar, ds = (T)r[2].scalar;                                             \
+        if (k)                                                                                  \
+            CHOOSE(k[i] != 0);                                                                  \
+        else if (r[0].scalar != 0)                                                              \
+            CHOOSE(true);                                                                       \
+        else                                                                                    \
+            CHOOSE(false);                                                                      \
+    }
+
+/* where(a CMP b, c, d) in one pass: the comparison's 0/1 never stored. */
+#define SELECT(NAME, T, S, CMP)                                                                 \
+    static void NAME##_##S(void *yv, const ref *r, int64_t n)                                   \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *a = r[0].ptr, *b = r[1].ptr, *c = r[2].ptr, *d = r[3].ptr;                     \
+        T as = (T)r[0].scalar, bs = (T)r[1].scalar, cs = (T)r[2].scalar, ds = (T)r[3].scalar;   \
+        if (a && b)                                                                             \
+            CHOOSE(a[i] CMP b[i]);                                                              \
+        else if (a)                                                                             \
+            CHOOSE(a[i] CMP bs);                                                                \
+        else                                                                                    \
+            CHOOSE(as CMP b[i]);                                                                \
+    }
+
+#define COPY(T, S)                                                                              \
+    static void copy_##S(void *y, const ref *r, int64_t n)                                      \
+    {                                                                                           \
+        memmove(y, r[0].ptr, (size_t)n * sizeof(T));                                            \
+    }
+
+#define CAST(FROM, TO, NAME)                                                                    \
+    static void NAME(void *yv, const ref *r, int64_t n)                                         \
+    {                                                                                           \
+        TO *y = yv;                                                                             \
+        const FROM *x = r[0].ptr;                                                               \
+        SIMD for (int64_t i = 0; i < n; i++) y[i] = (TO)x[i];                                   \
+    }
+
+/* The eager kernels' semantics, op by op: maximum takes a on ties and NaN in a, where tests
+ * cond != 0, comparisons give 1 or 0 in the dtype, recip is 1/x. */
+#define OPS(T, S, EXPF, LOGF, SQRTF)                                                            \
+    UNARY(neg, T, S, -u)                                                                        \
+    UNARY(exp, T, S, EXPF(u))                                                                   \
+    UNARY(log, T, S, LOGF(u))                                                                   \
+    UNARY(sqrt, T, S, SQRTF(u))                                                                 \
+    UNARY(recip, T, S, (T)1 / u)                                                                \
+    BINARY(add, T, S, u + v)                                                                    \
+    BINARY(sub, T, S, u - v)                                                                    \
+    BINARY(mul, T, S, u * v)                                                                    \
+    BINARY(div, T, S, u / v)                                                                    \
+    BINARY(maximum, T, S, (u >= v || u != u) ? u : v)                                           \
+    BINARY(lt, T, S, (T)(u < v))                                                                \
+    BINARY(eq, T, S, (T)(u == v))                                                               \
+    WHERE(T, S)                                                                                 \
+    SELECT(select_lt, T, S, <)                                                                  \
+    SELECT(select_eq, T, S, ==)                                                                 \
+    COPY(T, S)
+OPS(float, f32, expf, logf, sqrtf)
+OPS(double, f64, exp, log, sqrt)
+CAST(float, double, widen)
+CAST(double, float, narrow)
+
+#define PICK(name) (dt == TG_F64 ? name##_f64 : name##_f32)
+
+/* The loop of instruction op with result dtype dt (from: its operand's, for a cast); with
+ * folded set, the where that also computes its comparison `folded`. */
+static op_fn op_function(int op, tg_dtype dt, tg_dtype from, int folded)
+{
+    switch (op) {
+    case TG_OP_NEG: return PICK(neg);
+    case TG_OP_EXP: return PICK(exp);
+    case TG_OP_LOG: return PICK(log);
+    case TG_OP_SQRT: return PICK(sqrt);
+    case TG_OP_RECIP: return PICK(recip);
+    case TG_OP_ADD: return PICK(add);
+    case TG_OP_SUB: return PICK(sub);
+    case TG_OP_MUL: return PICK(mul);
+    case TG_OP_DIV: return PICK(div);
+    case TG_OP_MAXIMUM: return PICK(maximum);
+    case TG_OP_LT: return PICK(lt);
+    case TG_OP_EQ: return PICK(eq);
+    case TG_OP_WHERE:
+        if (folded == TG_OP_LT)
+            return PICK(select_lt);
+        if (folded == TG_OP_EQ)
+            return PICK(select_eq);
+        return PICK(where);
+    case TG_OP_CAST: return from == dt ? PICK(copy) : dt == TG_F64 ? widen : narrow;
+    default: return NULL;
+    }
+}
+
+static void fill(tg_dtype dt, void *y, double v, int64_t n)
+{
+    if (dt == TG_F64)
+        for (int64_t i = 0; i < n; i++)
+            ((double *)y)[i] = v;
+    else
+        for (int64_t i = 0; i < n; i++)
+            ((float *)y)[i] = (float)v;
+}
+
+/* ---- tiles ------------------------------------------------------------------------------ */
+/* A tile is a box: a chunk of axis `first` and all of every axis after it, so that the
+ * innermost axes may be short (a 2x2 window's) and the tile still a few hundred points. Its
+ * values are packed row-major in that box. */
+typedef struct {
+    int64_t pos[TG_FUSED_MAX_DIMS];   /* origin */
+    int64_t ext[TG_FUSED_MAX_DIMS];   /* extent along each axis (1 before `first`) */
+    int64_t block[TG_FUSED_MAX_DIMS]; /* points per index along each axis */
+    int64_t count;
+} tile;
+
+/* A strided view over the box ext[j .. d-1] (block[j] points per index of axis j), packed.
+ * An axis the view does not move along (stride 0) is gathered once and copied; the two
+ * innermost axes run as plain loops, the longer one inside. */
+#define GATHER(T, S)                                                                            \
+    static void gather_##S(T *y, const T *src, int j, int d, const int64_t *ext,                \
+                           const int64_t *block, const int64_t *stride)                         \
+    {                                                                                           \
+        if (j < d - 2) {                                                                        \
+            int64_t n = stride[j] == 0 ? 1 : ext[j];                                            \
+            for (int64_t a = 0; a < n; a++)                                                     \
+                gather_##S(y + a * block[j], src + a * stride[j], j + 1, d, ext, block, stride);\
+            for (int64_t a = n; a < ext[j]; a++)                                                \
+                memcpy(y + a * block[j], y, (size_t)block[j] * sizeof *y);                      \
+            return;                                                                             \
+        }                                                                                       \
+        int64_t n1 = ext[d - 1], s1 = stride[d - 1];                                            \
+        int64_t n2 = j == d - 2 ? ext[d - 2] : 1, s2 = j == d - 2 ? stride[d - 2] : 0;          \
+        if (n1 >= n2 || s2 == 0) {                                                              \
+            for (int64_t a = 0; a < n2; a++) {                                                  \
+                T *row = y + a * n1;                                                            \
+                if (a > 0 && s2 == 0)                                                           \
+                    memcpy(row, y, (size_t)n1 * sizeof *y);                                     \
+                else if (s1 == 1)                                                               \
+                    memcpy(row, src + a * s2, (size_t)n1 * sizeof *y);                          \
+                else if (s1 == 2) /* windows of stride 2: a constant stride vectorizes */       \
+                    for (int64_t c = 0; c < n1; c++)                                            \
+                        row[c] = src[a * s2 + 2 * c];                                           \
+                else                                                                            \
+                    for (int64_t c = 0; c < n1; c++)                                            \
+                        row[c] = src[a * s2 + c * s1];                                          \
+            }                                                                                   \
+        } else if (n1 == 2) { /* 2x2 windows: a constant inner count vectorizes */              \
+            for (int64_t a = 0; a < n2; a++)                                                    \
+                for (int64_t c = 0; c < 2; c++)                                                 \
+                    y[a * 2 + c] = src[a * s2 + c * s1];                                        \
+        } else {                                                                                \
+            for (int64_t c = 0; c < n1; c++)                                                    \
+                for (int64_t a = 0; a < n2; a++)                                                \
+                    y[a * n1 + c] = src[a * s2 + c * s1];                                       \
+        }                                                                                       \
+    }
+
+/* Folding a tile into its accumulators. The tile is cut into runs over axes fold_axis ..
+ * d-1 (all reduced, or all kept, like the innermost axis): a reduced run folds into one
+ * accumulator, a kept run into as many consecutive ones. Sums of a run go in eight lanes in
+ * a fixed order, as the eager reduction: vectorizable and deterministic. */
+#define FOLD(T, S)                                                                              \
+    static double run_sum_##S(const T *x, int64_t n)                                            \
+    {                                                                                           \
+        double lane[8] = {0};                                                                   \
+        int64_t i = 0;                                                                          \
+        for (; i + 8 <= n; i += 8)                                                              \
+            for (int l = 0; l < 8; l++)                                                         \
+                lane[l] += x[i + l];                                                            \
+        double acc = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +                              \
+                     ((lane[4] + lane[5]) + (lane[6] + lane[7]));                               \
+        for (; i < n; i++)                                                                      \
+            acc += x[i];                                                                        \
+        return acc;                                                                             \
+    }                                                                                           \
+    static double run_max_##S(const T *x, int64_t n)                                            \
+    {                                                                                           \
+        T m = -INFINITY;                                                                        \
+        for (int64_t i = 0; i < n; i++)                                                         \
+            m = (x[i] > m || x[i] != x[i]) ? x[i] : m;                                          \
+        return m;                                                                               \
+    }                                                                                           \
+    static void fold_run_##S(int op, bool reduced, double *a, const T *x, T xs, int64_t n)      \
+    {                                                                                           \
+        if (reduced && op == TG_OP_SUM) {                                                       \
+            a[0] += x ? run_sum_##S(x, n) : (double)xs * (double)n;                             \
+        } else if (reduced) {                                                                   \
+            double part = x ? run_max_##S(x, n) : xs;                                           \
+            a[0] = (part > a[0] || part != part) ? part : a[0];                                 \
+        } else if (op == TG_OP_SUM && x) {                                                      \
+            SIMD for (int64_t c = 0; c < n; c++) a[c] += x[c];                                  \
+        } else if (op == TG_OP_SUM) {                                                           \
+            SIMD for (int64_t c = 0; c < n; c++) a[c] += xs;                                    \
+        } else {                                                                                \
+            for (int64_t c = 0; c < n; c++) {                                                   \
+                double v = x ? x[c] : xs;                                                       \
+                a[c] = (v > a[c] || v != v) ? v : a[c];                                         \
+            }                                                                                   \
+        }                                                                                       \
+    }
+GATHER(float, f32)
+GATHER(double, f64)
+FOLD(float, f32)
+FOLD(double, f64)
+
+/* ---- the prepared form ------------------------------------------------------------------ */
+enum {
+    V_CONST,    /* the same in every tile: computed once, when the program is prepared */
+    V_SCALAR,   /* one value for the whole tile */
+    V_IN_PLACE, /* read where it lies: contiguous over the tile */
+    V_SLOT,     /* a buffer in the thread's scratch */
+    V_OUT,      /* the kernel's result, written straight into the output */
+    V_FOLDED,   /* a comparison computed by the where that reads it */
+};
+
+/* What a tile does to make one value: fill a load, or run fn on the operands. */
+typedef struct {
+    int value;
+    op_fn fn;
+    int n_args;
+    int arg[4];
+} step;
+
+struct tg_fused_exec {
+    int ndim; /* >= 2 */
+    int64_t shape[TG_FUSED_MAX_DIMS];
+    int64_t stride[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
+    int64_t out_stride[TG_FUSED_MAX_DIMS]; /* 0 along reduced axes */
+    uint32_t reduced;                      /* reduced axes, in this order */
+    int first;                             /* the tile: a chunk of axis first, all after it */
+    int64_t chunk, capacity;               /* the chunk's length, the most points in a tile */
+    int64_t grid[TG_FUSED_MAX_DIMS];       /* tiles along axes 0 .. first */
+    int n_kept, n_red;
+    int kept[TG_FUSED_MAX_DIMS], red[TG_FUSED_MAX_DIMS]; /* grid axes, outer first */
+    int64_t n_units, n_red_tiles; /* a unit: the tiles of one box of outputs */
+    /* Folding: accumulators are row-major over the tile's kept axes (acc_stride, 0 along
+     * reduced ones); axes fold_axis .. ndim-1 fold as runs. */
+    int64_t acc_stride[TG_FUSED_MAX_DIMS];
+    int fold_axis;
+    int kind[MAX_VALUES];
+    int slot[MAX_VALUES];
+    double constant[MAX_VALUES]; /* V_CONST values */
+    int n_steps;
+    step steps[MAX_VALUES];
+    size_t slot_bytes, acc_offset;
+};
+
+/* ---- checking a program ------------------------------------------------------------------ */
+/* A program is trusted only after this: every operand exists, dtypes agree, and no load can
+ * reach outside its input, so a wrong program gives wrong numbers, never a wild read. */
+static int check_program(const tg_graph *g, const tg_ir_node *n, const tg_fused_program *p)
+{
+    if (p->ndim < 0 || p->ndim > TG_FUSED_MAX_DIMS || p->n_loads < 0 ||
+        p->n_loads > TG_FUSED_MAX_LOADS || p->n_instrs < 0 || p->n_instrs > TG_FUSED_MAX_INSTRS)
+        return tg_fail(TG_ERR_ARG, "fused: a program with %d axes, %d loads, %d instructions",
+                       p->ndim, p->n_loads, p->n_instrs);
+    bool reduce = p->reduce_op != TG_OP_LEAF;
+    if (reduce && p->reduce_op != TG_OP_SUM && p->reduce_op != TG_OP_MAX)
+        return tg_fail(TG_ERR_ARG, "fused: reduction op %d", p->reduce_op);
+    if ((!reduce && p->reduce_mask) || (p->ndim < 32 && (p->reduce_mask >> p->ndim)))
+        return tg_fail(TG_ERR_ARG, "fused: reduced axes %#x for %d axes%s", p->reduce_mask,
+                       p->ndim, reduce ? "" : " and no reduction");
+    int64_t points = 1, outputs = 1;
+    for (int k = 0; k < p->ndim; k++) {
+        if (p->shape[k] < 0)
+            return tg_fail(TG_ERR_ARG, "fused: negative extent on axis %d", k);
+        points *= p->shape[k];
+        outputs *= ((p->reduce_mask >> k) & 1) ? 1 : p->shape[k];
+    }
+    if (outputs != n->numel)
+        return tg_fail(TG_ERR_ARG, "fused: %lld outputs for a node of %lld elements",
+                       (long long)outputs, (long long)n->numel);
+    for (int l = 0; l < p->n_loads; l++) {
+        const tg_fused_load *ld = &p->load[l];
+        if (ld->input < 0 || ld->input >= n->n_in ||
+            g->nodes[n->in[ld->input]].dtype != ld->dtype)
+            return tg_fail(TG_ERR_ARG, "fused: load %d reads input %d wrongly", l, ld->input);
+        int64_t last = ld->offset;
+        for (int k = 0; k < p->ndim; k++) {
+            if (ld->stride[k] < 0)
+                return tg_fail(TG_ERR_ARG, "fused: load %d has a negative stride", l);
+            last += ld->stride[k] * (p->shape[k] > 0 ? p->shape[k] - 1 : 0);
+        }
+        if (points > 0 && (ld->offset < 0 || last >= g->nodes[n->in[ld->input]].numel))
+            return tg_fail(TG_ERR_ARG, "fused: load %d reaches outside input %d", l,
+                           ld->input);
+    }
+    for (int i = 0; i < p->n_instrs; i++) {
+        const tg_fused_instr *in = &p->instr[i];
+        int self = p->n_loads + i;
+        if (in->op != TG_OP_LEAF && !tg_ir_is_elementwise(in->op))
+            return tg_fail(TG_ERR_ARG, "fused: instruction %d is not elementwise", i);
+        for (int a = 0; a < arity(in->op); a++) {
+            if (in->arg[a] < 0 || in->arg[a] >= self)
+                return tg_fail(TG_ERR_ARG, "fused: instruction %d reads value %d", i,
+                               in->arg[a]);
+            if (in->op != TG_OP_CAST && value_dtype(p, in->arg[a]) != in->dtype)
+                return tg_fail(TG_ERR_ARG, "fused: instruction %d mixes dtypes", i);
+        }
+    }
+    if (p->result < 0 || p->result >= p->n_loads + p->n_instrs ||
+        value_dtype(p, p->result) != n->dtype)
+        return tg_fail(TG_ERR_ARG, "fused: the result is value %d", p->result);
+    return TG_OK;
+}
+
+/* ---- axes: reorder, merge, tile ----------------------------------------------------------- */
+/* Operand 0 is the output, 1 + l load l; strides over the program's own axes. */
+typedef struct {
+    int ndim, nops;
+    int64_t shape[TG_FUSED_MAX_DIMS];
+    int64_t stride[TG_FUSED_MAX_LOADS + 1][TG_FUSED_MAX_DIMS];
+} axes;
+
+static void program_axes(const tg_fused_program *p, axes *x)
+{
+    x->ndim = p->ndim;
+    x->nops = p->n_loads + 1;
+    memcpy(x->shape, p->shape, sizeof x->shape);
+    int64_t run = 1;
+    for (int k = p->ndim - 1; k >= 0; k--) {
+        bool red = (p->reduce_mask >> k) & 1;
+        x->stride[0][k] = red ? 0 : run;
+        run *= red ? 1 : p->shape[k];
+    }
+    for (int l = 0; l < p->n_loads; l++)
+        memcpy(x->stride[1 + l], p->load[l].stride, sizeof x->stride[1 + l]);
+}
+
+/* [kept axes before the last reduced one, reduced axes, the kept axes after it]: one
+ * output's reduction becomes the middle block, and the innermost axis stays innermost. */
+static void reorder(axes *x, uint32_t mask)
+{
+    int last_red = -1;
+    for (int k = 0; k < x->ndim; k++)
+        if (((mask >> k) & 1) && x->shape[k] > 1)
+            last_red = k;
+    int perm[TG_FUSED_MAX_DIMS], n = 0;
+    for (int k = 0; k < last_red; k++)
+        if (!((mask >> k) & 1))
+            perm[n++] = k;
+    for (int k = 0; k <= last_red; k++)
+        if ((mask >> k) & 1)
+            perm[n++] = k;
+    for (int k = last_red + 1; k < x->ndim; k++)
+        perm[n++] = k;
+    axes y = *x;
+    for (int k = 0; k < x->ndim; k++) {
+        y.shape[k] = x->shape[perm[k]];
+        for (int o = 0; o < x->nops; o++)
+            y.stride[o][k] = x->stride[o][perm[k]];
+    }
+    *x = y;
+}
+
+/* Drops size-1 axes and merges axis k into k + 1 where every operand (the output among
+ * them, whose stride is 0 only along reduced axes) steps through both as through one. */
+static void collapse(axes *x)
+{
+    axes y = *x;
+    int out = 0;
+    for (int k = 0; k < x->ndim; k++) {
+        if (x->shape[k] == 1)
+            continue;
+        bool merge = out > 0;
+        for (int o = 0; o < x->nops && merge; o++)
+            merge = y.stride[o][out - 1] == x->stride[o][k] * x->shape[k];
+        if (merge) {
+            y.shape[out - 1] *= x->shape[k];
+            for (int o = 0; o < x->nops; o++)
+                y.stride[o][out - 1] = x->stride[o][k];
+            continue;
+        }
+        y.shape[out] = x->shape[k];
+        for (int o = 0; o < x->nops; o++)
+            y.stride[o][out] = x->stride[o][k];
+        out++;
+    }
+    /* At least two axes (a single point is [1, 1]): the tiling then always has an axis to
+     * cut and an innermost one. */
+    int pad = out < 2 ? 2 - out : 0;
+    for (int k = out - 1; k >= 0; k--) {
+        y.shape[k + pad] = y.shape[k];
+        for (int o = 0; o < x->nops; o++)
+            y.stride[o][k + pad] = y.stride[o][k];
+    }
+    for (int k = 0; k < pad; k++) {
+        y.shape[k] = 1;
+        for (int o = 0; o < x->nops; o++)
+            y.stride[o][k] = 0;
+    }
+    y.ndim = out + pad;
+    *x = y;
+}
+
+/* As many whole trailing axes as fit in TILE points, and a chunk of the next one (a long
+ * innermost axis is cut into equal chunks). */
+static void choose_tile(struct tg_fused_exec *e)
+{
+    int d = e->ndim, k = d - 1;
+    int64_t inner = 1;
+    while (k > 0 && inner * e->shape[k] <= TILE)
+        inner *= e->shape[k--];
+    e->first = k;
+    if (inner * e->shape[k] <= TILE) {
+        e->chunk = e->shape[k];
+    } else if (k == d - 1) {
+        int64_t pieces = (e->shape[k] + TILE - 1) / TILE;
+        e->chunk = (e->shape[k] + pieces - 1) / pieces;
+    } else {
+        e->chunk = TILE / inner;
+    }
+    if (e->chunk < 1)
+        e->chunk = 1; /* an empty axis: nothing runs */
+    e->capacity = e->chunk * inner;
+    e->n_kept = e->n_red = 0;
+    e->n_units = e->n_red_tiles = 1;
+    for (int j = 0; j <= k; j++) {
+        e->grid[j] = j == k ? (e->shape[j] + e->chunk - 1) / e->chunk : e->shape[j];
+        if ((e->reduced >> j) & 1) {
+            e->red[e->n_red++] = j;
+            e->n_red_tiles *= e->grid[j];
+        } else {
+            e->kept[e->n_kept++] = j;
+            e->n_units *= e->grid[j];
+        }
+    }
+    int64_t run = 1;
+    for (int j = d - 1; j >= k; j--) {
+        bool red = (e->reduced >> j) & 1;
+        e->acc_stride[j] = red ? 0 : run;
+        run *= red ? 1 : (j == k ? e->chunk : e->shape[j]);
+    }
+    bool last_red = (e->reduced >> (d - 1)) & 1;
+    e->fold_axis = d - 1;
+    while (e->fold_axis > k && (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
+        e->fold_axis--;
+}
+
+/* ---- values in a tile --------------------------------------------------------------------- */
+static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
+{
+    int uses[MAX_VALUES] = {0};
+    for (int l = 0; l < p->n_loads; l++) {
+        /* Over the tile's box: all zero strides, or the box's own row-major strides. */
+        bool scalar = true, in_place = true;
+        int64_t run = 1;
+        for (int j = e->ndim - 1; j >= e->first; j--) {
+            int64_t ext = j == e->first ? e->chunk : e->shape[j];
+            if (ext > 1) {
+                scalar &= e->stride[l][j] == 0;
+                in_place &= e->stride[l][j] == run;
+            }
+            run *= ext;
+        }
+        e->kind[l] = scalar ? V_SCALAR : in_place ? V_IN_PLACE : V_SLOT;
+    }
+    for (int i = 0; i < p->n_instrs; i++) {
+        const tg_fused_instr *in = &p->instr[i];
+        int kind = V_CONST;
+        for (int a = 0; a < arity(in->op); a++) {
+            int k = e->kind[in->arg[a]];
+            uses[in->arg[a]]++;
+            if (k == V_SCALAR && kind == V_CONST)
+                kind = V_SCALAR;
+            else if (k != V_CONST && k != V_SCALAR)
+                kind = V_SLOT;
+        }
+        e->kind[p->n_loads + i] = kind;
+    }
+    uses[p->result]++;
+    for (int i = 0; i < p->n_instrs; i++) {
+        int c = p->instr[i].arg[0];
+        if (p->instr[i].op == TG_OP_WHERE && c >= p->n_loads && uses[c] == 1 &&
+            e->kind[c] == V_SLOT &&
+            (p->instr[c - p->n_loads].op == TG_OP_LT || p->instr[c - p->n_loads].op == TG_OP_EQ))
+            e->kind[c] = V_FOLDED;
+    }
+    /* Without a reduction, a result made into a buffer goes to the output directly. */
+    if (p->reduce_op == TG_OP_LEAF && e->kind[p->result] == V_SLOT)
+        e->kind[p->result] = V_OUT;
+}
+
+/* The step that makes the value of instruction i. */
+static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, int i)
+{
+    const tg_fused_instr *in = &p->instr[i];
+    step s = {.value = p->n_loads + i, .n_args = arity(in->op)};
+    memcpy(s.arg, in->arg, sizeof in->arg);
+    int folded = 0;
+    if (in->op == TG_OP_WHERE && e->kind[in->arg[0]] == V_FOLDED) {
+        const tg_fused_instr *cmp = &p->instr[in->arg[0] - p->n_loads];
+        folded = cmp->op;
+        s = (step){.value = s.value, .n_args = 4,
+                   .arg = {cmp->arg[0], cmp->arg[1], in->arg[1], in->arg[2]}};
+    }
+    s.fn = in->op == TG_OP_LEAF ? NULL
+                                : op_function(in->op, in->dtype, value_dtype(p, in->arg[0]), folded);
+    return s;
+}
+
+/* A step on scalars, through its own loop, so it rounds as the loop does. */
+static double scalar_result(const tg_fused_program *p, const step *s, const ref *val)
+{
+    const tg_fused_instr *in = &p->instr[s->value - p->n_loads];
+    if (in->op == TG_OP_LEAF)
+        return in->dtype == TG_F32 ? (double)(float)in->value : in->value;
+    union {
+        float f;
+        double d;
+    } arg[4], out;
+    ref r[4];
+    for (int a = 0; a < s->n_args; a++) {
+        if (value_dtype(p, s->arg[a]) == TG_F64)
+            arg[a].d = val[s->arg[a]].scalar;
+        else
+            arg[a].f = (float)val[s->arg[a]].scalar;
+        r[a] = (ref){&arg[a], 0};
+    }
+    s->fn(&out, r, 1);
+    return in->dtype == TG_F64 ? out.d : out.f;
+}
+
+static void compute_constants(const tg_fused_program *p, struct tg_fused_exec *e)
+{
+    ref val[MAX_VALUES];
+    for (int i = 0; i < p->n_instrs; i++) {
+        int v = p->n_loads + i;
+        if (e->kind[v] != V_CONST)
+            continue;
+        step s = make_step(p, e, i);
+        e->constant[v] = scalar_result(p, &s, val);
+        val[v] = (ref){NULL, e->constant[v]};
+    }
+}
+
+/* The order of a tile's steps (each load just before its first use, so its buffer is
+ * short-lived) and a buffer for every value that needs one, reused once it is dead. */
+static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
+{
+    int n_values = p->n_loads + p->n_instrs, n_ops = 0;
+    int last_use[MAX_VALUES], free_slots[MAX_VALUES], n_free = 0, n_slots = 0;
+    bool made[MAX_VALUES] = {false};
+    step ops[TG_FUSED_MAX_INSTRS];
+    for (int i = 0; i < p->n_instrs; i++)
+        if (e->kind[p->n_loads + i] != V_CONST && e->kind[p->n_loads + i] != V_FOLDED)
+            ops[n_ops++] = make_step(p, e, i);
+    for (int v = 0; v < n_values; v++) {
+        last_use[v] = -1;
+        e->slot[v] = -1;
+    }
+    for (int i = 0; i < n_ops; i++)
+        for (int a = 0; a < ops[i].n_args; a++)
+            last_use[ops[i].arg[a]] = ops[i].value;
+    last_use[p->result] = n_values; /* alive until stored or folded */
+    e->n_steps = 0;
+    /* Op i, then (at i == n_ops) the result. */
+    for (int i = 0; i <= n_ops; i++) {
+        bool end = i == n_ops;
+        int n_args = end ? 1 : ops[i].n_args;
+        const int *args = end ? &p->result : ops[i].arg;
+        for (int a = 0; a < n_args; a++) {
+            int v = args[a];
+            if (v >= p->n_loads || made[v])
+                continue;
+            made[v] = true;
+            if (e->kind[v] == V_SLOT)
+                e->slot[v] = n_free > 0 ? free_slots[--n_free] : n_slots++;
+            e->steps[e->n_steps++] = (step){.value = v};
+        }
+        if (end)
+            break;
+        int self = ops[i].value;
+        if (e->kind[self] == V_SLOT)
+            e->slot[self] = n_free > 0 ? free_slots[--n_free] : n_slots++;
+        e->steps[e->n_steps++] = ops[i];
+        /* Operands die after the result has its own buffer: a cast may not overwrite its
+         * narrower input while reading it. */
+        for (int a = 0; a < n_args; a++) {
+            int v = args[a];
+            bool again = false; /* a step may read one value twice */
+            for (int b = 0; b < a; b++)
+                again |= args[b] == v;
+            if (!again && last_use[v] == self && e->slot[v] >= 0)
+                free_slots[n_free++] = e->slot[v];
+        }
+    }
+    size_t widest = sizeof(float);
+    for (int v = 0; v < n_values; v++)
+        if (elem_size(value_dtype(p, v)) > widest)
+            widest = sizeof(double);
+    size_t tile_bytes = (size_t)e->capacity * widest;
+    e->slot_bytes = (tile_bytes + 63) / 64 * 64;
+    e->acc_offset = (size_t)n_slots * e->slot_bytes;
+}
+
+static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec *e)
+{
+    size_t acc = p->reduce_op != TG_OP_LEAF ? (size_t)e->capacity * sizeof(double) : 0;
+    return (e->acc_offset + acc + 63) / 64 * 64;
+}
+
+int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
+{
+    tg_fused_program *p = n->payload;
+    if (!p)
+        return tg_fail(TG_ERR_ARG, "fused: the node has no program");
+    int status = check_program(g, n, p);
+    if (status != TG_OK)
+        return status;
+    struct tg_fused_exec *e = p->exec ? p->exec : malloc(sizeof *e);
+    if (!e)
+        return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
+    memset(e, 0, sizeof *e);
+    p->exec = e;
+
+    axes x;
+    program_axes(p, &x);
+    if (p->reduce_op != TG_OP_LEAF)
+        reorder(&x, p->reduce_mask);
+    collapse(&x);
+    e->ndim = x.ndim;
+    memcpy(e->shape, x.shape, sizeof e->shape);
+    memcpy(e->out_stride, x.stride[0], sizeof e->out_stride);
+    for (int l = 0; l < p->n_loads; l++)
+        memcpy(e->stride[l], x.stride[1 + l], sizeof e->stride[l]);
+    for (int k = 0; k < e->ndim; k++)
+        if (p->reduce_op != TG_OP_LEAF && e->out_stride[k] == 0 && e->shape[k] > 1)
+            e->reduced |= 1u << k;
+    choose_tile(e);
+    classify(p, e);
+    compute_constants(p, e);
+    schedule(p, e);
+    n->scratch_bytes = scratch_need(p, e);
+    return TG_OK;
+}
+
+void tg_fused_release(void *payload)
+{
+    tg_fused_program *p = payload;
+    if (p)
+        free(p->exec);
+    free(p);
+}
+
+/* ---- running -------------------------------------------------------------------------------- */
+static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, int l,
+                     const void *const *in, char *scratch, void *out, const tile *t, ref *val)
+{
+    const tg_fused_load *ld = &p->load[l];
+    int64_t at = ld->offset;
+    for (int k = 0; k < e->ndim; k++)
+        at += t->pos[k] * e->stride[l][k];
+    const char *base = (const char *)in[ld->input] + at * (int64_t)elem_size(ld->dtype);
+    ref *v = &val[l];
+    v->ptr = NULL;
+    if (e->kind[l] == V_SCALAR) {
+        v->scalar = ld->dtype == TG_F64 ? *(const double *)base : *(const float *)base;
+    } else if (e->kind[l] == V_IN_PLACE) {
+        v->ptr = base;
+        /* The next tile usually reads on from here: ask for it now, so that it arrives while
+         * this tile computes (every other line: the hardware fetches line pairs). */
+        int64_t bytes = t->count * (int64_t)elem_size(ld->dtype);
+        for (int64_t b = 0; b < bytes; b += 128)
+            __builtin_prefetch(base + bytes + b, 0, 2);
+    } else {
+        void *y = e->kind[l] == V_OUT ? out : scratch + (size_t)e->slot[l] * e->slot_bytes;
+        if (ld->dtype == TG_F64)
+            gather_f64(y, (const double *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
+        else
+            gather_f32(y, (const float *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
+        v->ptr = y;
+    }
+}
+
+static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, const step *s,
+                   char *scratch, void *out, const tile *t, ref *val)
+{
+    ref *r = &val[s->value];
+    int kind = e->kind[s->value];
+    if (kind == V_SCALAR) {
+        r->ptr = NULL;
+        r->scalar = scalar_result(p, s, val);
+        return;
+    }
+    ref args[4];
+    for (int a = 0; a < s->n_args; a++)
+        args[a] = val[s->arg[a]];
+    void *y = kind == V_OUT ? out : scratch + (size_t)e->slot[s->value] * e->slot_bytes;
+    s->fn(y, args, t->count);
+    r->ptr = y;
+}
+
+static void set_constants(const tg_fused_program *p, const struct tg_fused_exec *e, ref *val)
+{
+    for (int v = p->n_loads; v < p->n_loads + p->n_instrs; v++)
+        if (e->kind[v] == V_CONST)
+            val[v] = (ref){NULL, e->constant[v]};
+}
+
+/* Every value of tile t. out is where the tile's output starts (kernels without a
+ * reduction): the result is stored there unless it was made there. */
+static void run_tile(const tg_fused_program *p, const struct tg_fused_exec *e,
+                     const void *const *in, char *scratch, void *out, const tile *t, ref *val)
+{
+    for (int s = 0; s < e->n_steps; s++) {
+        const step *st = &e->steps[s];
+        if (st->value < p->n_loads)
+            run_load(p, e, st->value, in, scratch, out, t, val);
+        else
+            run_op(p, e, st, scratch, out, t, val);
+    }
+    if (!out || e->kind[p->result] == V_OUT)
+        return;
+    const ref *r = &val[p->result];
+    int64_t n = t->count;
+    tg_dtype dt = value_dtype(p, p->result);
+    if (r->ptr)
+        memmove(out, r->ptr, (size_t)n * elem_size(dt));
+    else
+        fill(dt, out, r->scalar, n);
+}
+
+/* Grid position of tile `index` over the listed grid axes (the last one fastest). */
+static void decode(const struct tg_fused_exec *e, const int *list, int count, int64_t index,
+                   int64_t *idx)
+{
+    for (int j = count - 1; j >= 0; j--) {
+        int k = list[j];
+        idx[k] = index % e->grid[k];
+        index /= e->grid[k];
+    }
+}
+
+/* The next grid position over the listed axes, as an odometer turns. */
+static void advance(const struct tg_fused_exec *e, const int *list, int count, int64_t *idx)
+{
+    for (int j = count - 1; j >= 0; j--) {
+        int k = list[j];
+        if (++idx[k] < e->grid[k])
+            return;
+        idx[k] = 0;
+    }
+}
+
+static void place_tile(const struct tg_fused_exec *e, const int64_t *idx, tile *t)
+{
+    int d = e->ndim, f = e->first;
+    for (int j = 0; j < d; j++) {
+        t->pos[j] = j < f ? idx[j] : j == f ? idx[j] * e->chunk : 0;
+        t->ext[j] = j < f ? 1 : j == f ? e->shape[j] - t->pos[j] : e->shape[j];
+        if (j == f && t->ext[j] > e->chunk)
+            t->ext[j] = e->chunk;
+    }
+    t->count = 1;
+    for (int j = d - 1; j >= 0; j--) {
+        t->block[j] = t->count;
+        t->count *= t->ext[j];
+    }
+}
+
+static int64_t out_offset(const struct tg_fused_exec *e, const tile *t)
+{
+    int64_t at = 0;
+    for (int k = 0; k < e->ndim; k++)
+        at += t->pos[k] * e->out_stride[k];
+    return at;
+}
+
+static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exec *e,
+                            const void *const *in, char *scratch, char *out, int64_t u0,
+                            int64_t u1)
+{
+    tile t;
+    ref val[MAX_VALUES];
+    int64_t idx[TG_FUSED_MAX_DIMS] = {0};
+    size_t elem = elem_size(value_dtype(p, p->result));
+    set_constants(p, e, val);
+    decode(e, e->kept, e->n_kept, u0, idx);
+    for (int64_t u = u0; u < u1; u++, advance(e, e->kept, e->n_kept, idx)) {
+        place_tile(e, idx, &t);
+        run_tile(p, e, in, scratch, out + out_offset(e, &t) * (int64_t)elem, &t, val);
+    }
+}
+
+/* Folds tile t's result v (a buffer or a scalar) into acc, run by run. */
+static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, const tile *t,
+                      double *acc, const ref *v)
+{
+    int d = e->ndim, fa = e->fold_axis;
+    tg_dtype dt = value_dtype(p, p->result);
+    bool reduced = (e->reduced >> (d - 1)) & 1, f64 = dt == TG_F64;
+    int64_t n = 1, idx[TG_FUSED_MAX_DIMS] = {0}, at = 0;
+    for (int j = fa; j < d; j++)
+        n *= t->ext[j];
+    for (int64_t done = 0; done < t->count; done += n) {
+        const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)elem_size(dt) : NULL;
+        if (f64)
+            fold_run_f64(p->reduce_op, reduced, acc + at, (const double *)x, v->scalar, n);
+        else
+            fold_run_f32(p->reduce_op, reduced, acc + at, (const float *)x, (float)v->scalar, n);
+        for (int j = fa - 1; j >= e->first; j--) { /* the next run's accumulators */
+            at += e->acc_stride[j];
+            if (++idx[j] < t->ext[j])
+                break;
+            at -= e->acc_stride[j] * t->ext[j];
+            idx[j] = 0;
+        }
+    }
+}
+
+/* Each unit is a box of output elements, contiguous in the output; its tiles are folded in
+ * one fixed order. */
+static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec *e,
+                          const void *const *in, char *scratch, void *out, int64_t u0,
+                          int64_t u1)
+{
+    tile t;
+    ref val[MAX_VALUES];
+    int64_t idx[TG_FUSED_MAX_DIMS] = {0};
+    double *acc = (double *)(scratch + e->acc_offset);
+    tg_dtype dt = value_dtype(p, p->result);
+    double init = p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY;
+    set_constants(p, e, val);
+    decode(e, e->kept, e->n_kept, u0, idx);
+    for (int64_t u = u0; u < u1; u++, advance(e, e->kept, e->n_kept, idx)) {
+        place_tile(e, idx, &t); /* reduced axes at 0: the unit's outputs */
+        int64_t outputs = 1;
+        for (int j = e->first; j < e->ndim; j++)
+            outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
+        for (int64_t i = 0; i < outputs; i++)
+            acc[i] = init;
+        int64_t base = out_offset(e, &t);
+        for (int64_t r = 0; r < e->n_red_tiles; r++, advance(e, e->red, e->n_red, idx)) {
+            place_tile(e, idx, &t);
+            run_tile(p, e, in, scratch, NULL, &t, val);
+            fold_tile(p, e, &t, acc, &val[p->result]);
+        }
+        for (int64_t i = 0; i < outputs; i++) {
+            if (dt == TG_F64)
+                ((double *)out)[base + i] = acc[i];
+            else
+                ((float *)out)[base + i] = (float)acc[i];
+        }
+    }
+}
+
+void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
+{
+    const tg_fused_program *p = n->payload;
+    const struct tg_fused_exec *e = p->exec;
+    bool reduce = p->reduce_op != TG_OP_LEAF;
+    int64_t points = 1;
+    for (int k = 0; k < e->ndim; k++)
+        points *= e->shape[k];
+    if (points == 0) { /* nothing to read: a reduction's outputs are its identity */
+        if (reduce)
+            fill(n->dtype, out, p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY, n->numel);
+        return;
+    }
+    int threads = points >= TG_PARALLEL_MIN ? tg_num_threads() : 1;
+    if (threads > e->n_units)
+        threads = (int)e->n_units;
+    size_t block = n->scratch_bytes;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int th = 0; th < threads; th++) {
+        int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
+        char *mine = (char *)scratch + (size_t)th * block;
+        if (reduce)
+            run_reduction(p, e, in, mine, out, u0, u1);
+        else
+            run_elementwise(p, e, in, mine, out, u0, u1);
+    }
+}
+
+void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
+{
+    const tg_fused_program *p = n->payload;
+    size_t used = (size_t)snprintf(buf, size, "fused{");
+    const char *sep = "";
+    for (int i = 0; p && i < p->n_instrs && used < size; i++) {
+        if (p->instr[i].op == TG_OP_LEAF)
+            continue;
+        used += (size_t)snprintf(buf + used, size - used, "%s%s", sep,
+                                 tg_op_name((tg_op)p->instr[i].op));
+        sep = " ";
+    }
+    if (p && p->n_instrs == 0 && used < size)
+        used += (size_t)snprintf(buf + used, size - used, "copy");
+    if (used < size)
+        used += (size_t)snprintf(buf + used, size - used, "}");
+    if (p && p->reduce_op != TG_OP_LEAF && used < size) {
+        used += (size_t)snprintf(buf + used, size - used, " + %s(",
+                                 tg_op_name((tg_op)p->reduce_op));
+        sep = "";
+        for (int k = 0; k < p->ndim && used < size; k++) {
+            if ((p->reduce_mask >> k) & 1) {
+                used += (size_t)snprintf(buf + used, size - used, "%s%d", sep, k);
+                sep = ",";
+            }
+        }
+        if (used < size)
+            snprintf(buf + used, size - used, ")");
+    }
+}

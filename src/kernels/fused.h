@@ -1,0 +1,60 @@
+/* The program of a fused kernel: what the fusion pass (compile/pass_fuse.c) writes into a
+ * FUSED node's payload and the generic executor (kernels/fused.c) runs.
+ *
+ * A program computes one value at every point of an iteration space: it loads elements of
+ * the node's inputs through affine views, combines them with elementwise instructions and
+ * either stores the result (the node's output, contiguous in the iteration space's
+ * row-major order) or reduces it over some axes (the output is the iteration space with
+ * those axes of size 1, again contiguous). The iteration space may be finer than the
+ * output's shape (the pass splits axes so that reshapes of views stay affine); splitting
+ * an axis never changes the row-major order, so the output layout is the same.
+ *
+ * Values are numbered loads first (0 .. n_loads - 1), then instructions (n_loads + i is
+ * the result of instr[i]); an instruction reads only values numbered below its own. */
+#ifndef TG_KERNELS_FUSED_H
+#define TG_KERNELS_FUSED_H
+
+#include "../compile/graph.h"
+
+#define TG_FUSED_MAX_DIMS 16    /* iteration axes */
+#define TG_FUSED_MAX_LOADS 32   /* loads (an input may be read through several views) */
+#define TG_FUSED_MAX_INSTRS 128
+
+/* Element `offset + sum_k i_k * stride[k]` of input `input`, at iteration point i. */
+typedef struct {
+    int input;      /* slot in the node's inputs */
+    tg_dtype dtype; /* the input's dtype */
+    int64_t offset;
+    int64_t stride[TG_FUSED_MAX_DIMS]; /* in elements; 0 along axes the view broadcasts */
+} tg_fused_load;
+
+/* op is an elementwise primitive (neg ... cast) with the eager kernel's semantics, or
+ * TG_OP_LEAF for the constant `value`. The result has dtype `dtype` (a cast's target); the
+ * operands are arg[0 .. arity - 1]. */
+typedef struct {
+    int op;
+    tg_dtype dtype;
+    int arg[3];
+    double value;
+} tg_fused_instr;
+
+struct tg_fused_exec; /* how kernels/fused.c runs the program: made by tg_fused_prepare */
+
+typedef struct {
+    int ndim;
+    int64_t shape[TG_FUSED_MAX_DIMS]; /* the iteration space */
+    int reduce_op;                    /* TG_OP_SUM, TG_OP_MAX, or TG_OP_LEAF for none */
+    uint32_t reduce_mask;             /* the iteration axes reduced */
+    int n_loads;
+    tg_fused_load load[TG_FUSED_MAX_LOADS];
+    int n_instrs;
+    tg_fused_instr instr[TG_FUSED_MAX_INSTRS];
+    int result; /* the value stored or reduced */
+    struct tg_fused_exec *exec;
+} tg_fused_program;
+
+/* A zeroed program for a FUSED node's payload (tg_fused_release frees it); NULL when out of
+ * memory. */
+tg_fused_program *tg_fused_program_new(void);
+
+#endif

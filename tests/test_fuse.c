@@ -1,0 +1,706 @@
+/* The fusion pass and the fused kernel: every case compiles one traced graph twice, with
+ * fusion and without, runs both on the same inputs and compares. f64 agrees to 1e-12 where
+ * fusion keeps the order of arithmetic (elementwise chains) and 1e-9 where it does not
+ * (sums accumulate per tile); f32 to 1e-5. Around that: the shape of the fused graph (no
+ * elementwise op or reduction left outside a fused kernel, batch norm + relu + max pool in
+ * one kernel), bit-identical results for 1 and 2 threads, a planted wrong instruction that
+ * the comparison catches, and programs the executor refuses. */
+#include "testing.h"
+#include "compile/plan_ops.h"
+#include "kernels/fused.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "tapegrad_nn.h"
+
+#define MAX_IO 24
+
+/* ---- cases ------------------------------------------------------------------------------- */
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t shape[6];
+    double lo, hi; /* uniform inputs in [lo, hi) */
+    bool whole;    /* rounded down: class labels */
+} input_spec;
+
+typedef struct fuse_case fuse_case;
+/* Builds the outputs from the placeholders (tracing is on); returns how many, or -1. */
+typedef int (*build_fn)(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out);
+
+struct fuse_case {
+    tg_dtype dt;
+    int n_in;
+    input_spec in[6];
+    build_fn build;
+    /* Called before tracing: makes the tensors the trace reads by pointer (parameters). */
+    void (*setup)(fuse_case *c, tg_tape *tape, tg_rng *rng);
+    const char *disable; /* passes off in both configurations, besides fuse */
+    double tol;
+    int param;           /* a case parameter (an axis mask, a kernel size) */
+    /* Tensors made before tracing that the plan updates: restored before each compile,
+     * compared after each run. */
+    tg_tensor *watch[MAX_IO];
+    int n_watch;
+};
+
+typedef struct {
+    int n;
+    int64_t numel[MAX_IO];
+    double *value[MAX_IO]; /* as f64, for comparing */
+} results;
+
+static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : sizeof(float); }
+
+static void collect(results *r, tg_dtype dt, const void *data, int64_t numel)
+{
+    double *v = malloc((size_t)(numel > 0 ? numel : 1) * sizeof *v);
+    for (int64_t i = 0; i < numel; i++)
+        v[i] = dt == TG_F64 ? ((const double *)data)[i] : ((const float *)data)[i];
+    r->numel[r->n] = numel;
+    r->value[r->n++] = v;
+}
+
+static void results_free(results *r)
+{
+    for (int i = 0; i < r->n; i++)
+        free(r->value[i]);
+    r->n = 0;
+}
+
+/* max |a - b| / max |b|: NaNs must sit in the same places. */
+static double rel_error(const results *a, const results *b)
+{
+    double worst = 0;
+    for (int o = 0; o < b->n; o++) {
+        double err = 0, scale = 0;
+        for (int64_t i = 0; i < b->numel[o]; i++) {
+            double x = a->value[o][i], y = b->value[o][i];
+            if (isnan(x) || isnan(y)) {
+                if (isnan(x) != isnan(y))
+                    return INFINITY;
+                continue;
+            }
+            if (isinf(x) || isinf(y)) {
+                if (x != y)
+                    return INFINITY;
+                continue;
+            }
+            err = fmax(err, fabs(x - y));
+            scale = fmax(scale, fabs(y));
+        }
+        worst = fmax(worst, scale > 0 ? err / scale : err);
+    }
+    return worst;
+}
+
+/* A traced case: the tape, its outputs, the inputs' data and the watched tensors' state
+ * before any run. */
+typedef struct {
+    fuse_case *c;
+    tg_tape *tape;
+    tg_tensor *out[MAX_IO];
+    int n_out;
+    void *data[6];
+    void *saved[MAX_IO];
+} traced;
+
+static void trace_case(traced *t, fuse_case *c, uint64_t seed)
+{
+    memset(t, 0, sizeof *t);
+    t->c = c;
+    t->tape = tg_tape_new();
+    tg_rng rng;
+    tg_rng_seed(&rng, seed);
+    if (c->setup)
+        c->setup(c, t->tape, &rng);
+    tg_tensor *in[6];
+    ck_assert_int_eq(tg_tape_trace(t->tape, true), 0);
+    for (int i = 0; i < c->n_in; i++) {
+        const input_spec *s = &c->in[i];
+        in[i] = tg_placeholder(t->tape, s->name, c->dt, s->ndim, s->shape);
+        ck_assert_ptr_nonnull(in[i]);
+        int64_t n = tg_numel(in[i]);
+        t->data[i] = malloc((size_t)(n > 0 ? n : 1) * elem_size(c->dt));
+        for (int64_t k = 0; k < n; k++) {
+            double v = s->lo + (s->hi - s->lo) * tg_rng_uniform(&rng);
+            v = s->whole ? floor(v) : v;
+            if (c->dt == TG_F64)
+                ((double *)t->data[i])[k] = v;
+            else
+                ((float *)t->data[i])[k] = (float)v;
+        }
+    }
+    t->n_out = c->build(c, t->tape, in, t->out);
+    ck_assert_msg(t->n_out > 0, "building the case failed: %s", tg_last_error());
+    ck_assert_int_eq(tg_tape_trace(t->tape, false), 0);
+    for (int w = 0; w < c->n_watch; w++) {
+        size_t bytes = (size_t)tg_numel(c->watch[w]) * elem_size(c->watch[w]->dtype);
+        t->saved[w] = malloc(bytes ? bytes : 1);
+        memcpy(t->saved[w], tg_data(c->watch[w]), bytes);
+    }
+}
+
+static void traced_free(traced *t)
+{
+    for (int i = 0; i < t->c->n_in; i++)
+        free(t->data[i]);
+    for (int w = 0; w < t->c->n_watch; w++)
+        free(t->saved[w]);
+    tg_tape_free(t->tape);
+    t->c->n_watch = 0;
+}
+
+static tg_plan *compile_case(traced *t, bool fuse)
+{
+    char disable[128];
+    snprintf(disable, sizeof disable, "%s%s%s", fuse ? "" : "fuse",
+             !fuse && t->c->disable ? "," : "", t->c->disable ? t->c->disable : "");
+    tg_compile_opts opts = {.disable = disable};
+    tg_plan *plan = tg_compile(t->tape, t->n_out, t->out, &opts);
+    ck_assert_msg(plan != NULL, "compile: %s", tg_last_error());
+    for (int i = 0; i < t->c->n_in; i++)
+        ck_assert_int_eq(tg_plan_set_input(plan, t->c->in[i].name, t->data[i]), 0);
+    return plan;
+}
+
+/* Runs plan from the saved state and collects its outputs and the watched tensors. */
+static void run_case(traced *t, tg_plan *plan, results *r)
+{
+    for (int w = 0; w < t->c->n_watch; w++)
+        memcpy(tg_data(t->c->watch[w]), t->saved[w],
+               (size_t)tg_numel(t->c->watch[w]) * elem_size(t->c->watch[w]->dtype));
+    ck_assert_msg(tg_plan_run(plan) == 0, "run: %s", tg_last_error());
+    r->n = 0;
+    for (int o = 0; o < t->n_out; o++)
+        collect(r, t->out[o]->dtype, tg_plan_output(plan, o), tg_numel(t->out[o]));
+    for (int w = 0; w < t->c->n_watch; w++)
+        collect(r, t->c->watch[w]->dtype, tg_data(t->c->watch[w]), tg_numel(t->c->watch[w]));
+}
+
+/* No elementwise op or reduction may run outside a fused kernel. Returns the kernels. */
+static int check_all_fused(const tg_graph *g)
+{
+    int fused = 0;
+    for (int i = 0; i < g->n; i++) {
+        int op = g->nodes[i].op;
+        ck_assert_msg(!tg_ir_is_elementwise(op) && op != TG_OP_SUM && op != TG_OP_MAX,
+                      "node %d (%s) was left unfused", i, tg_ir_op_name(op));
+        fused += op == TG_PLAN_OP_FUSED;
+    }
+    return fused;
+}
+
+/* Whether some fused kernel's description contains text. */
+static bool has_kernel(const tg_graph *g, const char *text)
+{
+    for (int i = 0; i < g->n; i++) {
+        char what[512];
+        if (g->nodes[i].op != TG_PLAN_OP_FUSED)
+            continue;
+        tg_fused_describe(&g->nodes[i], what, sizeof what);
+        if (strstr(what, text))
+            return true;
+    }
+    return false;
+}
+
+static void print_kernels(const tg_graph *g)
+{
+    for (int i = 0; i < g->n; i++) {
+        char what[512];
+        if (g->nodes[i].op != TG_PLAN_OP_FUSED)
+            continue;
+        tg_fused_describe(&g->nodes[i], what, sizeof what);
+        fprintf(stderr, "  %%%d %s\n", i, what);
+    }
+}
+
+/* The case with fusion against the case without; returns the fused plan (the caller frees
+ * it) when keep is set. */
+static tg_plan *compare_case(fuse_case *c, traced *t, bool keep)
+{
+    tg_plan *plain = compile_case(t, false), *fused = compile_case(t, true);
+    results a = {0}, b = {0};
+    run_case(t, fused, &a);
+    run_case(t, plain, &b);
+    check_all_fused(tg_plan_graph(fused));
+    double err = rel_error(&a, &b);
+    if (!(err <= c->tol))
+        print_kernels(tg_plan_graph(fused));
+    ck_assert_msg(err <= c->tol, "fused differs from unfused by %g (tolerance %g)", err, c->tol);
+    results_free(&a);
+    results_free(&b);
+    tg_plan_free(plain);
+    if (keep)
+        return fused;
+    tg_plan_free(fused);
+    return NULL;
+}
+
+static void check_case(fuse_case *c)
+{
+    traced t;
+    trace_case(&t, c, 42);
+    compare_case(c, &t, false);
+    traced_free(&t);
+}
+
+static double tol_for(tg_dtype dt, bool same_order) { return dt == TG_F32 ? 1e-5 : same_order ? 1e-12 : 1e-9; }
+
+/* ---- elementwise chains with broadcasting ------------------------------------------------- */
+static int build_chain(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c;
+    tg_tensor *x = in[0], *b = in[1], *w = in[2];
+    tg_tensor *t = tg_add(tg_mul(tg_exp(tg_neg(x)), b), tg_div(w, tg_add_scalar(b, 3)));
+    t = tg_maximum(t, tg_sqrt(tg_recip(tg_add_scalar(tg_mul(w, w), 1))));
+    t = tg_sub(tg_log(tg_add_scalar(tg_mul(t, t), 0.5)), tg_scalar(tape, c->dt, 0.25));
+    out[0] = t;
+    out[1] = tg_mul(t, x); /* shares t: recomputed or stored, the values agree */
+    return out[1] ? 2 : -1;
+}
+
+START_TEST(elementwise_broadcast)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 3, .build = build_chain};
+        c.in[0] = (input_spec){"x", 3, {4, 5, 37}, -2, 2, false};
+        c.in[1] = (input_spec){"b", 3, {1, 5, 1}, 0.5, 2, false};
+        c.in[2] = (input_spec){"w", 2, {1, 37}, -1, 1, false};
+        c.tol = tol_for(c.dt, true);
+        check_case(&c);
+    }
+}
+END_TEST
+
+/* ---- batch norm: statistics, normalize, gradients ----------------------------------------- */
+static int build_batchnorm(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0], *w = in[1];
+    tg_tensor *y = tg_batch_norm(x, in[2], in[3], NULL, NULL, true, 0.1, 1e-5);
+    tg_tensor *loss = tg_sum(tg_mul(tg_relu(y), w), 0, NULL, false);
+    tg_tensor *xs[3] = {x, in[2], in[3]}, *g[3];
+    if (!loss || tg_grad(loss, 3, xs, NULL, g) != 0)
+        return -1;
+    out[0] = loss;
+    out[1] = g[0];
+    out[2] = g[1];
+    out[3] = g[2];
+    return 4;
+}
+
+START_TEST(batchnorm_statistics_and_normalize)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 4, .build = build_batchnorm};
+        c.in[0] = (input_spec){"x", 4, {6, 3, 7, 9}, -1, 3, false};
+        c.in[1] = (input_spec){"w", 4, {6, 3, 7, 9}, -1, 1, false};
+        c.in[2] = (input_spec){"gamma", 1, {3}, 0.5, 1.5, false};
+        c.in[3] = (input_spec){"beta", 1, {3}, -0.5, 0.5, false};
+        c.tol = tol_for(c.dt, false);
+        traced t;
+        trace_case(&t, &c, 7);
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        /* The normalize-scale-shift-relu pass over x is one kernel (here also the loss's). */
+        ck_assert_msg(has_kernel(g, "fused{sub mul add lt where"), "no single normalize kernel");
+        tg_plan_free(fused);
+        traced_free(&t);
+    }
+}
+END_TEST
+
+/* ---- reductions over several axes ----------------------------------------------------------- */
+static int build_reduce(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)tape;
+    tg_tensor *x = in[0];
+    tg_tensor *t = tg_add(tg_mul(x, x), tg_exp(tg_neg(x))); /* fused into the reduction */
+    uint32_t mask = (uint32_t)c->param;
+    out[0] = tg_reduce_mask(TG_OP_SUM, t, mask);
+    out[1] = tg_reduce_mask(TG_OP_MAX, t, mask);
+    out[2] = tg_reduce_mask(TG_OP_SUM, x, mask); /* straight from a load */
+    return out[2] ? 3 : -1;
+}
+
+START_TEST(reductions_over_axes)
+{
+    /* inner, outer, middle, inner + outer, two middle ones, all */
+    const uint32_t masks[] = {0x8, 0x1, 0x2, 0x4, 0x9, 0x5, 0x6, 0xF};
+    /* one tile; a long row cut into chunks; a chunk of the outer axis; short inner axes */
+    const int64_t shapes[][4] = {{3, 4, 5, 6}, {2, 3, 40, 1100}, {300, 2, 3, 5}, {9, 50, 3, 2}};
+    for (int d = 0; d < 2; d++)
+        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+            for (size_t m = 0; m < sizeof masks / sizeof *masks; m++) {
+                fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 1, .build = build_reduce,
+                               .param = (int)masks[m]};
+                c.in[0] = (input_spec){"x", 4, {0}, -2, 2, false};
+                memcpy(c.in[0].shape, shapes[s], sizeof shapes[s]);
+                c.tol = tol_for(c.dt, false);
+                check_case(&c);
+            }
+}
+END_TEST
+
+/* ---- max: ties and NaN ------------------------------------------------------------------------ */
+static int build_max(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    /* Rounding to multiples of 0.5 makes ties common; the gradient shares among them. */
+    tg_tensor *x = tg_mul_scalar(in[0], 1.0);
+    tg_tensor *m = tg_max(x, 1, (const int[]){1}, true);
+    tg_tensor *loss = tg_sum(tg_mul(m, in[1]), 0, NULL, false);
+    tg_tensor *g;
+    if (!loss || tg_grad(loss, 1, &x, NULL, &g) != 0)
+        return -1;
+    out[0] = m;
+    out[1] = g;
+    out[2] = tg_max(tg_maximum(x, tg_scalar(tape, c->dt, 0.5)), 1, (const int[]){0}, false);
+    return out[2] ? 3 : -1;
+}
+
+START_TEST(max_ties_and_nan)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_max};
+        c.in[0] = (input_spec){"x", 3, {5, 7, 3}, 0, 1, false};
+        c.in[1] = (input_spec){"w", 3, {5, 1, 3}, -1, 1, false};
+        c.tol = tol_for(c.dt, true);
+        traced t;
+        trace_case(&t, &c, 3);
+        for (int64_t i = 0; i < 5 * 7 * 3; i++) { /* ties everywhere, a NaN in two rows */
+            double v = floor((i * 37 % 11) / 4.0) * 0.5;
+            if (i == 17 || i == 64)
+                v = NAN;
+            if (c.dt == TG_F64)
+                ((double *)t.data[0])[i] = v;
+            else
+                ((float *)t.data[0])[i] = (float)v;
+        }
+        compare_case(&c, &t, false);
+        traced_free(&t);
+    }
+}
+END_TEST
+
+/* ---- movement views folded into loads --------------------------------------------------------- */
+static int build_views(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)tape;
+    tg_tensor *x = in[0]; /* [2, 3, 8, 12] */
+    tg_tensor *r = tg_relu(tg_add_scalar(tg_mul(x, x), -0.5));
+    /* permute + slice + reshape + expand of an unmaterialized chain */
+    tg_tensor *p = tg_permute(r, (const int[]){0, 2, 3, 1});                   /* [2,8,12,3] */
+    tg_tensor *s = tg_slice(p, (const int64_t[]){0, 1, 2, 0}, (const int64_t[]){2, 7, 10, 3});
+    tg_tensor *q = tg_reshape(s, 3, (const int64_t[]){2, 6, 24});
+    tg_tensor *e = tg_expand(tg_reshape(in[1], 3, (const int64_t[]){1, 6, 1}), 3,
+                             (const int64_t[]){2, 6, 24});
+    out[0] = tg_mul(tg_exp(q), e);
+    /* windows: overlapping (kernel 3, stride 1) and tiling (2, 2) */
+    int k = c->param;
+    tg_tensor *cols = tg_im2col(r, k, k, k == 2 ? 2 : 1, k == 2 ? 2 : 1);
+    tg_tensor *win = tg_reshape(cols, 5, (const int64_t[]){cols->shape[0], cols->shape[1], k * k,
+                                                           cols->shape[4], cols->shape[5]});
+    out[1] = tg_max(win, 1, (const int[]){2}, false);
+    out[2] = tg_sum(tg_mul(cols, cols), 2, (const int[]){2, 3}, true);
+    /* a permute as an output: a kernel that only moves data */
+    out[3] = tg_permute(x, (const int[]){3, 1, 0, 2});
+    /* transposes of the windows, back onto the image */
+    out[4] = tg_col2im(tg_mul_scalar(cols, 2.0), 8, 12, k == 2 ? 2 : 1, k == 2 ? 2 : 1);
+    return out[4] ? 5 : -1;
+}
+
+START_TEST(movement_views)
+{
+    const char *disable[] = {NULL, "simplify"}; /* windows as reshape/permute, or as im2col */
+    for (int d = 0; d < 2; d++)
+        for (int k = 2; k <= 3; k++)
+            for (int v = 0; v < 2; v++) {
+                fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_views,
+                               .param = k, .disable = disable[v]};
+                c.in[0] = (input_spec){"x", 4, {2, 3, 8, 12}, -1.5, 1.5, false};
+                c.in[1] = (input_spec){"s", 1, {6}, -1, 1, false};
+                c.tol = tol_for(c.dt, false);
+                check_case(&c);
+            }
+}
+END_TEST
+
+/* ---- where, lt, eq, cast --------------------------------------------------------------------- */
+static int build_compare(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    tg_tensor *x = in[0], *y = in[1];
+    tg_dtype other = c->dt == TG_F64 ? TG_F32 : TG_F64;
+    tg_tensor *half = tg_scalar(tape, c->dt, 0.5);
+    tg_tensor *m = tg_where(tg_lt(x, y), tg_sub(y, x), tg_mul(x, half));
+    tg_tensor *eq = tg_eq(tg_cast(tg_cast(x, other), c->dt), x); /* round trips are exact */
+    tg_tensor *wide = tg_cast(tg_add(m, eq), other);
+    out[0] = tg_cast(tg_mul(wide, tg_cast(y, other)), c->dt);
+    out[1] = tg_sum(tg_where(tg_eq(tg_mul_scalar(x, 0), y), x, m), 1, (const int[]){1}, false);
+    return out[1] ? 2 : -1;
+}
+
+START_TEST(where_lt_eq_cast)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_compare};
+        c.in[0] = (input_spec){"x", 2, {9, 33}, -1, 1, false};
+        c.in[1] = (input_spec){"y", 2, {1, 33}, -1, 1, false};
+        c.tol = tol_for(c.dt, false);
+        check_case(&c);
+    }
+}
+END_TEST
+
+/* ---- empty tensors and single values ------------------------------------------------------- */
+static int build_small(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c;
+    tg_tensor *e = in[0], *s = in[1]; /* [0, 3] and [] */
+    out[0] = tg_sum(tg_exp(e), 1, (const int[]){0}, true);  /* zeros */
+    out[1] = tg_mul(tg_add_scalar(e, 1), s);                  /* empty */
+    out[2] = tg_sqrt(tg_add(tg_mul(s, s), tg_scalar(tape, c->dt, 1)));
+    out[3] = tg_expand(tg_reshape(out[2], 2, SHAPE(1, 1)), 2, SHAPE(4, 5));
+    return out[3] ? 4 : -1;
+}
+
+START_TEST(empty_and_single_values)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_small};
+        c.in[0] = (input_spec){"e", 2, {0, 3}, -1, 1, false};
+        c.in[1] = (input_spec){"s", 0, {0}, -1, 1, false};
+        c.tol = tol_for(c.dt, true);
+        check_case(&c);
+    }
+}
+END_TEST
+
+/* ---- a training step: conv, batch norm, relu, max pool, linear, cross-entropy, SGD -------- */
+typedef struct {
+    tg_conv2d_layer conv;
+    tg_batchnorm_layer bn;
+    tg_linear_layer fc;
+    tg_params *params;
+    tg_optim *opt;
+} small_net;
+
+static small_net net; /* the training case's model, made before tracing */
+
+/* Images of c->param x c->param pixels. */
+static void setup_net(fuse_case *c, tg_tape *tape, tg_rng *rng)
+{
+    int64_t half = c->param / 2;
+    net.params = tg_params_new();
+    ck_assert_int_eq(tg_conv2d_layer_init(&net.conv, tape, rng, c->dt, 1, 4, 3, 1, 1, false), 0);
+    ck_assert_int_eq(tg_batchnorm_layer_init(&net.bn, tape, c->dt, 4), 0);
+    ck_assert_int_eq(tg_linear_layer_init(&net.fc, tape, rng, c->dt, 4 * half * half, 10, true),
+                     0);
+    ck_assert_int_eq(tg_conv2d_layer_register(&net.conv, net.params, "conv"), 0);
+    ck_assert_int_eq(tg_batchnorm_layer_register(&net.bn, net.params, "bn"), 0);
+    ck_assert_int_eq(tg_linear_layer_register(&net.fc, net.params, "fc"), 0);
+    tg_sgd_opts sgd = {.lr = 0.1, .momentum = 0.9};
+    net.opt = tg_sgd_new(net.params, &sgd);
+    ck_assert_ptr_nonnull(net.opt);
+}
+
+/* The step's loss; the parameters, running estimates and momentum it updates are watched. */
+static int build_step(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)tape;
+    tg_tensor *h = tg_batchnorm_layer_forward(&net.bn, tg_conv2d_layer_forward(&net.conv, in[0]),
+                                              true);
+    h = tg_max_pool2d(tg_relu(h), 2, 2, 0);
+    tg_tensor *loss = tg_cross_entropy(tg_linear_layer_forward(&net.fc, tg_flatten(h, 1)), in[1]);
+    tg_tensor *trainable[8], *grads[8];
+    size_t n = tg_params_trainable(net.params, trainable, 8);
+    if (!loss || tg_grad(loss, (int)n, trainable, NULL, grads) != 0 ||
+        tg_optim_step(net.opt, grads) != 0)
+        return -1;
+    for (size_t i = 0; i < tg_params_count(net.params); i++)
+        c->watch[c->n_watch++] = tg_params_get(net.params, i)->tensor;
+    tg_params *state = tg_optim_state(net.opt);
+    for (size_t i = 0; i < tg_params_count(state); i++)
+        c->watch[c->n_watch++] = tg_params_get(state, i)->tensor;
+    out[0] = loss;
+    return 1;
+}
+
+START_TEST(training_step)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_step,
+                       .setup = setup_net, .param = 12};
+        c.in[0] = (input_spec){"x", 4, {4, 1, 12, 12}, 0, 1, false};
+        c.in[1] = (input_spec){"y", 1, {4}, 0, 10, true}; /* labels */
+        c.tol = tol_for(c.dt, false);
+        traced t;
+        trace_case(&t, &c, 5);
+        tg_plan *fused = compare_case(&c, &t, true);
+        /* batch norm's normalize, relu and the 2x2 max pool: one kernel, whose relu output
+         * is never written */
+        ck_assert_msg(has_kernel(tg_plan_graph(fused), "fused{sub mul add lt where} + max("),
+                      "normalize + relu + pool is not one kernel");
+        tg_plan_free(fused);
+        tg_optim_free(net.opt);
+        tg_params_free(net.params);
+        traced_free(&t);
+    }
+}
+END_TEST
+
+/* ---- determinism across thread counts ------------------------------------------------------- */
+/* Compiled for two threads, run with one and with two: the same bits. */
+static void check_threads(fuse_case *c)
+{
+    traced t;
+    trace_case(&t, c, 11);
+    ck_assert_int_eq(tg_set_num_threads(2), 0);
+    tg_plan *plan = compile_case(&t, true);
+    results one = {0}, two = {0};
+    run_case(&t, plan, &two);
+    ck_assert_int_eq(tg_set_num_threads(1), 0);
+    run_case(&t, plan, &one);
+    for (int o = 0; o < one.n; o++)
+        ck_assert_msg(memcmp(one.value[o], two.value[o], (size_t)one.numel[o] * sizeof(double)) == 0,
+                      "result %d differs between 1 and 2 threads", o);
+    results_free(&one);
+    results_free(&two);
+    tg_plan_free(plan);
+    traced_free(&t);
+}
+
+START_TEST(threads_bit_identical)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case bn = {.dt = d ? TG_F64 : TG_F32, .n_in = 4, .build = build_batchnorm};
+        bn.in[0] = (input_spec){"x", 4, {16, 4, 24, 40}, -1, 3, false};
+        bn.in[1] = (input_spec){"w", 4, {16, 4, 24, 40}, -1, 1, false};
+        bn.in[2] = (input_spec){"gamma", 1, {4}, 0.5, 1.5, false};
+        bn.in[3] = (input_spec){"beta", 1, {4}, -0.5, 0.5, false};
+        check_threads(&bn);
+        fuse_case step = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_step,
+                          .setup = setup_net, .param = 28};
+        step.in[0] = (input_spec){"x", 4, {16, 1, 28, 28}, 0, 1, false};
+        step.in[1] = (input_spec){"y", 1, {16}, 0, 10, true};
+        check_threads(&step);
+        tg_optim_free(net.opt);
+        tg_params_free(net.params);
+    }
+}
+END_TEST
+
+/* ---- a planted bug must be caught -------------------------------------------------------------- */
+START_TEST(planted_wrong_instruction_is_caught)
+{
+    fuse_case c = {.dt = TG_F64, .n_in = 3, .build = build_chain, .tol = 1e-12};
+    c.in[0] = (input_spec){"x", 3, {4, 5, 37}, -2, 2, false};
+    c.in[1] = (input_spec){"b", 3, {1, 5, 1}, 0.5, 2, false};
+    c.in[2] = (input_spec){"w", 2, {1, 37}, -1, 1, false};
+    traced t;
+    trace_case(&t, &c, 42);
+    tg_plan *fused = compare_case(&c, &t, true), *plain = compile_case(&t, false);
+    tg_graph *g = (tg_graph *)tg_plan_graph(fused);
+    bool planted = false;
+    for (int i = 0; i < g->n && !planted; i++) {
+        tg_fused_program *p = g->nodes[i].payload;
+        for (int k = 0; g->nodes[i].op == TG_PLAN_OP_FUSED && k < p->n_instrs && !planted; k++) {
+            if (p->instr[k].op == TG_OP_ADD) {
+                p->instr[k].op = TG_OP_SUB;
+                ck_assert_int_eq(tg_fused_prepare(g, &g->nodes[i]), 0); /* as a plan build would */
+                planted = true;
+            }
+        }
+    }
+    ck_assert(planted);
+    results a = {0}, b = {0};
+    run_case(&t, fused, &a);
+    run_case(&t, plain, &b);
+    ck_assert_msg(rel_error(&a, &b) > 1e-3, "the planted sub for add went unnoticed");
+    results_free(&a);
+    results_free(&b);
+    tg_plan_free(fused);
+    tg_plan_free(plain);
+    traced_free(&t);
+}
+END_TEST
+
+/* ---- the executor on programs written by hand --------------------------------------------------- */
+/* A graph with one f64 input [2, 3] and a FUSED node over it; prog says what it computes. */
+static int hand_graph(tg_graph *g, tg_fused_program *prog, int64_t out_numel)
+{
+    tg_graph_init(g);
+    double *data = malloc(6 * sizeof *data);
+    for (int i = 0; i < 6; i++)
+        data[i] = i - 2.5;
+    tg_ir_node leaf = {.op = TG_OP_LEAF, .dtype = TG_F64, .ndim = 2, .shape = {2, 3},
+                       .leaf = TG_LEAF_CONST, .data = data, .tape_id = SIZE_MAX};
+    int x = tg_graph_add(g, &leaf);
+    tg_ir_node f = {.op = TG_PLAN_OP_FUSED, .dtype = TG_F64, .ndim = 1, .shape = {out_numel},
+                    .n_in = 1, .in = {x}, .payload = prog, .tape_id = SIZE_MAX};
+    return tg_graph_add(g, &f);
+}
+
+START_TEST(executor_hand_programs)
+{
+    /* y[j] = max_i (x[i, j] * 2 - 1), read transposed: iteration [3, 2], reduce axis 1 */
+    tg_fused_program *p = tg_fused_program_new();
+    *p = (tg_fused_program){.ndim = 2, .shape = {3, 2}, .reduce_op = TG_OP_MAX,
+                            .reduce_mask = 2, .n_loads = 1, .n_instrs = 4, .result = 4};
+    p->load[0] = (tg_fused_load){.input = 0, .dtype = TG_F64, .stride = {1, 3}};
+    p->instr[0] = (tg_fused_instr){.op = TG_OP_LEAF, .dtype = TG_F64, .value = 2};
+    p->instr[1] = (tg_fused_instr){.op = TG_OP_MUL, .dtype = TG_F64, .arg = {0, 1}};
+    p->instr[2] = (tg_fused_instr){.op = TG_OP_LEAF, .dtype = TG_F64, .value = 1};
+    p->instr[3] = (tg_fused_instr){.op = TG_OP_SUB, .dtype = TG_F64, .arg = {2, 3}};
+    tg_graph g;
+    int f = hand_graph(&g, p, 3);
+    ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), 0);
+    char what[128];
+    tg_fused_describe(&g.nodes[f], what, sizeof what);
+    ck_assert_str_eq(what, "fused{mul sub} + max(1)");
+    double y[3];
+    void *scratch = aligned_alloc(64, g.nodes[f].scratch_bytes ? g.nodes[f].scratch_bytes : 64);
+    const void *in[1] = {g.nodes[0].data};
+    tg_fused_run(&g.nodes[f], y, in, scratch);
+    for (int j = 0; j < 3; j++)
+        ck_assert_double_eq(y[j], fmax(2 * (j - 2.5) - 1, 2 * (3 + j - 2.5) - 1));
+
+    /* Programs the executor refuses, rather than reading outside an input. */
+    p->load[0].stride[1] = 4; /* reaches element 2 + 4 = 6 of 6 */
+    ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), TG_ERR_ARG);
+    p->load[0].stride[1] = 3;
+    p->instr[3].arg[1] = 4; /* reads itself */
+    ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), TG_ERR_ARG);
+    p->instr[3].arg[1] = 3;
+    p->instr[1].op = TG_OP_MATMUL;
+    ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), TG_ERR_ARG);
+    p->instr[1].op = TG_OP_MUL;
+    p->reduce_mask = 3; /* one output, but the node has three */
+    ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), TG_ERR_ARG);
+    free(scratch);
+    tg_graph_free(&g);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("fuse");
+    TCase *tc = tcase_create("fuse");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, elementwise_broadcast);
+    tcase_add_test(tc, batchnorm_statistics_and_normalize);
+    tcase_add_test(tc, reductions_over_axes);
+    tcase_add_test(tc, max_ties_and_nan);
+    tcase_add_test(tc, movement_views);
+    tcase_add_test(tc, where_lt_eq_cast);
+    tcase_add_test(tc, empty_and_single_values);
+    tcase_add_test(tc, training_step);
+    tcase_add_test(tc, threads_bit_identical);
+    tcase_add_test(tc, planted_wrong_instruction_is_caught);
+    tcase_add_test(tc, executor_hand_programs);
+    suite_add_tcase(s, tc);
+    return tg_run_suite(s);
+}

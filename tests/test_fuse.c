@@ -3,7 +3,8 @@
  * fusion keeps the order of arithmetic (elementwise chains) and 1e-9 where it does not
  * (sums accumulate per tile); f32 to 1e-5. Around that: the shape of the fused graph (no
  * elementwise op or reduction left outside a fused kernel, batch norm + relu + max pool in
- * one kernel), bit-identical results for 1 and 2 threads, a planted wrong instruction that
+ * one kernel, the pool's backward gradient written once for batch norm's backward kernels),
+ * bit-identical results for 1 and 2 threads, a planted wrong instruction that
  * the comparison catches, and programs the executor refuses. */
 #include "testing.h"
 #include "compile/plan_ops.h"
@@ -192,19 +193,21 @@ static int check_all_fused(const tg_graph *g)
     return fused;
 }
 
-/* Whether some fused kernel's description contains text. */
-static bool has_kernel(const tg_graph *g, const char *text)
+/* How many fused kernels' descriptions contain text. */
+static int count_kernels(const tg_graph *g, const char *text)
 {
+    int count = 0;
     for (int i = 0; i < g->n; i++) {
         char what[512];
         if (g->nodes[i].op != TG_PLAN_OP_FUSED)
             continue;
         tg_fused_describe(&g->nodes[i], what, sizeof what);
-        if (strstr(what, text))
-            return true;
+        count += strstr(what, text) != NULL;
     }
-    return false;
+    return count;
 }
+
+static bool has_kernel(const tg_graph *g, const char *text) { return count_kernels(g, text) > 0; }
 
 static void print_kernels(const tg_graph *g)
 {
@@ -410,7 +413,13 @@ static int build_views(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_ten
     out[3] = tg_permute(x, (const int[]){3, 1, 0, 2});
     /* transposes of the windows, back onto the image */
     out[4] = tg_col2im(tg_mul_scalar(cols, 2.0), 8, 12, k == 2 ? 2 : 1, k == 2 ? 2 : 1);
-    return out[4] ? 5 : -1;
+    /* the window maxima repeated k x k times (nearest upsampling): a gather whose innermost
+     * axis repeats one element (the pooled value over its window, in a pool's backward) */
+    int64_t oh = out[1]->shape[2], ow = out[1]->shape[3];
+    tg_tensor *up = tg_reshape(out[1], 6, (const int64_t[]){2, 3, oh, 1, ow, 1});
+    up = tg_expand(up, 6, (const int64_t[]){2, 3, oh, k, ow, k});
+    out[5] = tg_exp(tg_reshape(up, 4, (const int64_t[]){2, 3, oh * k, ow * k}));
+    return out[5] ? 6 : -1;
 }
 
 START_TEST(movement_views)
@@ -544,6 +553,15 @@ START_TEST(training_step)
          * is never written */
         ck_assert_msg(has_kernel(tg_plan_graph(fused), "fused{sub mul add lt where} + max("),
                       "normalize + relu + pool is not one kernel");
+        /* The gradient routed back through the pool to the relu output reads the pooled
+         * values repeated over each window (a gather): it is written once, and batch norm's
+         * backward kernels read it back. Only its kernel and the count of ties in each
+         * window recompute relu and test for the window's max. */
+        int window_tests = count_kernels(tg_plan_graph(fused), "lt where eq");
+        if (window_tests != 2)
+            print_kernels(tg_plan_graph(fused));
+        ck_assert_msg(window_tests == 2, "%d kernels test for the window's max, not 2",
+                      window_tests);
         tg_plan_free(fused);
         tg_optim_free(net.opt);
         tg_params_free(net.params);

@@ -12,7 +12,9 @@
  *     broadcast, overlapping windows): recomputing it at every repeat multiplies its work,
  *     so it is written once first (tinygrad's rule: materialize before an expand);
  *   - several kernels read it, and recomputing it in each would move more memory than
- *     writing it once and reading it back, or would repeat a long chain;
+ *     writing it once and reading it back, or would repeat a long chain; a value a
+ *     recomputation reads repeated in the middle of its axes (a pooled value over each
+ *     window, in a pool's backward) is gathered point by point, and counts as its points;
  *   - a reshape of the view a kernel has of it cannot be written with strides.
  * Movement ops never cost a pass over memory by themselves: the walk carries an affine map
  * from the kernel's iteration space to the indices of the node it is at, and permute,
@@ -22,9 +24,10 @@
  *
  * Decisions are made in rounds: build every kernel, then materialize the values that break
  * a rule (one rule at a time: a value read through an expand topmost first, a costly
- * shared value bottommost first; each changes who reads what around it), until a round
- * asks for nothing more. Each kernel then replaces its root by a FUSED node; what only
- * kernels read dies at the pipeline's compaction. */
+ * shared value bottommost first, unless writing a costly value above it makes it cheap;
+ * each changes who reads what around it), until a round asks for nothing more. Each
+ * kernel then replaces its root by a FUSED node; what only kernels read dies at the
+ * pipeline's compaction. */
 #include "passes.h"
 #include "plan_ops.h"
 #include "../kernels/fused.h"
@@ -516,9 +519,34 @@ static int build_all(fuser *f, kernel *kernels)
     return marked;
 }
 
+/* Whether operand u of n (an elementwise op's or an expand's) repeats its elements in the
+ * middle: an axis of size 1 that n widens, between two axes u keeps (a pooled value over
+ * its window: [N, C, 1, H, W] -> [N, C, 4, H, W]). A kernel reads such a view through a
+ * gather that fills every point, so it costs what its points do. Repeats on the outside
+ * (a bias over the rows) are copies of whole rows, and repeats on the inside (a
+ * per-channel scale) are a scalar per tile or runs of one value: those cost what the
+ * operand's own bytes do. */
+static bool repeats_inside(const tg_ir_node *n, const tg_ir_node *u)
+{
+    if (u->numel <= 1 || u->numel >= n->numel)
+        return false;
+    int lead = n->ndim - u->ndim;
+    bool kept_before = false, widened_between = false;
+    for (int a = 0; a < u->ndim; a++) {
+        if (u->shape[a] > 1 && widened_between)
+            return true;
+        if (u->shape[a] > 1)
+            kept_before = true;
+        else if (n->shape[a + lead] > 1 && kept_before)
+            widened_between = true;
+    }
+    return false;
+}
+
 /* What recomputing v costs against materializing it: the ops it repeats and the bytes of
- * the materialized values it reads, each node counted once. */
-static void recompute_cost(fuser *f, int v, int *ops, size_t *bytes)
+ * the materialized values it reads, each node counted once; one read through repeats
+ * inside (repeats_inside) counts the bytes of the points it fills, `repeat` times its own. */
+static void recompute_cost(fuser *f, int v, size_t repeat, int *ops, size_t *bytes)
 {
     if (f->stamp[v] == f->stamp_now)
         return;
@@ -526,25 +554,31 @@ static void recompute_cost(fuser *f, int v, int *ops, size_t *bytes)
     double c;
     if (loadable(f, v)) {
         if (!tg_ir_const_value(f->g, v, &c))
-            *bytes += value_bytes(node(f, v));
+            *bytes += value_bytes(node(f, v)) * repeat;
         return;
     }
-    *ops += tg_ir_is_elementwise(node(f, v)->op);
-    for (int k = 0; k < node(f, v)->n_in; k++)
-        recompute_cost(f, node(f, v)->in[k], ops, bytes);
+    const tg_ir_node *n = node(f, v);
+    *ops += tg_ir_is_elementwise(n->op);
+    bool broadcasts = tg_ir_is_elementwise(n->op) || n->op == TG_OP_EXPAND;
+    for (int k = 0; k < n->n_in; k++) {
+        const tg_ir_node *u = node(f, n->in[k]);
+        size_t r = repeat;
+        if (broadcasts && repeats_inside(n, u))
+            r *= (size_t)(n->numel / u->numel);
+        recompute_cost(f, n->in[k], r, ops, bytes);
+    }
 }
 
 /* k kernels reading v: recomputing reads its sources k times; materializing reads them
  * once, writes v and reads it k times. A single value costs nothing to read either way. */
-static bool shared_and_costly(fuser *f, int v)
+static bool costly_when_shared(fuser *f, int v, int k)
 {
-    int k = f->n_kernels[v];
     if (k < 2)
         return false;
     int ops = 0;
     size_t bytes = 0;
     f->stamp_now++;
-    recompute_cost(f, v, &ops, &bytes);
+    recompute_cost(f, v, 1, &ops, &bytes);
     size_t own = value_bytes(node(f, v));
     return ops > RECOMPUTE_MAX_OPS ||
            (node(f, v)->numel > 1 && (size_t)(k - 1) * bytes > (size_t)(k + 1) * own);
@@ -576,23 +610,45 @@ static bool candidate_below(fuser *f, int v, const bool *candidate)
     return false;
 }
 
+/* Flags the candidates under u that materializing u would make cheap. Every kernel that
+ * computes u computes them through it, so once u is written they are computed by the
+ * kernels that read them some other way and by u's own: without this, a chain whose cost
+ * is a gather at its bottom (a pooled value repeated over its window) would be written
+ * value by value, bottom first, where writing its top once is enough. */
+static void relieve_below(fuser *f, int u, const bool *candidate, bool *below, bool *relieved)
+{
+    memset(below, 0, ((size_t)f->g->n + 1) * sizeof *below);
+    flag_below(f, u, below);
+    for (int w = 0; w < f->g->n; w++)
+        if (below[w] && candidate[w] &&
+            !costly_when_shared(f, w, f->n_kernels[w] - f->n_kernels[u] + 1))
+            relieved[w] = true;
+}
+
 /* Materializes the values that break one rule. Repeated reads go topmost first (under a
  * value read through an expand, everything is read through it too, and is fine once it is
  * materialized); shared values go bottommost first (materializing one makes those above it
- * cheaper to recompute). Returns how many, or a negative status. */
+ * cheaper to recompute), leaving out those a costly value above them relieves. Returns how
+ * many, or a negative status. */
 static int materialize(fuser *f, bool shared_rule)
 {
     int n = f->g->n, marked = 0;
-    bool *candidate = calloc((size_t)n + 1, sizeof *candidate);
-    bool *skip = calloc((size_t)n + 1, sizeof *skip);
-    if (!candidate || !skip) {
-        free(candidate);
-        free(skip);
+    bool *flags = calloc(4 * ((size_t)n + 1), sizeof *flags);
+    if (!flags)
         return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
-    }
+    bool *candidate = flags, *skip = flags + n + 1, *below = skip + n + 1,
+         *relieved = below + n + 1;
     for (int v = 0; v < n; v++)
         candidate[v] = !f->mat[v] && f->n_kernels[v] > 0 &&
-                       (shared_rule ? shared_and_costly(f, v) : f->repeated[v]);
+                       (shared_rule ? costly_when_shared(f, v, f->n_kernels[v])
+                                    : f->repeated[v]);
+    if (shared_rule) {
+        for (int u = 0; u < n; u++)
+            if (candidate[u])
+                relieve_below(f, u, candidate, below, relieved);
+        for (int v = 0; v < n; v++)
+            candidate[v] &= !relieved[v];
+    }
     for (int v = 0; v < n; v++) {
         if (!candidate[v])
             continue;
@@ -609,8 +665,7 @@ static int materialize(fuser *f, bool shared_rule)
             marked++;
         }
     }
-    free(candidate);
-    free(skip);
+    free(flags);
     return marked;
 }
 

@@ -250,6 +250,16 @@ typedef struct {
                     for (int64_t c = 0; c < n1; c++)                                            \
                         row[c] = src[a * s2 + c * s1];                                          \
             }                                                                                   \
+        } else if (s1 == 0 && n1 == 2) { /* each element twice: a pool's backward, 2 wide */    \
+            for (int64_t a = 0; a < n2; a++) {                                                  \
+                T v = src[a * s2];                                                              \
+                y[a * 2] = v;                                                                   \
+                y[a * 2 + 1] = v;                                                               \
+            }                                                                                   \
+        } else if (s1 == 0) { /* each element n1 times: no multiply by a zero stride */         \
+            for (int64_t a = 0; a < n2; a++)                                                    \
+                for (int64_t c = 0; c < n1; c++)                                                \
+                    y[a * n1 + c] = src[a * s2];                                                \
         } else if (n1 == 2) { /* 2x2 windows: a constant inner count vectorizes */              \
             for (int64_t a = 0; a < n2; a++)                                                    \
                 for (int64_t c = 0; c < 2; c++)                                                 \

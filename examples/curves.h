@@ -10,7 +10,8 @@ typedef struct {
     double seconds;    /* training time of the epoch */
 } curve_point;
 
-/* Writes PREFIX.csv and PREFIX.svg; returns 0, or -1 with errno set. */
+/* Writes PREFIX.csv and PREFIX.svg (title: UTF-8 text, any characters; non-finite values are
+ * left out of the plot); returns 0, or -1 with errno set. */
 int curves_write(const char *prefix, const char *title, const curve_point *points, int n);
 
 #endif

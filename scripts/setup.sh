@@ -3,7 +3,8 @@
 # Usage: scripts/setup.sh [extra-package ...]
 set -euo pipefail
 
-packages=(build-essential meson ninja-build pkg-config libxsmm-dev check zlib1g-dev "$@")
+packages=(build-essential meson ninja-build pkg-config libxsmm-dev check zlib1g-dev libjansson-dev
+          doxygen "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

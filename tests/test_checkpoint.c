@@ -1,12 +1,13 @@
 /* Checkpoints: bit-exact round trips, the safetensors layout on disk, every kind of damaged or
- * foreign file, all-or-nothing loading into caller buffers, and the strict JSON header reader. */
+ * foreign file, all-or-nothing loading into caller buffers, and the strictness of the JSON
+ * header reading (jansson, as the loader configures it). */
 #include "testing.h"
 #include "scratch.h"
 
-#include "io/json.h"
 #include "tapegrad_io.h"
 
 #include <dirent.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -189,11 +190,14 @@ START_TEST(checkpoint_file_layout)
     ck_assert_ptr_nonnull(strstr(header, "\"__metadata__\":{\"model\":\"mlp-784-100-10\""));
     ck_assert_ptr_nonnull(strstr(header, "\\\"")); /* the escaped quote in the note */
     ck_assert_mem_eq(buf + 8 + n, w1, sizeof w1);
-    /* The header parses as strict JSON. */
-    tg_json root;
-    ck_assert_int_eq(tg_json_parse(header, n, "layout", &root), 0);
-    ck_assert_int_eq(root.type, TG_JSON_OBJECT);
-    tg_json_free(&root);
+    /* The header parses as strict JSON, members in the order written. */
+    json_error_t err;
+    json_t *root = json_loadb(header, n, JSON_REJECT_DUPLICATES, &err);
+    ck_assert_msg(root != NULL, "%s", err.text);
+    ck_assert(json_is_object(root));
+    const char *first = json_object_iter_key(json_object_iter(root));
+    ck_assert_str_eq(first, "layer1.weight");
+    json_decref(root);
     free(header);
     free(buf);
 }
@@ -309,20 +313,21 @@ START_TEST(checkpoint_bad_json)
         const char *header;
         const char *needle;
     } cases[] = {
-        {"{\"a\":", "invalid JSON"},
+        {"{\"a\":", "invalid JSON at byte"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},}", "invalid JSON"},
         {"[1,2]", "not a JSON object"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", "only integers"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} x", "trailing"},
-        {"{\"a\" {}}", "expected ':'"},
-        {"\x01{}", "unexpected character"},
-        {"{\"a\\x\":{}}", "unknown escape"},
-        {"{\"\xc3\x28\":{}}", "invalid UTF-8"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}",
+         "not a non-negative integer"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.0]}}", "[begin, end]"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} x",
+         "end of file expected"},
+        {"{\"a\" {}}", "':' expected"},
+        {"\x01{}", "'[' or '{' expected near '?'"}, /* the raw byte is not copied */
+        {"{\"a\\x\":{}}", "invalid escape"},
+        {"{\"\xc3\x28\":{}}", "unable to decode byte 0xc3"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-         "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", "key \"a\" twice"},
-        {"{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"
-         "}",
-         "nested too deeply"},
+         "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+         "duplicate object key near '\"a\"'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         write_raw(cases[i].header, 8);
@@ -508,78 +513,106 @@ START_TEST(checkpoint_overwrite_and_stale_temps)
 }
 END_TEST
 
-/* ---- the JSON reader ------------------------------------------------------------------------- */
+/* ---- the JSON of the header ----------------------------------------------------------------- */
+/* The loader hands headers to jansson with JSON_REJECT_DUPLICATES and without JSON_ALLOW_NUL or
+ * JSON_DECODE_ANY; these cases pin down what that accepts and refuses. */
 
-static void json_ok(const char *text, tg_json *out)
+/* A checkpoint of data_len zero bytes behind the given header (parsed from memory). */
+static int parse_header(const char *header, size_t n, size_t data_len, tg_checkpoint **c)
 {
-    int rc = tg_json_parse(text, strlen(text), "t", out);
-    ck_assert_msg(rc == 0, "\"%s\": %s", text, tg_last_error());
+    uint8_t *buf = calloc(1, 8 + n + data_len);
+    for (int i = 0; i < 8; i++)
+        buf[i] = (uint8_t)((uint64_t)n >> (8 * i));
+    memcpy(buf + 8, header, n);
+    int rc = tg_checkpoint_parse(buf, 8 + n + data_len, c);
+    free(buf);
+    return rc;
 }
 
-static void json_bad(const char *text, size_t len, const char *needle)
+/* A header of metadata only: {"__metadata__":{"k":VALUE}}. */
+static int parse_meta_value(const char *value, size_t len, tg_checkpoint **c)
 {
-    tg_json v;
-    ck_assert_int_eq(tg_json_parse(text, len, "t", &v), TG_ERR_FORMAT);
-    ck_assert_msg(strstr(tg_last_error(), needle), "\"%s\": \"%s\" lacks \"%s\"", text,
+    char header[256];
+    int n = snprintf(header, sizeof header, "{\"__metadata__\":{\"k\":");
+    memcpy(header + n, value, len);
+    memcpy(header + n + len, "}}", 2);
+    return parse_header(header, (size_t)n + len + 2, 0, c);
+}
+
+static void meta_value_bad(const char *value, size_t len, const char *needle)
+{
+    tg_checkpoint *c = NULL;
+    int rc = parse_meta_value(value, len, &c);
+    ck_assert_msg(rc == TG_ERR_FORMAT, "%.*s: expected a format error, got %d", (int)len, value,
+                  rc);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(strstr(tg_last_error(), needle), "%.*s: \"%s\" lacks \"%s\"", (int)len, value,
                   tg_last_error(), needle);
 }
 
-START_TEST(checkpoint_json_reader)
+START_TEST(checkpoint_header_json)
 {
-    tg_json v;
-    json_ok(" {\"s\": \"a\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\", \"n\": "
-            "[-9223372036854775808, 9223372036854775807, 0, -0], \"l\": [true, false, null], "
-            "\"e\": {}, \"a\": []}\r\n",
-            &v);
-    ck_assert_str_eq(tg_json_get(&v, "s")->string, "a\"\\/\b\f\n\r\t\xc3\xa9\xf0\x9f\x98\x80");
-    const tg_json *n = tg_json_get(&v, "n");
-    ck_assert_int_eq(n->count, 4);
-    ck_assert(n->items[0].integer == INT64_MIN);
-    ck_assert(n->items[1].integer == INT64_MAX);
-    ck_assert_int_eq(tg_json_get(&v, "l")->items[0].boolean, 1);
-    ck_assert_int_eq(tg_json_get(&v, "l")->items[2].type, TG_JSON_NULL);
-    ck_assert_int_eq(tg_json_get(&v, "e")->type, TG_JSON_OBJECT);
-    ck_assert_ptr_null(tg_json_get(&v, "missing"));
-    tg_json_free(&v);
-    json_ok("\"\xe2\x9c\x93\"", &v); /* raw UTF-8 */
-    tg_json_free(&v);
+    /* Every escape, raw UTF-8, whitespace around the object. */
+    tg_checkpoint *c;
+    const char *escaped = " {\"__metadata__\": {"
+                          "\"s\": \"a\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\", "
+                          "\"\xe2\x9c\x93\": \"\"}}\r\n";
+    ck_assert_msg(parse_header(escaped, strlen(escaped), 0, &c) == 0, "%s", tg_last_error());
+    ck_assert_str_eq(tg_checkpoint_meta(c, "s"), "a\"\\/\b\f\n\r\t\xc3\xa9\xf0\x9f\x98\x80");
+    ck_assert_str_eq(tg_checkpoint_meta(c, "\xe2\x9c\x93"), "");
+    tg_checkpoint_free(c);
 
-    char deep[80];
-    memset(deep, '[', 32);
-    memset(deep + 32, ']', 32);
-    json_ok((deep[64] = '\0', deep), &v);
-    tg_json_free(&v);
-    memset(deep, '[', 33);
-    memset(deep + 33, ']', 33);
-    json_bad(deep, 66, "nested too deeply");
+    /* Offsets and sizes take the whole int64 range before the layout judges them. */
+    const char *big = "{\"a\":{\"dtype\":\"F32\",\"shape\":[9223372036854775807],"
+                      "\"data_offsets\":[0,4]}}";
+    ck_assert_int_eq(parse_header(big, strlen(big), 4, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "does not take"));
+    const char *huge = "{\"a\":{\"dtype\":\"F32\",\"shape\":[9223372036854775808],"
+                       "\"data_offsets\":[0,4]}}";
+    ck_assert_int_eq(parse_header(huge, strlen(huge), 4, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "too big integer"));
+    const char *negative = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],"
+                           "\"data_offsets\":[-9223372036854775808,4]}}";
+    ck_assert_int_eq(parse_header(negative, strlen(negative), 4, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "outside the data section"));
 
-    json_bad("9223372036854775808", 19, "does not fit");
-    json_bad("-9223372036854775809", 20, "does not fit");
-    json_bad("-", 1, "expected a digit");
-    json_bad("01", 2, "leading zero");
-    json_bad("1e3", 3, "only integers");
-    json_bad("", 0, "unexpected end");
-    json_bad("   ", 3, "unexpected end");
-    json_bad("tru", 3, "unexpected character");
-    json_bad("{} x", 4, "trailing");
-    json_bad("\"\xff\"", 3, "invalid UTF-8");
-    json_bad("\"\xc0\x80\"", 4, "invalid UTF-8");       /* overlong NUL */
-    json_bad("\"\xed\xa0\x80\"", 5, "invalid UTF-8");   /* encoded surrogate */
-    json_bad("\"\xf4\x90\x80\x80\"", 6, "invalid UTF-8"); /* past U+10FFFF */
-    json_bad("\"\\udc00\"", 8, "lone low surrogate");
-    json_bad("\"\\ud800x\"", 9, "high surrogate");
-    json_bad("\"\\u0000\"", 8, "\\u0000");
-    json_bad("\"\\u12\"", 6, "four hex digits");
-    json_bad("\"a\nb\"", 5, "control character");
-    json_bad("\"abc", 4, "unterminated");
-    json_bad("\"a\0b\"", 5, "control character");
-    json_bad("[1 2]", 5, "expected ',' or ']'");
-    json_bad("{\"a\":1 \"b\":2}", 13, "expected ',' or '}'");
-    json_bad("{1:2}", 5, "string key");
-    json_bad("{\"a\":1,\"b\":2,\"a\":3}", 19, "twice");
-    ck_assert_int_eq(tg_json_parse(NULL, 0, "t", &v), TG_ERR_NULL);
-    ck_assert(tg_utf8_valid("h\xc3\xa9", 3));
-    ck_assert(!tg_utf8_valid("\xc3", 1));
+    /* Nesting is capped (jansson's limit is 2048 levels). */
+    static char deep[2 * 3000 + 64];
+    int n = snprintf(deep, sizeof deep, "{\"a\":");
+    memset(deep + n, '[', 3000);
+    memset(deep + n + 3000, ']', 3000);
+    memcpy(deep + n + 6000, "}", 1);
+    ck_assert_int_eq(parse_header(deep, (size_t)n + 6001, 0, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "maximum parsing depth"));
+
+    /* Strings: escapes, UTF-8 and NUL. */
+    meta_value_bad("\"\\u0000\"", 8, "\\u0000 is not allowed");
+    meta_value_bad("\"a\0b\"", 5, "control character");
+    meta_value_bad("\"a\nb\"", 5, "unexpected newline");
+    meta_value_bad("\"\xff\"", 3, "unable to decode byte 0xff");
+    meta_value_bad("\"\xc0\x80\"", 4, "unable to decode byte 0xc0");       /* overlong NUL */
+    meta_value_bad("\"\xed\xa0\x80\"", 5, "unable to decode byte 0xed");   /* surrogate */
+    meta_value_bad("\"\xf4\x90\x80\x80\"", 6, "unable to decode byte 0xf4"); /* > U+10FFFF */
+    meta_value_bad("\"\\udc00\"", 8, "invalid Unicode");
+    meta_value_bad("\"\\ud800x\"", 9, "invalid Unicode");
+    meta_value_bad("\"\\u12\"", 6, "invalid escape");
+    meta_value_bad("\"abc", 4, "premature end of input");
+    /* Numbers and literals (a metadata value must be a string, but the JSON fails first). */
+    meta_value_bad("01", 2, "invalid token");
+    meta_value_bad("-", 1, "invalid token");
+    meta_value_bad("tru", 3, "invalid token");
+    meta_value_bad("1e400", 5, "real number overflow");
+    meta_value_bad("NaN", 3, "invalid token");
+    meta_value_bad("1", 1, "not a string");
+    /* Structure. */
+    meta_value_bad("\"v\",\"k\":\"w\"", 11, "duplicate object key");
+    meta_value_bad("\"v\" \"j\":\"w\"", 11, "'}' expected");
+    ck_assert_int_eq(parse_header("{}x", 3, 0, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "end of file expected"));
+    ck_assert_int_eq(parse_header("  ", 2, 0, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "invalid JSON"));
+    ck_assert_int_eq(parse_header("\"x\"", 3, 0, &c), TG_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "'[' or '{' expected"));
 }
 END_TEST
 
@@ -601,7 +634,7 @@ int main(void)
     tcase_add_test(tc, checkpoint_null_arguments);
     tcase_add_test(tc, checkpoint_save_rejects_bad_entries);
     tcase_add_test(tc, checkpoint_overwrite_and_stale_temps);
-    tcase_add_test(tc, checkpoint_json_reader);
+    tcase_add_test(tc, checkpoint_header_json);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);
 }

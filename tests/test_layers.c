@@ -458,7 +458,7 @@ START_TEST(batchnorm_running_estimates)
     tg_tape *tape = tg_tape_new();
     tg_batchnorm_layer bn;
     ck_assert_int_eq(tg_batchnorm_layer_init(&bn, tape, TG_F64, 2), 0);
-    ck_assert_double_eq(bn.momentum, 0.9);
+    ck_assert_double_eq(bn.retention, 0.9);
     ck_assert_double_eq(bn.eps, 1e-5);
     tg_mark mark = tg_tape_mark(tape);
     /* x [4, 2]: channel 0 = 1, 2, 3, 4 (mean 2.5, biased var 1.25, unbiased 5/3);
@@ -496,7 +496,7 @@ START_TEST(batchnorm_running_estimates)
     /* 2-D: statistics over N, H, W per channel. */
     tg_batchnorm_layer bn2;
     ck_assert_int_eq(tg_batchnorm_layer_init(&bn2, tape, TG_F32, 3), 0);
-    bn2.momentum = 0.5;
+    bn2.retention = 0.5;
     tg_rng rng;
     tg_rng_seed(&rng, 3);
     tg_tensor *img = tg_rand_normal(tape, &rng, TG_F32, 4, SHAPE(2, 3, 4, 5), 1, 2);
@@ -710,7 +710,7 @@ START_TEST(layers_report_bad_arguments)
                                true, 0.9, 1e-5),
                  TG_ERR_SHAPE, "more than one value per channel");
     expect_error(tg_batch_norm(x, NULL, NULL, NULL, NULL, true, 1.5, 1e-5), TG_ERR_ARG,
-                 "momentum 1.5");
+                 "retention 1.5");
     expect_error(tg_log_softmax(x, 4), TG_ERR_AXIS, "log_softmax: axis 4");
     /* Labels: integers in [0, C), the logits' dtype, shape [N]. */
     tg_tensor *logits = tg_zeros(tape, TG_F32, 2, SHAPE(2, 3));

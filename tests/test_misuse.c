@@ -112,6 +112,11 @@ START_TEST(errors_state)
     ck_assert_str_eq(tg_last_error(), "");
     ck_assert_int_eq(tg_last_error_code(), TG_OK);
     ck_assert_str_eq(tg_dtype_name(TG_F32), "f32");
+    /* The library's version is the one the headers name. */
+    char version[32];
+    snprintf(version, sizeof version, "%d.%d.%d", TG_VERSION_MAJOR, TG_VERSION_MINOR,
+             TG_VERSION_PATCH);
+    ck_assert_str_eq(tg_version(), version);
     /* An unknown dtype has a name too (never NULL). */
     ck_assert_ptr_nonnull(tg_dtype_name((tg_dtype)7));
     ck_assert_ptr_nonnull(tg_dtype_name((tg_dtype)-1));
@@ -882,7 +887,7 @@ START_TEST(layer_structs_misuse)
     /* batch-norm layer */
     tg_batchnorm_layer bn, zero_bn;
     memset(&zero_bn, 0, sizeof zero_bn);
-    zero_bn.momentum = 0.9, zero_bn.eps = 1e-5; /* valid numbers, no tensors */
+    zero_bn.retention = 0.9, zero_bn.eps = 1e-5; /* valid numbers, no tensors */
     FAILS_NEG(tg_batchnorm_layer_init(NULL, tape, TG_F32, 3), TG_ERR_NULL);
 #define BN_INIT_FAILS(code, ...)                                                              \
     do {                                                                                      \
@@ -1541,8 +1546,8 @@ END_TEST
 /* Every public function this file calls. Keep it honest: list a name only when a test above
  * calls it. */
 static const char *const exercised[] = {
-    /* errors */
-    "tg_last_error", "tg_last_error_code", "tg_clear_error", "tg_dtype_name",
+    /* version, errors */
+    "tg_version", "tg_last_error", "tg_last_error_code", "tg_clear_error", "tg_dtype_name",
     /* tapes */
     "tg_tape_new", "tg_tape_free", "tg_tape_mark", "tg_tape_rewind", "tg_tape_size",
     "tg_tape_set_scope", "tg_tape_scope", "tg_tape_set_check_finite", "tg_tape_checks_finite",

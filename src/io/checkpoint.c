@@ -2,20 +2,21 @@
  * tensors into caller buffers by name, and the crash-safe writer.
  *
  * Reading never trusts the file: the header length is checked against the file, the JSON is
- * parsed strictly, each tensor's byte range must match its dtype and shape, and the ranges must
- * tile the data section exactly (no gap, no overlap, nothing left over) as safetensors itself
- * requires. Writing goes through a temporary file that is fsync'ed and renamed over the target,
- * so a crash at any moment leaves either the old file or the new one. */
+ * parsed strictly (by jansson, see read_json), each tensor's byte range must match its dtype
+ * and shape, and the ranges must tile the data section exactly (no gap, no overlap, nothing
+ * left over) as safetensors itself requires. Writing goes through a temporary file that is
+ * fsync'ed and renamed over the target, so a crash at any moment leaves either the old file or
+ * the new one. */
 #include "tapegrad_io.h"
 
 #include "file.h"
 #include "internal.h"
-#include "json.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -114,42 +115,45 @@ void tg_checkpoint_free(tg_checkpoint *c)
 
 /* ---- reading -------------------------------------------------------------------------------- */
 
-static int read_tensor(const char *src, const char *name, const tg_json *v, size_t data_len,
+static int read_tensor(const char *src, const char *name, const json_t *v, size_t data_len,
                        ckpt_tensor *t)
 {
-    if (v->type != TG_JSON_OBJECT)
+    if (!json_is_object(v))
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": its header entry is not an object",
                        src, name);
-    const tg_json *dtype = tg_json_get(v, "dtype");
-    const tg_json *shape = tg_json_get(v, "shape");
-    const tg_json *offsets = tg_json_get(v, "data_offsets");
-    if (!dtype || !shape || !offsets || v->count != 3)
+    const json_t *dtype = json_object_get(v, "dtype");
+    const json_t *shape = json_object_get(v, "shape");
+    const json_t *offsets = json_object_get(v, "data_offsets");
+    if (!dtype || !shape || !offsets || json_object_size(v) != 3)
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\" must have exactly the keys dtype, shape "
                        "and data_offsets", src, name);
-    if (dtype->type != TG_JSON_STRING)
+    if (!json_is_string(dtype))
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": dtype is not a string", src, name);
-    if (strcmp(dtype->string, "F32") == 0)
+    const char *dt = json_string_value(dtype);
+    if (strcmp(dt, "F32") == 0)
         t->dtype = TG_F32;
-    else if (strcmp(dtype->string, "F64") == 0)
+    else if (strcmp(dt, "F64") == 0)
         t->dtype = TG_F64;
     else
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\" has dtype \"%.20s\"; tapegrad reads F32 "
-                       "and F64", src, name, dtype->string);
-    if (shape->type != TG_JSON_ARRAY || shape->count > TG_MAX_DIMS)
+                       "and F64", src, name, dt);
+    if (!json_is_array(shape) || json_array_size(shape) > TG_MAX_DIMS)
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": shape must be an array of at most %d "
                        "sizes", src, name, TG_MAX_DIMS);
-    t->ndim = (int)shape->count;
+    t->ndim = (int)json_array_size(shape);
     for (int i = 0; i < t->ndim; i++) {
-        if (shape->items[i].type != TG_JSON_INT || shape->items[i].integer < 0)
+        const json_t *size = json_array_get(shape, (size_t)i);
+        if (!json_is_integer(size) || json_integer_value(size) < 0)
             return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": shape entry %d is not a "
                            "non-negative integer", src, name, i);
-        t->shape[i] = shape->items[i].integer;
+        t->shape[i] = json_integer_value(size);
     }
-    if (offsets->type != TG_JSON_ARRAY || offsets->count != 2 ||
-        offsets->items[0].type != TG_JSON_INT || offsets->items[1].type != TG_JSON_INT)
+    const json_t *first = json_array_get(offsets, 0), *last = json_array_get(offsets, 1);
+    if (!json_is_array(offsets) || json_array_size(offsets) != 2 || !json_is_integer(first) ||
+        !json_is_integer(last))
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": data_offsets must be [begin, end]",
                        src, name);
-    int64_t begin = offsets->items[0].integer, end = offsets->items[1].integer;
+    int64_t begin = json_integer_value(first), end = json_integer_value(last);
     if (begin < 0 || end < begin || (uint64_t)end > data_len)
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": data_offsets [%lld, %lld] are outside "
                        "the data section of %zu bytes", src, name, (long long)begin,
@@ -159,7 +163,7 @@ static int read_tensor(const char *src, const char *name, const tg_json *v, size
     if (!tensor_bytes(t->ndim, t->shape, elem_size(t->dtype), &bytes) ||
         bytes != (size_t)(end - begin))
         return tg_fail(TG_ERR_FORMAT, "%s: tensor \"%s\": a %s %s tensor does not take the %lld "
-                       "bytes of data_offsets [%lld, %lld]", src, name, dtype->string,
+                       "bytes of data_offsets [%lld, %lld]", src, name, dt,
                        tg_shape_str(s, sizeof s, t->ndim, t->shape), (long long)(end - begin),
                        (long long)begin, (long long)end);
     t->begin = (size_t)begin;
@@ -210,45 +214,50 @@ static int check_layout(const char *src, const tg_checkpoint *c)
     return rc;
 }
 
-static int read_metadata(const char *src, const tg_json *v, tg_checkpoint *c)
+static int read_metadata(const char *src, json_t *v, tg_checkpoint *c)
 {
-    if (v->type != TG_JSON_OBJECT)
+    if (!json_is_object(v))
         return tg_fail(TG_ERR_FORMAT, "%s: " METADATA_KEY " is not an object", src);
-    c->meta_keys = calloc(v->count + 1, sizeof *c->meta_keys);
-    c->meta_values = calloc(v->count + 1, sizeof *c->meta_values);
+    size_t n = json_object_size(v);
+    c->meta_keys = calloc(n + 1, sizeof *c->meta_keys);
+    c->meta_values = calloc(n + 1, sizeof *c->meta_values);
     if (!c->meta_keys || !c->meta_values)
         return tg_fail(TG_ERR_NOMEM, "%s: out of memory", src);
-    for (size_t i = 0; i < v->count; i++) {
-        if (v->items[i].type != TG_JSON_STRING)
+    const char *key;
+    json_t *value;
+    json_object_foreach(v, key, value) {
+        if (!json_is_string(value))
             return tg_fail(TG_ERR_FORMAT, "%s: metadata value \"%.100s\" is not a string", src,
-                           v->keys[i]);
-        c->meta_keys[i] = strdup(v->keys[i]);
-        c->meta_values[i] = strdup(v->items[i].string);
-        c->n_meta++;
+                           key);
+        int i = c->n_meta++;
+        c->meta_keys[i] = strdup(key);
+        c->meta_values[i] = strdup(json_string_value(value));
         if (!c->meta_keys[i] || !c->meta_values[i])
             return tg_fail(TG_ERR_NOMEM, "%s: out of memory", src);
     }
     return 0;
 }
 
-/* Fills c's tensors and metadata from the parsed header. */
-static int read_header(const char *src, const tg_json *root, tg_checkpoint *c)
+/* Fills c's tensors and metadata from the parsed header; jansson keeps an object's members in
+ * file order, so tensors are numbered as they appear. */
+static int read_header(const char *src, json_t *root, tg_checkpoint *c)
 {
-    if (root->type != TG_JSON_OBJECT)
+    if (!json_is_object(root))
         return tg_fail(TG_ERR_FORMAT, "%s: the header is not a JSON object", src);
-    if (root->count > INT_MAX)
+    if (json_object_size(root) > INT_MAX)
         return tg_fail(TG_ERR_FORMAT, "%s: too many tensors", src);
-    c->tensors = calloc(root->count + 1, sizeof *c->tensors);
+    c->tensors = calloc(json_object_size(root) + 1, sizeof *c->tensors);
     if (!c->tensors)
         return tg_fail(TG_ERR_NOMEM, "%s: out of memory", src);
-    for (size_t i = 0; i < root->count; i++) {
-        const char *key = root->keys[i];
+    const char *key;
+    json_t *value;
+    json_object_foreach(root, key, value) {
         int rc;
         if (strcmp(key, METADATA_KEY) == 0) {
-            rc = read_metadata(src, &root->items[i], c);
+            rc = read_metadata(src, value, c);
         } else {
             ckpt_tensor *t = &c->tensors[c->n_tensors];
-            rc = read_tensor(src, key, &root->items[i], c->data_len, t);
+            rc = read_tensor(src, key, value, c->data_len, t);
             if (rc == 0) {
                 t->name = strdup(key);
                 c->n_tensors++;
@@ -274,6 +283,28 @@ static int check_crc(const char *src, const tg_checkpoint *c, const uint8_t *dat
         return tg_fail(TG_ERR_FORMAT, "%s: checksum mismatch: the data section's CRC-32 is %s but "
                        "the header records \"%.20s\"; the file is corrupt", src, expect, recorded);
     return 0;
+}
+
+/* The header's JSON, decoded by jansson. Its decoder is strict RFC 8259: UTF-8 is validated
+ * (no overlongs, surrogates or code points past U+10FFFF), escapes are checked, integers that do
+ * not fit in 64 bits are refused, nesting is capped (at 2048), and only an object or an array
+ * may stand at the top with nothing after it. On top of that, a repeated key is refused (it
+ * would make a header ambiguous: two tensors of one name) and so is \u0000 in a string (names
+ * and metadata become C strings), which jansson refuses unless JSON_ALLOW_NUL is given. */
+static int read_json(const char *src, const uint8_t *text, size_t len, json_t **out)
+{
+    json_error_t err;
+    *out = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &err);
+    if (*out)
+        return 0;
+    if (json_error_code(&err) == json_error_out_of_memory)
+        return tg_fail(TG_ERR_NOMEM, "%s: out of memory while parsing the header", src);
+    /* jansson quotes the bytes near the error, which may be anything: keep the message text. */
+    for (char *p = err.text; *p; p++)
+        if (*p < 0x20 || *p > 0x7e)
+            *p = '?';
+    return tg_fail(TG_ERR_FORMAT, "%s: checkpoint header: invalid JSON at byte %d: %s", src,
+                   err.position, err.text);
 }
 
 /* Parses a whole file held in buf (which it takes over: freed on failure, kept as c->block on
@@ -307,14 +338,12 @@ static int parse_owned(uint8_t *buf, size_t len, const char *src, tg_checkpoint 
     }
     size_t header_len = (size_t)n;
     c->data_len = len - 8 - header_len;
-    char what[512];
-    snprintf(what, sizeof what, "%s: checkpoint header", src);
-    tg_json root;
-    rc = tg_json_parse((const char *)buf + 8, header_len, what, &root);
+    json_t *root;
+    rc = read_json(src, buf + 8, header_len, &root);
     if (rc)
         goto fail;
-    rc = read_header(src, &root, c);
-    tg_json_free(&root);
+    rc = read_header(src, root, c);
+    json_decref(root);
     if (rc)
         goto fail;
     uint8_t *data = buf + 8 + header_len;
@@ -502,6 +531,20 @@ static const char *find_duplicate(const char *const *strings, int n, int *status
     return dup;
 }
 
+/* 0 when s is well-formed UTF-8 as jansson judges it (it writes the header and refuses
+ * anything else), TG_ERR_ARG when it is not, TG_ERR_NOMEM when memory ran out judging. */
+static int check_utf8(const char *s)
+{
+    json_t *str = json_string(s);
+    if (!str) {
+        str = json_string_nocheck(s); /* fails only when memory runs out */
+        json_decref(str);
+        return str ? TG_ERR_ARG : TG_ERR_NOMEM;
+    }
+    json_decref(str);
+    return 0;
+}
+
 static int check_save_args(const char *path, const tg_ckpt_entry *entries, int n,
                            const char *const *keys, const char *const *values, int n_meta,
                            size_t *sizes)
@@ -514,8 +557,10 @@ static int check_save_args(const char *path, const tg_ckpt_entry *entries, int n
                        n_meta);
     for (int i = 0; i < n; i++) {
         const tg_ckpt_entry *e = &entries[i];
-        if (!e->name || !*e->name || !tg_utf8_valid(e->name, strlen(e->name)) ||
-            strcmp(e->name, METADATA_KEY) == 0)
+        int utf8 = e->name ? check_utf8(e->name) : TG_ERR_ARG;
+        if (utf8 == TG_ERR_NOMEM)
+            return tg_fail(TG_ERR_NOMEM, "%s: out of memory", who);
+        if (utf8 || !*e->name || strcmp(e->name, METADATA_KEY) == 0)
             return tg_fail(TG_ERR_ARG, "%s: entry %d needs a non-empty UTF-8 name other than "
                            METADATA_KEY, who, i);
         if (e->dtype != TG_F32 && e->dtype != TG_F64)
@@ -534,8 +579,12 @@ static int check_save_args(const char *path, const tg_ckpt_entry *entries, int n
     for (int i = 0; i < n_meta; i++) {
         if (!keys[i] || !values[i])
             return tg_fail(TG_ERR_NULL, "%s: metadata entry %d is NULL", who, i);
-        if (!tg_utf8_valid(keys[i], strlen(keys[i])) ||
-            !tg_utf8_valid(values[i], strlen(values[i])))
+        int utf8 = check_utf8(keys[i]);
+        if (utf8 == 0)
+            utf8 = check_utf8(values[i]);
+        if (utf8 == TG_ERR_NOMEM)
+            return tg_fail(TG_ERR_NOMEM, "%s: out of memory", who);
+        if (utf8)
             return tg_fail(TG_ERR_ARG, "%s: metadata entry \"%.60s\" is not UTF-8", who, keys[i]);
         if (strcmp(keys[i], TG_CKPT_CRC_KEY) == 0)
             return tg_fail(TG_ERR_ARG, "%s: the metadata key " TG_CKPT_CRC_KEY " is reserved for "
@@ -564,37 +613,57 @@ static int check_save_args(const char *path, const tg_ckpt_entry *entries, int n
     return 0;
 }
 
-/* The header JSON, padded with spaces so the data section starts 8-byte aligned in the file. */
+/* The header JSON, written by jansson in the order given (tensors, then "__metadata__" with
+ * the checksum last) and padded with spaces so the data section starts 8-byte aligned in the
+ * file. The strings were checked by check_save_args. On success *out is malloc'ed. */
 static int build_header(const tg_ckpt_entry *entries, int n, const size_t *sizes,
                         const char *const *keys, const char *const *values, int n_meta,
-                        uint32_t crc, tg_strbuf *sb)
+                        uint32_t crc, char **out, size_t *out_len)
 {
-    tg_strbuf_init(sb);
-    tg_strbuf_append(sb, "{", 1);
+    const char *who = "tg_checkpoint_save";
+    /* jansson's setters take over the value they are given even when they fail, and ignore a
+     * NULL one, so one flag checked at the end catches any allocation that failed. */
+    bool ok = true;
+    json_t *root = json_object();
     size_t at = 0;
     for (int i = 0; i < n; i++) {
         const tg_ckpt_entry *e = &entries[i];
-        tg_strbuf_json_string(sb, e->name);
-        tg_strbuf_printf(sb, ":{\"dtype\":\"%s\",\"shape\":[", st_dtype(e->dtype));
+        json_t *tensor = json_object(), *shape = json_array(), *offsets = json_array();
         for (int d = 0; d < e->ndim; d++)
-            tg_strbuf_printf(sb, "%s%" PRId64, d ? "," : "", e->shape[d]);
-        tg_strbuf_printf(sb, "],\"data_offsets\":[%zu,%zu]},", at, at + sizes[i]);
+            ok &= json_array_append_new(shape, json_integer(e->shape[d])) == 0;
+        ok &= json_array_append_new(offsets, json_integer((json_int_t)at)) == 0;
+        ok &= json_array_append_new(offsets, json_integer((json_int_t)(at + sizes[i]))) == 0;
+        ok &= json_object_set_new_nocheck(tensor, "dtype", json_string(st_dtype(e->dtype))) == 0;
+        ok &= json_object_set_new_nocheck(tensor, "shape", shape) == 0;
+        ok &= json_object_set_new_nocheck(tensor, "data_offsets", offsets) == 0;
+        ok &= json_object_set_new_nocheck(root, e->name, tensor) == 0;
         at += sizes[i];
     }
-    tg_strbuf_append(sb, "\"" METADATA_KEY "\":{", strlen(METADATA_KEY) + 4);
-    for (int i = 0; i < n_meta; i++) {
-        tg_strbuf_json_string(sb, keys[i]);
-        tg_strbuf_append(sb, ":", 1);
-        tg_strbuf_json_string(sb, values[i]);
-        tg_strbuf_append(sb, ",", 1);
+    json_t *meta = json_object();
+    for (int i = 0; i < n_meta; i++)
+        ok &= json_object_set_new_nocheck(meta, keys[i], json_string_nocheck(values[i])) == 0;
+    char crc_text[16];
+    snprintf(crc_text, sizeof crc_text, "%08" PRIx32, crc);
+    ok &= json_object_set_new_nocheck(meta, TG_CKPT_CRC_KEY, json_string(crc_text)) == 0;
+    ok &= json_object_set_new_nocheck(root, METADATA_KEY, meta) == 0;
+    size_t len = ok ? json_dumpb(root, NULL, 0, JSON_COMPACT) : 0;
+    char *text = len ? malloc(len + 8) : NULL;
+    if (text && json_dumpb(root, text, len, JSON_COMPACT) != len) {
+        free(text);
+        text = NULL;
     }
-    tg_strbuf_printf(sb, "\"" TG_CKPT_CRC_KEY "\":\"%08" PRIx32 "\"}}", crc);
-    while (sb->ok && (8 + sb->len) % 8 != 0)
-        tg_strbuf_append(sb, " ", 1);
-    if (!sb->ok) {
-        tg_strbuf_free(sb);
-        return tg_fail(TG_ERR_NOMEM, "tg_checkpoint_save: out of memory for the header");
+    json_decref(root);
+    if (!text)
+        return tg_fail(TG_ERR_NOMEM, "%s: out of memory for the header", who);
+    while ((8 + len) % 8 != 0)
+        text[len++] = ' ';
+    if (len > MAX_HEADER) {
+        free(text);
+        return tg_fail(TG_ERR_ARG, "%s: the header would take %zu bytes; readers refuse more "
+                       "than %u", who, len, MAX_HEADER);
     }
+    *out = text;
+    *out_len = len;
     return 0;
 }
 
@@ -725,9 +794,10 @@ int tg_checkpoint_save(const char *path, const tg_ckpt_entry *entries, int n,
         free(sizes);
         return rc;
     }
-    tg_strbuf header;
+    char *header = NULL;
+    size_t header_len = 0;
     rc = build_header(entries, n, sizes, meta_keys, meta_values, n_meta,
-                      data_crc(entries, n, sizes), &header);
+                      data_crc(entries, n, sizes), &header, &header_len);
     if (rc) {
         free(sizes);
         return rc;
@@ -755,10 +825,10 @@ int tg_checkpoint_save(const char *path, const tg_ckpt_entry *entries, int n,
     }
     uint8_t prefix[8];
     for (int i = 0; i < 8; i++)
-        prefix[i] = (uint8_t)((uint64_t)header.len >> (8 * i));
+        prefix[i] = (uint8_t)((uint64_t)header_len >> (8 * i));
     int err = write_all(fd, prefix, sizeof prefix);
     if (!err)
-        err = write_all(fd, header.data, header.len);
+        err = write_all(fd, header, header_len);
     for (int i = 0; i < n && !err; i++)
         err = write_tensor(fd, &entries[i], sizes[i]);
     if (!err && fsync(fd) != 0)
@@ -786,6 +856,6 @@ done:
     free(tmp);
     free(dir);
     free(sizes);
-    tg_strbuf_free(&header);
+    free(header);
     return rc;
 }

@@ -45,11 +45,13 @@ static tg_tensor *per_channel(tg_tensor *v, int ndim)
     return tg_reshape(v, ndim, shape);
 }
 
-/* running := momentum * running + (1 - momentum) * detach(batch), batch being [1, C, 1, ...]. */
-static int update_running(tg_tensor *running, tg_tensor *batch, double momentum)
+/* running := retention * running + (1 - retention) * detach(batch), batch being [1, C, 1, ...].
+ * retention is what PyTorch calls 1 - momentum. */
+static int update_running(tg_tensor *running, tg_tensor *batch, double retention)
 {
     tg_tensor *b = tg_reshape(tg_detach(batch), 1, running->shape);
-    tg_tensor *value = tg_add(tg_mul_scalar(running, momentum), tg_mul_scalar(b, 1.0 - momentum));
+    tg_tensor *value =
+        tg_add(tg_mul_scalar(running, retention), tg_mul_scalar(b, 1.0 - retention));
     if (!value)
         return tg_last_error_code();
     return tg_assign(running, value);
@@ -57,7 +59,7 @@ static int update_running(tg_tensor *running, tg_tensor *batch, double momentum)
 
 tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
                          tg_tensor *running_mean, tg_tensor *running_var, bool training,
-                         double momentum, double eps)
+                         double retention, double eps)
 {
     if (!tg_check_inputs("batch_norm", 1, &x))
         return NULL;
@@ -71,9 +73,9 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
         !check_channel_vector("running_mean", running_mean, x, c) ||
         !check_channel_vector("running_var", running_var, x, c))
         return NULL;
-    if (!(eps > 0) || !isfinite(eps) || !(momentum >= 0 && momentum <= 1)) {
-        tg_fail(TG_ERR_ARG, "batch_norm: eps %g must be > 0 and momentum %g in [0, 1]", eps,
-                momentum);
+    if (!(eps > 0) || !isfinite(eps) || !(retention >= 0 && retention <= 1)) {
+        tg_fail(TG_ERR_ARG, "batch_norm: eps %g must be > 0 and retention %g in [0, 1] (PyTorch's "
+                "momentum m is retention 1 - m)", eps, retention);
         return NULL;
     }
     if ((running_mean == NULL) != (running_var == NULL)) {
@@ -123,8 +125,8 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
     if (training && running_mean) {
         /* The running variance estimates the population variance: unbiased, n / (n - 1). */
         tg_tensor *unbiased = tg_mul_scalar(var, (double)count / (double)(count - 1));
-        if (update_running(running_mean, mean, momentum) != TG_OK ||
-            update_running(running_var, unbiased, momentum) != TG_OK)
+        if (update_running(running_mean, mean, retention) != TG_OK ||
+            update_running(running_var, unbiased, retention) != TG_OK)
             return NULL;
     }
     return y;
@@ -159,7 +161,7 @@ tg_tensor *tg_batchnorm_layer_forward(const tg_batchnorm_layer *layer, tg_tensor
         return NULL;
     }
     return tg_batch_norm(x, layer->gamma, layer->beta, layer->running_mean, layer->running_var,
-                         training, layer->momentum, layer->eps);
+                         training, layer->retention, layer->eps);
 }
 
 int tg_batchnorm_layer_register(const tg_batchnorm_layer *layer, tg_params *params,

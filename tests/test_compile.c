@@ -1,4 +1,7 @@
-/* Compiled plans against eager execution: tracing, the runner, updates, inputs, errors. */
+/* Compiled plans against eager execution: tracing, the runner, updates, inputs, errors; each
+ * pass alone (src/compile/pass_dce.c, pass_simplify.c, pass_cse.c, pass_fold_scale.c,
+ * pass_lower_conv.c, pass_fuse.c) and all together on a CNN's training step, and each shown to
+ * change the graph it is given. */
 #include "testing.h"
 #include "compile/graph.h"
 #include "tapegrad_nn.h"
@@ -270,6 +273,53 @@ START_TEST(training_step_each_pass)
 }
 END_TEST
 
+/* Each pass does something to the training step: a pass that silently stopped firing would
+ * still pass the equivalence tests above. DCE alone drops a dead value; every other pass, run
+ * with DCE only (which sweeps what it replaced), leaves fewer nodes than DCE alone did.
+ * (fold_scale acts on evaluation graphs; its own test is fold_scale_folds_batch_norm.) */
+START_TEST(each_pass_changes_the_step)
+{
+    const char *const changes[] = {"dce", "simplify", "cse", "lower_conv", "fuse"};
+    for (size_t c = 0; c < sizeof changes / sizeof *changes; c++) {
+        size_t config = 0;
+        while (strcmp(all_passes[config], changes[c]) != 0)
+            config++;
+        char disable[256] = "";
+        for (size_t k = 0; k < N_PASSES; k++) {
+            if (k == config || strcmp(all_passes[k], "dce") == 0)
+                continue;
+            strcat(disable, disable[0] ? "," : "");
+            strcat(disable, all_passes[k]);
+        }
+        cnn m;
+        cnn_init(&m);
+        tg_mark mark = tg_tape_mark(m.tape);
+        tg_tape_trace(m.tape, true);
+        tg_tensor *loss = cnn_step(&m, tg_placeholder(m.tape, "x", TG_F32, 4, SHAPE(BATCH, 1, 8, 8)),
+                                   tg_placeholder(m.tape, "y", TG_F32, 1, SHAPE(BATCH)));
+        tg_exp(loss); /* a value no output needs, which eager execution would compute */
+        tg_tape_trace(m.tape, false);
+        tg_plan *plan = tg_compile(m.tape, 1, &loss, &(tg_compile_opts){.disable = disable});
+        ck_assert_msg(plan != NULL, "%s", tg_last_error());
+        tg_tape_rewind(m.tape, mark);
+        tg_plan_stage before, after; /* the stage before the pass: traced, or after DCE */
+        int stages = tg_plan_stages(plan, 0, &before);
+        for (int s = 1; s < stages; s++) {
+            tg_plan_stages(plan, s, &after);
+            if (strcmp(after.name, changes[c]) == 0)
+                break;
+            if (strcmp(after.name, "dce") == 0)
+                before = after;
+        }
+        ck_assert_str_eq(after.name, changes[c]);
+        ck_assert_msg(after.ran && after.nodes < before.nodes, "%s left %d of %d nodes",
+                      changes[c], after.nodes, before.nodes);
+        tg_plan_free(plan);
+        cnn_free(&m);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("compile");
@@ -278,6 +328,7 @@ int main(void)
     tcase_add_test(tc, compiled_matches_eager);
     tcase_add_test(tc, fold_scale_folds_batch_norm);
     tcase_add_loop_test(tc, training_step_each_pass, 0, (int)N_PASSES + 2);
+    tcase_add_test(tc, each_pass_changes_the_step);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);
 }

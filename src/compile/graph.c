@@ -80,7 +80,7 @@ void tg_graph_free(tg_graph *g)
         return;
     for (int i = 0; i < g->n; i++)
         release_node(&g->nodes[i]);
-    for (int i = 0; i < g->n_strings; i++)
+    for (size_t i = 0; i < g->n_strings; i++)
         free(g->strings[i]);
     free(g->strings);
     free(g->nodes);
@@ -92,22 +92,7 @@ void tg_graph_free(tg_graph *g)
 
 const char *tg_graph_intern(tg_graph *g, const char *text)
 {
-    if (!text)
-        return NULL;
-    for (int i = 0; i < g->n_strings; i++)
-        if (strcmp(g->strings[i], text) == 0)
-            return g->strings[i];
-    char **strings = realloc(g->strings, (size_t)(g->n_strings + 1) * sizeof *strings);
-    if (!strings)
-        return NULL;
-    g->strings = strings;
-    size_t len = strlen(text) + 1;
-    char *copy = malloc(len);
-    if (!copy)
-        return NULL;
-    memcpy(copy, text, len);
-    g->strings[g->n_strings++] = copy;
-    return copy;
+    return text ? tg_intern_in(&g->strings, &g->n_strings, text) : NULL;
 }
 
 /* ---- appending and redirecting --------------------------------------------------------------- */

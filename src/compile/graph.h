@@ -87,7 +87,7 @@ typedef struct tg_graph {
     int *update_target, *update_value; /* updates, in recording order */
     int n_updates;
     char **strings; /* interned labels and names */
-    int n_strings;
+    size_t n_strings;
     /* Compaction keeps nodes no root needs while this is set: a graph from a tape starts with
      * every traced node (eager execution computes them all), and the DCE pass clears it. */
     bool keep_dead;

@@ -91,6 +91,10 @@ void tg_node_compute(struct tg_node *n);
 bool tg_check_has_value(const char *who, const struct tg_node *n);
 /* With the tape's finite check on: an error naming the node if its value has a NaN or inf. */
 int tg_node_check_finite(const struct tg_node *n);
+/* The copy of text in a table of strings (*strings, *count), added when it is not there yet:
+ * one copy per distinct text. NULL when out of memory. The tape and the compiler's graph
+ * both keep their labels this way. */
+const char *tg_intern_in(char ***strings, size_t *count, const char *text);
 /* A tape-owned copy of text, shared by every node that uses it; NULL when out of memory. */
 const char *tg_tape_intern(tg_tape *tape, const char *text);
 void *tg_tape_alloc(tg_tape *tape, size_t bytes); /* 64-byte aligned, tape-owned */

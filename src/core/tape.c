@@ -329,22 +329,27 @@ int tg_node_check_finite(const struct tg_node *n)
                    n->label ? ", in '" : "", n->label ? n->label : "", n->label ? "'" : "");
 }
 
-const char *tg_tape_intern(tg_tape *tape, const char *text)
+const char *tg_intern_in(char ***strings, size_t *count, const char *text)
 {
-    for (size_t i = 0; i < tape->n_strings; i++)
-        if (strcmp(tape->strings[i], text) == 0)
-            return tape->strings[i];
-    char **strings = realloc(tape->strings, (tape->n_strings + 1) * sizeof *strings);
-    if (!strings)
+    for (size_t i = 0; i < *count; i++)
+        if (strcmp((*strings)[i], text) == 0)
+            return (*strings)[i];
+    char **grown = realloc(*strings, (*count + 1) * sizeof *grown);
+    if (!grown)
         return NULL;
-    tape->strings = strings;
+    *strings = grown;
     size_t len = strlen(text) + 1;
     char *copy = malloc(len);
     if (!copy)
         return NULL;
     memcpy(copy, text, len);
-    strings[tape->n_strings++] = copy;
+    grown[(*count)++] = copy;
     return copy;
+}
+
+const char *tg_tape_intern(tg_tape *tape, const char *text)
+{
+    return tg_intern_in(&tape->strings, &tape->n_strings, text);
 }
 
 int tg_tape_set_scope(tg_tape *tape, const char *scope)

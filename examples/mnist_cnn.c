@@ -23,6 +23,7 @@
 #include "curves.h"
 #include "mnist_models.h"
 #include "tapegrad_io.h"
+#include "tapegrad_onnx.h"
 
 #define MNIST_MEAN 0.1307f
 #define MNIST_STD 0.3081f
@@ -42,6 +43,7 @@ typedef struct {
     bool eval_only, check_finite, constant_lr, eager;
     int64_t max_steps, save_every;
     int shift; /* augmentation: random translations of up to this many pixels */
+    const char *export_onnx; /* --export-onnx FILE */
 } options;
 
 static void usage(FILE *out)
@@ -68,6 +70,8 @@ static void usage(FILE *out)
             "  --eager           run every step op by op instead of through compiled plans\n"
             "  --dump-passes DIR write each compiled plan's graph after every pass into DIR\n"
             "  --curves PREFIX   write PREFIX.csv and PREFIX.svg (loss and accuracy per epoch)\n"
+            "  --export-onnx FILE  write the evaluation graph as an ONNX model (after training,\n"
+            "                    or from --load with --eval-only)\n"
             "  --help            this text\n");
 }
 
@@ -89,7 +93,7 @@ static int parse_options(int argc, char **argv, options *o)
 {
     enum { O_DATA = 1, O_MODEL, O_EPOCHS, O_BATCH, O_LR, O_THREADS, O_SEED, O_SAVE, O_LOAD,
            O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE, O_SCHEDULE, O_SHIFT,
-           O_EAGER, O_DUMP };
+           O_EAGER, O_DUMP, O_EXPORT_ONNX };
     static const struct option longs[] = {
         {"data", required_argument, 0, O_DATA},       {"model", required_argument, 0, O_MODEL},
         {"epochs", required_argument, 0, O_EPOCHS},   {"batch", required_argument, 0, O_BATCH},
@@ -102,7 +106,8 @@ static int parse_options(int argc, char **argv, options *o)
         {"check-finite", no_argument, 0, O_FINITE},
         {"schedule", required_argument, 0, O_SCHEDULE},
         {"shift", required_argument, 0, O_SHIFT},     {"eager", no_argument, 0, O_EAGER},
-        {"dump-passes", required_argument, 0, O_DUMP}, {0, 0, 0, 0}};
+        {"dump-passes", required_argument, 0, O_DUMP},
+        {"export-onnx", required_argument, 0, O_EXPORT_ONNX}, {0, 0, 0, 0}};
     *o = (options){.data_dir = "data/mnist", .model = MODEL_REFERENCE, .epochs = -1,
                    .batch = 0, .lr = 0, .threads = 1, .seed = 1, .shift = 2};
     int64_t v;
@@ -159,6 +164,7 @@ static int parse_options(int argc, char **argv, options *o)
         case O_FINITE: o->check_finite = true; break;
         case O_EAGER: o->eager = true; break;
         case O_DUMP: o->dump_passes = optarg; break;
+        case O_EXPORT_ONNX: o->export_onnx = optarg; break;
         case O_SHIFT:
             if (parse_count("--shift", optarg, 0, &v) || v > 8)
                 return -1;
@@ -684,6 +690,34 @@ static void teardown(run *r)
     tg_mnist_free(&r->test);
 }
 
+/* --export-onnx: the evaluation forward, traced for a batch of 2 (the file's batch axis is
+ * symbolic), written as ONNX with the input's normalization in its metadata. */
+static int export_onnx(run *r)
+{
+    char mean[32], std[32], doc[256];
+    snprintf(mean, sizeof mean, "%g", (double)MNIST_MEAN);
+    snprintf(std, sizeof std, "%g", (double)MNIST_STD);
+    snprintf(doc, sizeof doc, "tapegrad MNIST %s model. Input images: float32 [N, 1, 28, 28], "
+             "pixel = (byte / 255 - %s) / %s, white digit on black as in MNIST. Output: logits "
+             "[N, 10] (softmax for probabilities).", model_name(r->opt.model), mean, std);
+    const tg_onnx_meta meta[] = {{"tapegrad.model", model_name(r->opt.model)},
+                                 {"tapegrad.normalize_mean", mean},
+                                 {"tapegrad.normalize_std", std}};
+    tg_onnx_options opts = {.output_name = "logits", .graph_name = "mnist", .doc = doc,
+                            .meta = meta, .n_meta = 3};
+    tg_tape_trace(r->tape, true);
+    tg_tensor *x = tg_placeholder(r->tape, "images", TG_F32, 4, (int64_t[]){2, 1, 28, 28});
+    tg_tensor *logits = model_forward(&r->model, x, false);
+    tg_tape_trace(r->tape, false);
+    int status = tg_export_onnx(r->tape, x, logits, r->opt.export_onnx, &opts);
+    tg_tape_rewind(r->tape, r->mark);
+    if (status != 0)
+        return fail("--export-onnx");
+    printf("exported the %s model to %s (ONNX opset %d)\n", model_name(r->opt.model),
+           r->opt.export_onnx, TG_ONNX_OPSET);
+    return 0;
+}
+
 static int64_t count_parameters(const tg_params *params)
 {
     int64_t total = 0;
@@ -716,6 +750,8 @@ int main(int argc, char **argv)
     }
     if (status == 0)
         status = evaluate(&r, &test_acc);
+    if (status == 0 && r.opt.export_onnx)
+        status = export_onnx(&r);
     if (status == 0 && r.opt.curves && n_points > 0) {
         char title[128];
         snprintf(title, sizeof title, "tapegrad: MNIST, %s model", model_name(r.opt.model));

@@ -135,20 +135,32 @@ static bool const_scalar(const exporter *e, int i, double *v)
     return true;
 }
 
-/* Adds sign * c to acc[C], where c is a constant broadcast against an output of rank
- * out_ndim along `axis` only (every other axis of c is 1). False when c varies elsewhere. */
-static bool add_per_axis(const exporter *e, int c, int out_ndim, int axis, int64_t C,
-                         float sign, float *acc)
+/* The C values of a constant c broadcast against an output of rank out_ndim along `axis`
+ * only (every other axis of c is 1; one value for all is fine too), into vals. False when c
+ * varies along another axis. */
+static bool per_axis(const exporter *e, int c, int out_ndim, int axis, int64_t C, float *vals)
 {
     const tg_ir_node *x = node(e, c);
-    if (x->ndim > out_ndim)
+    if (x->ndim > out_ndim || e->dyn[c])
         return false;
     int offset = out_ndim - x->ndim;
     for (int j = 0; j < x->ndim; j++)
         if (x->shape[j] != 1 && !(j + offset == axis && x->shape[j] == C))
             return false;
     for (int64_t k = 0; k < C; k++)
-        acc[k] += sign * e->cval[c][x->numel == 1 ? 0 : k];
+        vals[k] = e->cval[c][x->numel == 1 ? 0 : k];
+    return true;
+}
+
+/* acc += sign * c, c per-axis as above. */
+static bool add_per_axis(const exporter *e, int c, int out_ndim, int axis, int64_t C,
+                         float sign, float *acc)
+{
+    float vals[4096];
+    if (C > 4096 || !per_axis(e, c, out_ndim, axis, C, vals))
+        return false;
+    for (int64_t k = 0; k < C; k++)
+        acc[k] += sign * vals[k];
     return true;
 }
 
@@ -260,6 +272,26 @@ typedef struct {
     double pad_value;
 } window;
 
+/* A zero-or-more padding of the image axes of w->x, taken into w (when it is w->x's only
+ * use): ONNX's operators pad by themselves. */
+static bool absorb_pad(const exporter *e, window *w)
+{
+    int p = w->x;
+    if (!is_op(e, p, TG_OP_PAD) || !single_use(e, p) || node(e, p)->ndim != 4)
+        return true;
+    const int64_t *a = node(e, p)->attr;
+    if (a[0] || a[1] || a[TG_MAX_DIMS] || a[TG_MAX_DIMS + 1] || a[2] < 0 || a[3] < 0 ||
+        a[TG_MAX_DIMS + 2] < 0 || a[TG_MAX_DIMS + 3] < 0)
+        return false;
+    w->pads[0] = a[2];
+    w->pads[1] = a[3];
+    w->pads[2] = a[TG_MAX_DIMS + 2];
+    w->pads[3] = a[TG_MAX_DIMS + 3];
+    w->pad_value = node(e, p)->fattr;
+    w->x = in(e, p, 0);
+    return true;
+}
+
 /* pad(x) -> im2col, or im2col of x directly: the windows of x. */
 static bool match_im2col(const exporter *e, int c, window *w)
 {
@@ -268,20 +300,7 @@ static bool match_im2col(const exporter *e, int c, window *w)
     const tg_ir_node *col = node(e, c);
     *w = (window){.x = in(e, c, 0), .kh = col->attr[0], .kw = col->attr[1],
                   .sh = col->attr[2], .sw = col->attr[3]};
-    int p = in(e, c, 0);
-    if (is_op(e, p, TG_OP_PAD) && single_use(e, p) && node(e, p)->ndim == 4) {
-        const int64_t *a = node(e, p)->attr;
-        if (a[0] || a[1] || a[TG_MAX_DIMS] || a[TG_MAX_DIMS + 1] || a[2] < 0 || a[3] < 0 ||
-            a[TG_MAX_DIMS + 2] < 0 || a[TG_MAX_DIMS + 3] < 0)
-            return false;
-        w->pads[0] = a[2];
-        w->pads[1] = a[3];
-        w->pads[2] = a[TG_MAX_DIMS + 2];
-        w->pads[3] = a[TG_MAX_DIMS + 3];
-        w->pad_value = node(e, p)->fattr;
-        w->x = in(e, p, 0);
-    }
-    return node(e, w->x)->ndim == 4 && e->dyn[w->x];
+    return absorb_pad(e, w) && node(e, w->x)->ndim == 4 && e->dyn[w->x];
 }
 
 typedef struct {
@@ -321,6 +340,14 @@ static bool match_gemm(const exporter *e, int i)
            node(e, in(e, i, 0))->ndim == 2 && node(e, in(e, i, 1))->ndim == 2;
 }
 
+/* Max pooling pads with -inf, average pooling with zeros (counted in the divisor). */
+static bool pad_fits(const exporter *e, int i, const window *w)
+{
+    double want = is_op(e, i, TG_OP_MAX) ? -INFINITY : 0.0;
+    bool padded = w->pads[0] || w->pads[1] || w->pads[2] || w->pads[3];
+    return !padded || w->pad_value == want;
+}
+
 /* max or sum over axis 2 of [N, C, kh*kw, Ho, Wo] windows: pooling. */
 static bool match_pool(const exporter *e, int i, window *w)
 {
@@ -333,11 +360,8 @@ static bool match_pool(const exporter *e, int i, window *w)
         return false;
     int src = in(e, r, 0);
     const int64_t *ws = node(e, r)->shape;
-    if (match_im2col(e, src, w)) {
-        double want = is_op(e, i, TG_OP_MAX) ? -INFINITY : 0.0;
-        bool padded = w->pads[0] || w->pads[1] || w->pads[2] || w->pads[3];
-        return (!padded || w->pad_value == want) && ws[2] == w->kh * w->kw;
-    }
+    if (match_im2col(e, src, w))
+        return pad_fits(e, i, w) && ws[2] == w->kh * w->kw;
     /* simplify's form of windows that tile the image: reshape [N, C, Ho, kh, Wo, kw],
      * permute (0, 1, 3, 5, 2, 4), reshape [N, C, kh*kw, Ho, Wo] */
     static const int64_t perm[6] = {0, 1, 3, 5, 2, 4};
@@ -354,7 +378,7 @@ static bool match_pool(const exporter *e, int i, window *w)
         xn->shape[3] != qs[4] * qs[5] || ws[2] != qs[3] * qs[5])
         return false;
     *w = (window){.x = x, .kh = qs[3], .kw = qs[5], .sh = qs[3], .sw = qs[5]};
-    return true;
+    return absorb_pad(e, w) && pad_fits(e, i, w);
 }
 
 /* where(lt(0, x), x, 0) or maximum(x, 0) / maximum(0, x): the ReLU of x. */
@@ -384,12 +408,27 @@ static int emit_pool(exporter *e, int i, const window *w, bool average, double s
     if (!x)
         return tg_last_error_code();
     char h[128];
+    int64_t no_pads[4] = {0}, k[2] = {w->kh, w->kw}, s[2] = {w->sh, w->sw};
+    const int64_t *pads = w->pads;
+    if (average && (pads[0] || pads[1] || pads[2] || pads[3])) {
+        /* Zeros that count in the divisor: an explicit Pad, then an unpadded AveragePool.
+         * The same as count_include_pad = 1, which OpenCV 4.6 gets wrong where a window
+         * reaches into the padding at the end. */
+        const int64_t all[8] = {0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]};
+        const char *ins[2] = {x, onnx_add_int64_init(e->b, hint(e, i, "pads", h, sizeof h), 8,
+                                                     all)};
+        onnx_node *p = ins[1] ? onnx_add_node(e->b, "Pad", hint(e, i, "pad", h, sizeof h), 2,
+                                              ins)
+                              : NULL;
+        if (!p)
+            return nomem();
+        x = onnx_node_output(p);
+        pads = no_pads;
+    }
     onnx_node *n = onnx_add_node(e->b, average ? "AveragePool" : "MaxPool",
                                  hint(e, i, average ? "avgpool" : "maxpool", h, sizeof h), 1, &x);
-    int64_t k[2] = {w->kh, w->kw}, s[2] = {w->sh, w->sw};
     if (!n || onnx_attr_ints(e->b, n, "kernel_shape", 2, k) ||
-        onnx_attr_ints(e->b, n, "strides", 2, s) || onnx_attr_ints(e->b, n, "pads", 4, w->pads) ||
-        (average && onnx_attr_int(e->b, n, "count_include_pad", 1)))
+        onnx_attr_ints(e->b, n, "strides", 2, s) || onnx_attr_ints(e->b, n, "pads", 4, pads))
         return nomem();
     const tg_ir_node *xn = node(e, w->x);
     int64_t shape[4] = {xn->shape[0], xn->shape[1],
@@ -511,6 +550,75 @@ static int try_affine(exporter *e, int i, bool *done)
     return status;
 }
 
+/* A chain of adds, subs, muls and divs by per-channel constants on a value [N, C, ...]
+ * (batch norm in evaluation where no convolution or linear layer before it took its scale):
+ * y = s x + t per channel, written as BatchNormalization with mean 0, variance 1 and epsilon
+ * 0, which every reader runs as that affine map. */
+static int try_channel_affine(exporter *e, int i, bool *done)
+{
+    *done = false;
+    const tg_ir_node *top = node(e, i);
+    if (top->ndim < 2 || top->shape[1] > 4096)
+        return TG_OK;
+    int64_t C = top->shape[1];
+    int chain[64], n = 0, cur = i;
+    while (n < 64 && (cur == i || single_use(e, cur)) &&
+           (is_op(e, cur, TG_OP_ADD) || is_op(e, cur, TG_OP_SUB) || is_op(e, cur, TG_OP_MUL) ||
+            is_op(e, cur, TG_OP_DIV))) {
+        int a = in(e, cur, 0), b = in(e, cur, 1);
+        float vals[4096];
+        int d = e->dyn[a] && !e->dyn[b] ? a : !e->dyn[a] && e->dyn[b] ? b : -1;
+        if (d < 0 || (is_op(e, cur, TG_OP_DIV) && d != a) ||
+            !per_axis(e, d == a ? b : a, top->ndim, 1, C, vals) ||
+            !same_shape(node(e, d)->ndim, node(e, d)->shape, top->ndim, top->shape))
+            break;
+        chain[n++] = cur;
+        cur = d;
+    }
+    if (n == 0)
+        return TG_OK;
+    float *sc = malloc((size_t)C * sizeof *sc), *sh = calloc((size_t)C, sizeof *sh);
+    float *zeros = calloc((size_t)C, sizeof *zeros), *ones = malloc((size_t)C * sizeof *ones);
+    float vals[4096];
+    if (!sc || !sh || !zeros || !ones) {
+        free(sc), free(sh), free(zeros), free(ones);
+        return nomem();
+    }
+    for (int64_t k = 0; k < C; k++)
+        sc[k] = ones[k] = 1;
+    for (int j = n - 1; j >= 0; j--) { /* from the bottom of the chain up */
+        int op = node(e, chain[j])->op, a = in(e, chain[j], 0), b = in(e, chain[j], 1);
+        bool x_first = e->dyn[a];
+        per_axis(e, x_first ? b : a, top->ndim, 1, C, vals);
+        for (int64_t k = 0; k < C; k++) {
+            float v = vals[k];
+            if (op == TG_OP_ADD)
+                sh[k] += v;
+            else if (op == TG_OP_SUB && x_first)
+                sh[k] -= v;
+            else if (op == TG_OP_SUB) /* v - (s x + t) */
+                sc[k] = -sc[k], sh[k] = v - sh[k];
+            else if (op == TG_OP_MUL)
+                sc[k] *= v, sh[k] *= v;
+            else
+                sc[k] /= v, sh[k] /= v;
+        }
+    }
+    char h[128];
+    const char *ins[5] = {exact(e, cur),
+                          onnx_add_float_init(e->b, hint(e, i, "scale", h, sizeof h), 1, &C, sc),
+                          onnx_add_float_init(e->b, hint(e, i, "shift", h, sizeof h), 1, &C, sh),
+                          onnx_add_float_init(e->b, hint(e, i, "mean", h, sizeof h), 1, &C, zeros),
+                          onnx_add_float_init(e->b, hint(e, i, "var", h, sizeof h), 1, &C, ones)};
+    free(sc), free(sh), free(zeros), free(ones);
+    onnx_node *bn;
+    int status = emit_node(e, i, "BatchNormalization", "batchnorm", 5, ins, &bn);
+    if (status == TG_OK && onnx_attr_float(e->b, bn, "epsilon", 0))
+        status = nomem();
+    *done = true;
+    return status;
+}
+
 static int emit_binary(exporter *e, int i, const char *op)
 {
     const char *ins[2] = {operand(e, in(e, i, 0)), operand(e, in(e, i, 1))};
@@ -598,15 +706,19 @@ static int emit(exporter *e, int i)
     case TG_OP_SUB:
         if ((status = try_affine(e, i, &done)) != TG_OK || done)
             return status;
+        if ((status = try_channel_affine(e, i, &done)) != TG_OK || done)
+            return status;
         return emit_binary(e, i, x->op == TG_OP_ADD ? "Add" : "Sub");
     case TG_OP_MUL:
-        if (match_average(e, i, &w)) {
-            if ((status = emit_pool(e, i, &w, true, 1)) != TG_OK)
-                return status;
-            return TG_OK;
-        }
+        if (match_average(e, i, &w))
+            return emit_pool(e, i, &w, true, 1);
+        if ((status = try_channel_affine(e, i, &done)) != TG_OK || done)
+            return status;
         return emit_binary(e, i, "Mul");
-    case TG_OP_DIV: return emit_binary(e, i, "Div");
+    case TG_OP_DIV:
+        if ((status = try_channel_affine(e, i, &done)) != TG_OK || done)
+            return status;
+        return emit_binary(e, i, "Div");
     case TG_OP_MAXIMUM:
         if (match_relu(e, i, &a)) {
             const char *v = exact(e, a);

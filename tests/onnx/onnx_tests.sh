@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # ONNX export checked by others' code (suite 'onnx'), run by `meson test`.
 # Usage: onnx_tests.sh MNIST_CNN ONNX_LOGITS DATA_DIR MODEL
+#        onnx_tests.sh layers ONNX_LAYERS
+#   layers: a model of strided padded convolution, padded and overlapping pooling and batch
+#   norm (onnx_layers) exported and run by OpenCV on a random input: same output to 1e-4.
 #   Trains MODEL (reference or seed) briefly through compiled plans, saves a checkpoint and
 #   exports it with --export-onnx, both after training and from the checkpoint (--load
 #   --eval-only: the two files must be identical); gets tapegrad's own logits for the test
@@ -9,13 +12,21 @@
 # Exits 77 (skipped) without MNIST, or without /usr/bin/python3's onnx and cv2 modules
 # (Debian's python3-onnx and python3-opencv; scripts/test.sh installs them).
 set -euo pipefail
-bin=$1 logits_bin=$2 data=$3 model=$4
 here=$(cd "$(dirname "$0")" && pwd)
+python_ok() { /usr/bin/python3 -c 'import onnx, cv2' 2>/dev/null; }
+if [ "$1" = layers ]; then
+    python_ok || { echo "/usr/bin/python3 has no onnx or cv2 module: skipped"; exit 77; }
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    "$2" "$work"
+    exec /usr/bin/python3 "$here/check_layers.py" "$work"
+fi
+bin=$1 logits_bin=$2 data=$3 model=$4
 if [ ! -f "$data/t10k-images-idx3-ubyte" ] && [ ! -f "$data/t10k-images-idx3-ubyte.gz" ]; then
     echo "MNIST is not in $data (scripts/fetch_mnist.sh fetches it): skipped"
     exit 77
 fi
-if ! /usr/bin/python3 -c 'import onnx, cv2' 2>/dev/null; then
+if ! python_ok; then
     echo "/usr/bin/python3 has no onnx or cv2 module (apt-get install python3-onnx python3-opencv): skipped"
     exit 77
 fi

@@ -2,8 +2,12 @@
 # ONNX export checked by others' code (suite 'onnx'), run by `meson test`.
 # Usage: onnx_tests.sh MNIST_CNN ONNX_LOGITS DATA_DIR MODEL
 #        onnx_tests.sh layers ONNX_LAYERS
+#        onnx_tests.sh predict MNIST_CNN MNIST_PREDICT DATA_DIR
 #   layers: a model of strided padded convolution, padded and overlapping pooling and batch
 #   norm (onnx_layers) exported and run by OpenCV on a random input: same output to 1e-4.
+#   predict: the seed model trained for 400 steps (not scaled: the check needs a model that
+#   has learned), then check_predict.py feeds mnist_predict MNIST test digits written as PNG
+#   and PGM files of other sizes, types and polarities, and files that are not images.
 #   Trains MODEL (reference or seed) briefly through compiled plans, saves a checkpoint and
 #   exports it with --export-onnx, both after training and from the checkpoint (--load
 #   --eval-only: the two files must be identical); gets tapegrad's own logits for the test
@@ -20,6 +24,14 @@ if [ "$1" = layers ]; then
     trap 'rm -rf "$work"' EXIT
     "$2" "$work"
     exec /usr/bin/python3 "$here/check_layers.py" "$work"
+fi
+if [ "$1" = predict ]; then
+    python_ok || { echo "/usr/bin/python3 has no onnx or cv2 module: skipped"; exit 77; }
+    [ -f "$4/t10k-images-idx3-ubyte" ] || { echo "MNIST is not in $4: skipped"; exit 77; }
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    "$2" --data "$4" --model seed --max-steps 400 --save "$work/ck" >/dev/null
+    exec /usr/bin/python3 "$here/check_predict.py" "$3" "$work/ck" "$4" "$work"
 fi
 bin=$1 logits_bin=$2 data=$3 model=$4
 if [ ! -f "$data/t10k-images-idx3-ubyte" ] && [ ! -f "$data/t10k-images-idx3-ubyte.gz" ]; then

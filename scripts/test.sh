@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh clang libclang-rt-14-dev
+# The ONNX checks (suite onnx): python3-onnx validates exported files, python3-opencv runs them.
+scripts/setup.sh python3-onnx python3-opencv
 scripts/fetch_mnist.sh data/mnist
 
 configure() { # dir, options...

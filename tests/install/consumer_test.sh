@@ -31,11 +31,11 @@ lib="$root$libdir" inc="$root$includedir"
 say "installed tree:"
 (cd "$root" && find . -type f -o -type l | sort | sed 's/^\./  /')
 
-headers=(tapegrad.h tapegrad_nn.h tapegrad_io.h)
+headers=(tapegrad.h tapegrad_nn.h tapegrad_io.h tapegrad_onnx.h)
 for h in "${headers[@]}"; do
     [[ -f $inc/$h ]] || die "$h is not installed"
 done
-extra=$(cd "$inc" && ls | grep -vxF -e tapegrad.h -e tapegrad_nn.h -e tapegrad_io.h || true)
+extra=$(cd "$inc" && ls | grep -vxF -e tapegrad.h -e tapegrad_nn.h -e tapegrad_io.h -e tapegrad_onnx.h || true)
 [[ -z $extra ]] || die "headers installed that are not public: $extra"
 for f in libtapegrad.a libtapegrad.so pkgconfig/tapegrad.pc; do
     [[ -e $lib/$f ]] || die "$libdir/$f is not installed"

@@ -819,6 +819,10 @@ static int prepare(exporter *e, tg_tape *tape, tg_tensor *input, tg_tensor *outp
     int status = tg_graph_from_tape(&e->g, tape, 1, &output);
     if (status != TG_OK)
         return status;
+    if (e->g.n_updates > 0)
+        return tg_fail(TG_ERR_ARG, "tg_export_onnx: the trace records %d update(s) (tg_assign: "
+                       "an optimizer step, or batch norm in training mode); trace the "
+                       "evaluation forward pass alone (training = false)", e->g.n_updates);
     tg_plan_stage stages[TG_MAX_STAGES];
     int n_stages;
     uint32_t off = (1u << TG_PASS_ID_lower_conv) | (1u << TG_PASS_ID_fuse);

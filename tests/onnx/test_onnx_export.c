@@ -113,6 +113,20 @@ START_TEST(unmappable_node_is_named)
 }
 END_TEST
 
+START_TEST(training_mode_is_refused)
+{
+    tg_tensor *g = param(1, SHAPE(3)), *b = param(1, SHAPE(3));
+    tg_tensor *mean = tg_zeros(tape, TG_F32, 1, SHAPE(3));
+    tg_tensor *var = tg_full(tape, TG_F32, 1, SHAPE(3), 1);
+    tg_tape_trace(tape, true);
+    tg_tensor *x = tg_placeholder(tape, "x", TG_F32, 2, SHAPE(4, 3));
+    tg_tensor *y = tg_batch_norm(x, g, b, mean, var, true, 0.9, 1e-5);
+    tg_tape_trace(tape, false);
+    ck_assert_int_eq(tg_export_onnx(tape, x, y, path, NULL), TG_ERR_ARG);
+    ck_assert_msg(strstr(tg_last_error(), "training"), "message: %s", tg_last_error());
+}
+END_TEST
+
 START_TEST(batch_axis_must_stay_first)
 {
     tg_tape_trace(tape, true);
@@ -183,6 +197,7 @@ int main(void)
     tcase_add_test(tc, null_and_wrong_arguments);
     tcase_add_test(tc, unmappable_node_is_named);
     tcase_add_test(tc, batch_axis_must_stay_first);
+    tcase_add_test(tc, training_mode_is_refused);
     tcase_add_test(tc, second_input_and_f64_are_refused);
     tcase_add_test(tc, layers_become_operators);
     suite_add_tcase(s, tc);

@@ -37,7 +37,7 @@ typedef struct {
     float *v; /* w * h gray levels in [0, 1], 0 black */
 } image;
 
-/* ---- reading --------------------------------------------------------------------------------- */
+/* ---- reading ----------------------------------------------------------------------------- */
 static int read_whole(const char *path, unsigned char **buf, long *len, char *err, size_t esz)
 {
     FILE *f = fopen(path, "rb");
@@ -229,7 +229,7 @@ static int read_image(const char *path, image *im, char *err, size_t esz)
     return status;
 }
 
-/* ---- making it look like MNIST ----------------------------------------------------------------- */
+/* ---- making it look like MNIST ----------------------------------------------------------- */
 /* Mean of src over the rectangle [x0, x1) x [y0, y1) (fractional edges weighted). */
 static float area_mean(const float *src, int sw, int sh, double x0, double x1, double y0, double y1)
 {
@@ -319,7 +319,7 @@ static int to_mnist(const image *im, float out[28 * 28], char *err, size_t esz)
     return 0;
 }
 
-/* ---- the model ------------------------------------------------------------------------------- */
+/* ---- the model --------------------------------------------------------------------------- */
 static int load_model(const char *path, tg_tape *tape, mnist_model *m)
 {
     tg_checkpoint *c;

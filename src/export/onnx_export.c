@@ -52,7 +52,7 @@ typedef struct {
     struct tg_node *prim; /* what the eager kernels read */
 } exporter;
 
-/* ---- messages --------------------------------------------------------------------------------- */
+/* ---- messages ---------------------------------------------------------------------------- */
 static const char *describe(const exporter *e, int i, char *buf, size_t size)
 {
     const tg_ir_node *x = &e->g.nodes[i];
@@ -80,7 +80,7 @@ static const char *hint(const exporter *e, int i, const char *what, char *buf, s
     return buf;
 }
 
-/* ---- constants ---------------------------------------------------------------------------------- */
+/* ---- constants --------------------------------------------------------------------------- */
 static const tg_ir_node *node(const exporter *e, int i) { return &e->g.nodes[i]; }
 static int in(const exporter *e, int i, int k) { return e->g.nodes[i].in[k]; }
 static bool is_op(const exporter *e, int i, int op) { return e->g.nodes[i].op == op; }
@@ -172,7 +172,7 @@ static const char *constant(exporter *e, int i)
                                e->cval[i]);
 }
 
-/* ---- values --------------------------------------------------------------------------------- */
+/* ---- values ------------------------------------------------------------------------------ */
 static int emit(exporter *e, int i);
 
 static void set_value(exporter *e, int i, const char *name, int ndim, const int64_t *shape)
@@ -264,7 +264,7 @@ static int emit_node(exporter *e, int i, const char *op, const char *what, int n
     return TG_OK;
 }
 
-/* ---- matchers ------------------------------------------------------------------------------ */
+/* ---- matchers ---------------------------------------------------------------------------- */
 typedef struct {
     int x;              /* the input image batch [N, C, H, W] */
     int64_t kh, kw, sh, sw;
@@ -401,7 +401,7 @@ static bool match_relu(const exporter *e, int i, int *x)
            (*x = a, true);
 }
 
-/* ---- emitting the groups -------------------------------------------------------------------- */
+/* ---- emitting the groups ----------------------------------------------------------------- */
 static int emit_pool(exporter *e, int i, const window *w, bool average, double scale_after)
 {
     const char *x = exact(e, w->x);
@@ -767,7 +767,7 @@ static int emit(exporter *e, int i)
     }
 }
 
-/* ---- the entry point ------------------------------------------------------------------------ */
+/* ---- the entry point --------------------------------------------------------------------- */
 static void exporter_free(exporter *e)
 {
     if (e->owned)

@@ -14,9 +14,9 @@ sum to 1; at least 90% of all predictions, and 80% in every form (33 or 34 digit
 the labels. Why those figures: the test's briefly trained seed model gets about 96% of the
 test set right (196 of these 200 digits, given MNIST's own tensors); re-rendering blurs or
 moves strokes by a pixel, which tips a few borderline digits (189/200 when this was written);
-a wrong polarity, crop, scale or centring costs a form far more than 20%; a garbage file, an empty file, a
-truncated PGM and a missing file each get an error naming them, and the others are still
-classified (exit status 1)."""
+a wrong polarity, crop, scale or centring costs a form far more than 20%. A garbage file, an
+empty file, a truncated PGM and a missing file each get an error naming them, and the others
+are still classified (exit status 1)."""
 import os
 import subprocess
 import sys

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh clang libclang-rt-14-dev
+scripts/setup.sh clang libclang-rt-14-dev libdnnl-dev
 scripts/fetch_mnist.sh data/mnist
 
 configure() { # dir, options...

@@ -381,8 +381,8 @@ static double rel_error(const float *v, const float *ref, size_t n)
 
 /* Each tensor's max |v - ref| / max |ref| must be at most CHECK_TOLERANCE = 1e-4. Why that
  * bound: f32 rounds to u = 6e-8; the longest sums are batch norm's statistics and the weight
- * gradient, over N*H*W = 3136 terms in quick mode (shape B; 6272 for A) and the convolution's
- * 9*C = 288 terms; blocked or pairwise summation keeps their error near sqrt(terms) * u ~
+ * gradient, over N*H*W terms (3136 for shape A in quick mode, 784 for B; 25088 at batch 128)
+ * and the convolution's 9*C = 288; blocked or pairwise summation keeps their error near sqrt(terms) * u ~
  * 1e-5 of the largest term, and the worst case (terms * u) is 2e-4 only for naive sums, with
  * batch norm's backward (dy - mean(dy) - xhat mean(dy xhat)) adding a cancellation of a few
  * units. Measured errors are printed (~1e-6 to 1e-5); an error in a rule (eps in the wrong

@@ -552,8 +552,8 @@ static void print_table(const shape *s, int threads, const measured *m, const ma
     }
 }
 
-static int bench_shape(const shape *s, const int *threads, int n_threads, const run_opts *o,
-                       char *summary, size_t summary_size)
+static int bench_shape(const shape *s, const int *threads, const machine *machines,
+                       int n_threads, const run_opts *o, char *summary, size_t summary_size)
 {
     block_data d;
     block_results ref = {0}, got = {0};
@@ -568,7 +568,7 @@ static int bench_shape(const shape *s, const int *threads, int n_threads, const 
     for (int ti = 0; ti < n_threads; ti++) {
         int t = threads[ti];
         set_threads(t);
-        machine mc = measure_machine(s, 1, t, o->quick);
+        machine mc = machines[ti];
         eager_block e;
         compiled_block c;
         char err[256] = "";
@@ -809,10 +809,19 @@ int main(int argc, char **argv)
     describe_cpu();
     printf("batch %d, %d repeat(s), medians; variants alternate within each repeat\n", batch,
            repeats);
+    /* The roofline's two numbers, once per thread count, over every shape's GEMMs. */
+    machine machines[MAX_THREADS];
+    for (int i = 0; i < n_threads; i++) {
+        set_threads(threads[i]);
+        machines[i] = measure_machine(shapes, n_shapes, threads[i], quick);
+        printf("machine at %d thread(s): libxsmm GEMM best %.1f GFLOP/s, triad %.1f GB/s\n",
+               threads[i], machines[i].gemm_gflops, machines[i].triad_gbs);
+    }
     char summary[8192] = "";
     int status = 0;
     for (int i = 0; i < n_shapes; i++) {
-        int r = bench_shape(&shapes[i], threads, n_threads, &o, summary, sizeof summary);
+        int r = bench_shape(&shapes[i], threads, machines, n_threads, &o, summary,
+                            sizeof summary);
         if (r < 0)
             return 1;
         status |= r;

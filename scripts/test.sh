@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh clang libclang-rt-14-dev
-# The ONNX checks (suite onnx): python3-onnx validates exported files, python3-opencv runs them.
-scripts/setup.sh python3-onnx python3-opencv
+# Test-only tools: clang and its runtime for the sanitizer and fuzzing builds; python3-onnx
+# validates exported files and python3-opencv runs them (suite onnx); libdnnl-dev lets
+# bench/conv_bn --quick check oneDNN's block against ours (suite bench).
+scripts/setup.sh clang libclang-rt-14-dev python3-onnx python3-opencv libdnnl-dev
 scripts/fetch_mnist.sh data/mnist
 
 configure() { # dir, options...

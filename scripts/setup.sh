@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(build-essential meson ninja-build pkg-config libxsmm-dev check zlib1g-dev libjansson-dev
-          doxygen "$@")
+          doxygen libopenmpi-dev openmpi-bin "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -75,6 +75,25 @@ TG_API int tg_comm_broadcast(tg_comm *comm, void *data, int64_t bytes, int root)
 /** Returns when every rank has called it; 0 or TG_ERR_COMM. */
 TG_API int tg_comm_barrier(tg_comm *comm);
 
+/** Stops every rank of comm's job (MPI_Abort with status) and does not return; for a program
+ * that cannot go on after a failure on one rank while the others wait in a collective. The
+ * library never calls it itself. With one rank it returns TG_ERR_ARG and does nothing. */
+TG_API int tg_comm_abort(tg_comm *comm, int status);
+
+/** What a communicator's all-reduces have cost since it was made or last reset (one-rank
+ * communicators count nothing: they do not communicate). */
+typedef struct {
+    int64_t calls;  /**< MPI_Allreduce calls */
+    int64_t bytes;  /**< bytes reduced (each rank's buffer, not the traffic) */
+    double seconds; /**< wall time inside MPI_Allreduce, waiting for slower ranks included */
+} tg_comm_stats;
+
+/** Copies comm's counters into stats; 0 or TG_ERR_NULL. */
+TG_API int tg_comm_get_stats(const tg_comm *comm, tg_comm_stats *stats);
+
+/** Zeroes comm's counters (NULL is allowed). */
+TG_API void tg_comm_reset_stats(tg_comm *comm);
+
 /** Attaches comm to tape: its all-reduce nodes, eager or compiled, reduce over comm. NULL
  * detaches (the all-reduce is then the identity). A plan keeps the communicator of its tape
  * at the time it was compiled. Returns 0 or TG_ERR_NULL for a NULL tape. */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef TG_HAVE_MPI
 #include <mpi.h>
@@ -18,6 +19,7 @@
 
 struct tg_comm {
     int rank, size;
+    tg_comm_stats stats;
 #ifdef TG_HAVE_MPI
     bool mpi;       /* false: the one-rank communicator */
     MPI_Comm world; /* our duplicate of MPI_COMM_WORLD */
@@ -131,6 +133,38 @@ void tg_comm_free(tg_comm *comm)
     free(comm);
 }
 
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int tg_comm_get_stats(const tg_comm *comm, tg_comm_stats *stats)
+{
+    if (!comm || !stats)
+        return tg_fail(TG_ERR_NULL, "tg_comm_get_stats: %s is NULL", !comm ? "comm" : "stats");
+    *stats = comm->stats;
+    return TG_OK;
+}
+
+void tg_comm_reset_stats(tg_comm *comm)
+{
+    if (comm)
+        comm->stats = (tg_comm_stats){0, 0, 0};
+}
+
+int tg_comm_abort(tg_comm *comm, int status)
+{
+#ifdef TG_HAVE_MPI
+    if (comm && comm->mpi && comm->size > 1)
+        MPI_Abort(comm->world, status);
+#endif
+    TG_UNUSED(comm);
+    return tg_fail(TG_ERR_ARG, "tg_comm_abort: a one-rank communicator has no job to stop "
+                   "(status %d)", status);
+}
+
 int tg_comm_rank(const tg_comm *comm) { return comm ? comm->rank : 0; }
 int tg_comm_size(const tg_comm *comm) { return comm ? comm->size : 1; }
 
@@ -146,6 +180,7 @@ int tg_comm_allreduce_sum(tg_comm *comm, const void *send, void *recv, int64_t n
     if (comm && comm->mpi && comm->size > 1) {
         MPI_Datatype type = dt == TG_F64 ? MPI_DOUBLE : MPI_FLOAT;
         size_t elem = elem_size(dt);
+        double start = now();
         for (int64_t at = 0; at < n; at += MAX_CHUNK) {
             int count = (int)(n - at < MAX_CHUNK ? n - at : MAX_CHUNK);
             char *out = (char *)recv + (size_t)at * elem;
@@ -154,6 +189,9 @@ int tg_comm_allreduce_sum(tg_comm *comm, const void *send, void *recv, int64_t n
             if (rc != MPI_SUCCESS)
                 return mpi_fail(rc, "allreduce");
         }
+        comm->stats.calls++;
+        comm->stats.bytes += n * (int64_t)elem;
+        comm->stats.seconds += now() - start;
         return TG_OK;
     }
 #endif

@@ -2,6 +2,8 @@
 # mpirun as the MPI tests (and a user in a container) need it:
 #   --allow-run-as-root (OMPI_ALLOW_RUN_AS_ROOT*): containers run as root, Open MPI refuses it
 #   --oversubscribe: more ranks than cores is allowed (2 vCPUs shared with other jobs)
+#   mpi_yield_when_idle 1: a rank waiting in a collective yields its core instead of spinning
+#     (with 2 cores shared by 2 ranks and other jobs, spinning took 10 of 15 s in a test)
 #   --bind-to none: ranks are not pinned, so tests running side by side do not share a core
 #   btl_vader_single_copy_mechanism none: shared-memory copies without CMA (process_vm_readv),
 #     which containers often forbid (ptrace restrictions)
@@ -24,5 +26,6 @@ fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_mpi_yield_when_idle=1
 export LSAN_OPTIONS="suppressions=$here/lsan-openmpi.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 exec mpirun --oversubscribe --bind-to none "$@"

@@ -10,6 +10,7 @@
 #   LeakSanitizer: Open MPI's own allocations are suppressed (lsan-openmpi.supp); tapegrad's
 #     own leaks are still reported.
 # Usage: mpirun.sh [--check-built yes|no] MPIRUN-ARGS...   (exits 77 when MPI is missing)
+#        mpirun.sh [--check-built yes|no] --exec PROGRAM ARGS...   (a test script, not mpirun)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = "--check-built" ]; then
@@ -28,4 +29,8 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_mpi_yield_when_idle=1
 export LSAN_OPTIONS="suppressions=$here/lsan-openmpi.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+if [ "${1:-}" = "--exec" ]; then
+    shift
+    exec "$@"
+fi
 exec mpirun --oversubscribe --bind-to none "$@"

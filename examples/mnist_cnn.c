@@ -7,6 +7,10 @@
  * run step after step; evaluation likewise. --eager builds and runs the graph op by op
  * every step instead (same model code, same results up to rounding).
  *
+ * Under mpirun (mpirun -np N build/examples/mnist_cnn ...) each rank trains on its slice of
+ * every global batch and the gradients are all-reduced inside the compiled step; see
+ * docs/distributed.md and the "data parallel" section below.
+ *
  * The last line printed on success is a key=value summary (test_acc, epoch_s, train_img_s,
  * ...); errors go to stderr with a non-zero exit status. Run with --help for every flag. */
 #include <errno.h>

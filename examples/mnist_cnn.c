@@ -7,6 +7,10 @@
  * run step after step; evaluation likewise. --eager builds and runs the graph op by op
  * every step instead (same model code, same results up to rounding).
  *
+ * Under mpirun (mpirun -np N build/examples/mnist_cnn ...) each rank trains on its slice of
+ * every global batch and the gradients are all-reduced inside the compiled step; see
+ * docs/distributed.md and the "data parallel" section below.
+ *
  * The last line printed on success is a key=value summary (test_acc, epoch_s, train_img_s,
  * ...); errors go to stderr with a non-zero exit status. Run with --help for every flag. */
 #include <errno.h>
@@ -24,6 +28,7 @@
 #include "mnist_models.h"
 #include "tapegrad_io.h"
 #include "tapegrad_onnx.h"
+#include "tapegrad_dist.h"
 
 #define MNIST_MEAN 0.1307f
 #define MNIST_STD 0.3081f
@@ -44,6 +49,7 @@ typedef struct {
     int64_t max_steps, save_every;
     int shift; /* augmentation: random translations of up to this many pixels */
     const char *export_onnx; /* --export-onnx FILE */
+    bool sync_bn; /* under mpirun: batch norm statistics over every rank's shard */
 } options;
 
 static void usage(FILE *out)
@@ -72,6 +78,8 @@ static void usage(FILE *out)
             "  --curves PREFIX   write PREFIX.csv and PREFIX.svg (loss and accuracy per epoch)\n"
             "  --export-onnx FILE  write the evaluation graph as an ONNX model (after training,\n"
             "                    or from --load with --eval-only)\n"
+            "  --sync-bn         under mpirun: batch norm over the global batch (SyncBatchNorm);\n"
+            "                    default: each rank's own shard (docs/distributed.md)\n"
             "  --help            this text\n");
 }
 
@@ -93,7 +101,7 @@ static int parse_options(int argc, char **argv, options *o)
 {
     enum { O_DATA = 1, O_MODEL, O_EPOCHS, O_BATCH, O_LR, O_THREADS, O_SEED, O_SAVE, O_LOAD,
            O_EVAL, O_CURVES, O_HELP, O_MAX_STEPS, O_SAVE_EVERY, O_FINITE, O_SCHEDULE, O_SHIFT,
-           O_EAGER, O_DUMP, O_EXPORT_ONNX };
+           O_EAGER, O_DUMP, O_EXPORT_ONNX, O_SYNC_BN };
     static const struct option longs[] = {
         {"data", required_argument, 0, O_DATA},       {"model", required_argument, 0, O_MODEL},
         {"epochs", required_argument, 0, O_EPOCHS},   {"batch", required_argument, 0, O_BATCH},
@@ -107,7 +115,8 @@ static int parse_options(int argc, char **argv, options *o)
         {"schedule", required_argument, 0, O_SCHEDULE},
         {"shift", required_argument, 0, O_SHIFT},     {"eager", no_argument, 0, O_EAGER},
         {"dump-passes", required_argument, 0, O_DUMP},
-        {"export-onnx", required_argument, 0, O_EXPORT_ONNX}, {0, 0, 0, 0}};
+        {"export-onnx", required_argument, 0, O_EXPORT_ONNX},
+        {"sync-bn", no_argument, 0, O_SYNC_BN}, {0, 0, 0, 0}};
     *o = (options){.data_dir = "data/mnist", .model = MODEL_REFERENCE, .epochs = -1,
                    .batch = 0, .lr = 0, .threads = 1, .seed = 1, .shift = 2};
     int64_t v;
@@ -165,6 +174,7 @@ static int parse_options(int argc, char **argv, options *o)
         case O_EAGER: o->eager = true; break;
         case O_DUMP: o->dump_passes = optarg; break;
         case O_EXPORT_ONNX: o->export_onnx = optarg; break;
+        case O_SYNC_BN: o->sync_bn = true; break;
         case O_SHIFT:
             if (parse_count("--shift", optarg, 0, &v) || v > 8)
                 return -1;
@@ -229,6 +239,11 @@ typedef struct {
     size_t n_trainable;
     float *images; /* a batch of inputs, normalized */
     float *labels;
+    /* Data parallel (under mpirun): this process's rank among `ranks`; each takes its slice
+     * of every global batch. One rank without MPI. */
+    tg_comm *comm;
+    int rank, ranks;
+    int64_t shard_first; /* the current batch's first image on this rank, for the shifts */
 } run;
 
 static int fail(const char *what)
@@ -256,6 +271,150 @@ static tg_tensor *input_batch(run *r, int64_t n)
     return tg_from_data(r->tape, TG_F32, 4, (int64_t[]){n, 1, 28, 28}, r->images);
 }
 
+/* ---- data parallel (MPI) ---------------------------------------------------------------------
+ * Under mpirun every rank runs this same program: same model (initialized from the same seed
+ * and then broadcast from rank 0), same global data order (tg_batches from the seed), and takes
+ * its contiguous slice of every global batch. The compiled step all-reduces the gradients (and
+ * the loss) in one buffer before the optimizer, so every rank applies the same update. Rank 0
+ * alone prints and writes checkpoints; every rank reads one. See docs/distributed.md. */
+
+/* Launched by mpirun (Open MPI, or a PMI/PMIx launcher)? A plain run never starts MPI. */
+static bool dist_launched(void)
+{
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
+}
+
+static int dist_start(run *r, int *argc, char ***argv)
+{
+    r->comm = dist_launched() ? tg_comm_world(argc, argv) : tg_comm_single();
+    if (!r->comm) {
+        fprintf(stderr, "mnist_cnn: starting MPI: %s\n", tg_last_error());
+        return -1;
+    }
+    r->rank = tg_comm_rank(r->comm);
+    r->ranks = tg_comm_size(r->comm);
+    if (dist_launched() && !tg_dist_has_mpi()) {
+        fprintf(stderr, "mnist_cnn: started by mpirun, but tapegrad was built without MPI "
+                "(meson setup -Dmpi=enabled); every process would train alone\n");
+        return -1;
+    }
+    if (r->rank != 0 && !freopen("/dev/null", "w", stdout)) /* rank 0 speaks for the job */
+        return -1;
+    return 0;
+}
+
+/* After a failure on one rank the others may wait in a collective for ever: stop the job. */
+static void dist_stop_on_failure(run *r)
+{
+    if (r->ranks > 1) {
+        fprintf(stderr, "mnist_cnn: rank %d of %d failed; stopping every rank\n", r->rank,
+                r->ranks);
+        fflush(stderr);
+        tg_comm_abort(r->comm, 1);
+    }
+}
+
+static int dist_setup(run *r)
+{
+    if (r->opt.batch % r->ranks != 0) {
+        fprintf(stderr, "mnist_cnn: the global batch (%lld) must be a multiple of the number "
+                "of ranks (%d)\n", (long long)r->opt.batch, r->ranks);
+        return -1;
+    }
+    if (tg_tape_set_comm(r->tape, r->comm) != 0)
+        return fail("attaching the communicator");
+    tg_batchnorm_layer *bn[3] = {&r->model.bn1, &r->model.bn2, &r->model.bn3};
+    for (int i = 0; i < 3; i++)
+        bn[i]->synchronized = r->opt.sync_bn && r->ranks > 1;
+    if (r->ranks == 1)
+        return 0;
+    /* Every rank starts from rank 0's state (they agree anyway, being made from one seed). */
+    const tg_params *lists[2] = {r->model.params, tg_optim_state(r->optim)};
+    for (int l = 0; l < 2; l++)
+        for (size_t i = 0; i < tg_params_count(lists[l]); i++) {
+            tg_tensor *t = tg_params_get(lists[l], i)->tensor;
+            int64_t bytes = tg_numel(t) * (tg_dtype_of(t) == TG_F64 ? 8 : 4);
+            if (tg_comm_broadcast(r->comm, tg_data(t), bytes, 0) != 0)
+                return fail("broadcasting the model");
+        }
+    return 0;
+}
+
+/* The gradients (and the loss, which rides along) summed over the ranks in one all-reduce and
+ * divided by their number: each rank's loss is the mean over its shard, so this is the
+ * gradient of the global batch's mean loss. Nothing to do on one rank. */
+static int dist_reduce_gradients(run *r, tg_tensor **loss)
+{
+    if (r->ranks == 1)
+        return 0;
+    size_t n = r->n_trainable;
+    tg_tensor **all = calloc(n + 1, sizeof *all);
+    if (!all)
+        return -1;
+    memcpy(all, r->grads, n * sizeof *all);
+    all[n] = tg_detach(*loss);
+    int status = tg_allreduce_grads((int)n + 1, all, 1.0 / r->ranks, all);
+    if (status == 0) {
+        memcpy(r->grads, all, n * sizeof *all);
+        *loss = all[n];
+    }
+    free(all);
+    return status;
+}
+
+/* This rank's slice of a global batch of n: returns its size and moves *indices to it. */
+static int64_t dist_shard(run *r, const int64_t **indices, int64_t n)
+{
+    int64_t local = n / r->ranks;
+    r->shard_first = r->rank * local;
+    *indices += r->shard_first;
+    return local;
+}
+
+/* Sums a count over the ranks (the last rank's share of an evaluation, correct answers). */
+static int64_t dist_sum(run *r, int64_t value)
+{
+    double v = (double)value;
+    if (r->ranks > 1 && tg_comm_allreduce_sum(r->comm, &v, &v, 1, TG_F64) != 0) {
+        fail("summing over the ranks");
+        dist_stop_on_failure(r);
+    }
+    return (int64_t)v;
+}
+
+/* With per-rank batch norm each rank's running estimates saw only its shards: average them
+ * before evaluating or saving, so every rank evaluates, and rank 0 saves, one model. (They
+ * only serve evaluation: the training trajectory does not depend on them.) Synchronized batch
+ * norm keeps them equal already. */
+static int dist_average_buffers(run *r)
+{
+    if (r->ranks == 1 || r->opt.sync_bn)
+        return 0;
+    for (size_t i = 0; i < tg_params_count(r->model.params); i++) {
+        const tg_param *p = tg_params_get(r->model.params, i);
+        if (p->kind == TG_TRAINABLE)
+            continue;
+        float *v = tg_data(p->tensor);
+        if (tg_comm_allreduce_sum(r->comm, v, v, tg_numel(p->tensor), TG_F32) != 0)
+            return fail("averaging the running estimates");
+        for (int64_t k = 0; k < tg_numel(p->tensor); k++)
+            v[k] /= (float)r->ranks;
+    }
+    return 0;
+}
+
+/* The all-reduce's share of training time so far, printed with the summary. */
+static void dist_report(run *r, double train_seconds)
+{
+    if (r->ranks == 1)
+        return;
+    tg_comm_stats st = {0, 0, 0};
+    tg_comm_get_stats(r->comm, &st);
+    printf("ranks=%d sync_bn=%d allreduce_calls=%lld allreduce_mb=%.1f allreduce_s=%.2f "
+           "allreduce_share=%.3f\n", r->ranks, r->opt.sync_bn, (long long)st.calls,
+           (double)st.bytes / 1e6, st.seconds, train_seconds > 0 ? st.seconds / train_seconds : 0);
+}
+
 /* ---- compiled plans ------------------------------------------------------------------------ */
 /* Traces one step for batch size n and compiles it: training (outputs loss and logits; the
  * optimizer's and batch norm's updates ride along) or evaluation (outputs logits). The model
@@ -271,7 +430,7 @@ static tg_plan *compile_step(run *r, int64_t n, bool training)
         tg_tensor *labels = tg_placeholder(tape, "labels", TG_F32, 1, (int64_t[]){n});
         tg_tensor *loss = tg_cross_entropy(logits, labels);
         if (!loss || tg_grad(loss, (int)r->n_trainable, r->trainable, NULL, r->grads) != 0 ||
-            tg_optim_step(r->optim, r->grads) != 0)
+            dist_reduce_gradients(r, &loss) != 0 || tg_optim_step(r->optim, r->grads) != 0)
             logits = NULL;
         outputs[0] = loss;
         outputs[1] = logits;
@@ -339,7 +498,11 @@ static const float *eval_logits(run *r, int64_t n)
 static int evaluate(run *r, double *accuracy)
 {
     int64_t right = 0, indices[EVAL_BATCH];
+    if (dist_average_buffers(r) != 0)
+        return -1;
     for (int64_t start = 0; start < r->test.count; start += EVAL_BATCH) {
+        if ((start / EVAL_BATCH) % r->ranks != r->rank) /* the ranks share the test set */
+            continue;
         int64_t n = r->test.count - start < EVAL_BATCH ? r->test.count - start : EVAL_BATCH;
         for (int64_t i = 0; i < n; i++)
             indices[i] = start + i;
@@ -351,6 +514,7 @@ static int evaluate(run *r, double *accuracy)
         right += count_correct(logits, r->labels, n);
         tg_tape_rewind(r->tape, r->mark);
     }
+    right = dist_sum(r, right);
     *accuracy = 100.0 * (double)right / (double)r->test.count;
     return 0;
 }
@@ -382,6 +546,10 @@ static tg_ckpt_entry *checkpoint_entries(run *r, int *count)
 
 static int save_checkpoint(run *r)
 {
+    if (dist_average_buffers(r) != 0)
+        return -1;
+    if (r->rank != 0) /* rank 0 writes for the job */
+        return 0;
     int n;
     tg_ckpt_entry *entries = checkpoint_entries(r, &n);
     if (!entries) {
@@ -491,6 +659,8 @@ static void shift_images(const run *r, int64_t n)
     const float background = -MNIST_MEAN / MNIST_STD;
     float copy[28 * 28];
     uint64_t span = 2 * (uint64_t)r->opt.shift + 1;
+    for (int64_t i = 0; i < 2 * r->shard_first; i++) /* the draws of the ranks before this one */
+        tg_rng_below(&rng, span);
     for (int64_t i = 0; i < n; i++) {
         float *img = r->images + i * 28 * 28;
         int dy = (int)tg_rng_below(&rng, span) - r->opt.shift;
@@ -512,7 +682,7 @@ static tg_tensor *eager_step(run *r, int64_t n, tg_tensor **logits)
     *logits = model_forward(&r->model, input_batch(r, n), true);
     tg_tensor *loss = tg_cross_entropy(*logits, labels);
     if (!loss || tg_grad(loss, (int)r->n_trainable, r->trainable, NULL, r->grads) != 0 ||
-        tg_optim_step(r->optim, r->grads) != 0)
+        dist_reduce_gradients(r, &loss) != 0 || tg_optim_step(r->optim, r->grads) != 0)
         return NULL;
     return loss;
 }
@@ -520,6 +690,7 @@ static tg_tensor *eager_step(run *r, int64_t n, tg_tensor **logits)
 /* One step: forward, loss, gradients, optimizer. Returns the loss, NaN on failure. */
 static double train_step(run *r, const int64_t *indices, int64_t n, int64_t *right)
 {
+    n = dist_shard(r, &indices, n);
     if (tg_mnist_gather(&r->train, indices, n, MNIST_MEAN, MNIST_STD, r->images, r->labels)) {
         fail("training data");
         return NAN;
@@ -605,6 +776,7 @@ static int train(run *r, curve_point *curve, int *n_points, double *train_second
         if (tty)
             fprintf(stderr, "\n");
         s.seconds = now() - start;
+        s.right = dist_sum(r, s.right);
         *train_seconds += s.seconds;
         *train_images += s.images;
         if (status)
@@ -732,7 +904,11 @@ int main(int argc, char **argv)
     run r = {0};
     if (parse_options(argc, argv, &r.opt) != 0)
         return 2;
-    int status = setup(&r);
+    int status = dist_start(&r, &argc, &argv);
+    if (status == 0)
+        status = setup(&r);
+    if (status == 0)
+        status = dist_setup(&r);
     curve_point *curve = calloc(MAX_EPOCHS, sizeof *curve);
     int n_points = 0;
     double train_seconds = 0, last_loss = NAN, test_acc = 0;
@@ -750,7 +926,7 @@ int main(int argc, char **argv)
     }
     if (status == 0)
         status = evaluate(&r, &test_acc);
-    if (status == 0 && r.opt.export_onnx)
+    if (status == 0 && r.opt.export_onnx && r.rank == 0) /* rank 0 writes for the job */
         status = export_onnx(&r);
     if (status == 0 && r.opt.curves && n_points > 0) {
         char title[128];
@@ -761,6 +937,8 @@ int main(int argc, char **argv)
             status = -1;
         }
     }
+    if (status == 0)
+        dist_report(&r, train_seconds);
     if (status == 0) {
         double epoch_s = n_points ? train_seconds / n_points : train_seconds;
         /* final_loss is the last training batch's; an evaluation-only run has none. */
@@ -777,6 +955,9 @@ int main(int argc, char **argv)
                (double)usage.ru_maxrss / 1024.0);
     }
     free(curve);
+    if (status != 0)
+        dist_stop_on_failure(&r);
     teardown(&r);
+    tg_comm_free(r.comm);
     return status == 0 ? 0 : 1;
 }

@@ -186,6 +186,9 @@ typedef struct {
      * PyTorch's momentum is 1 - retention (its default 0.1 is 0.9 here). */
     double retention;
     double eps;              /**< 1e-5; may be changed */
+    /** Training statistics over every rank of the tape's communicator (SyncBatchNorm, see
+     * tg_batch_norm_sync in tapegrad_dist.h) instead of this rank's batch alone; false. */
+    bool synchronized;
 } tg_batchnorm_layer;
 /** Creates the tensors on tape (as tg_conv2d_layer_init), initialized as
  * torch.nn.BatchNorm2d does, with retention 0.9 and eps 1e-5. */

@@ -7,6 +7,8 @@ packages=(build-essential meson ninja-build pkg-config libxsmm-dev check zlib1g-
           doxygen "$@")
 # ONNX export (protobuf-c code generated from Debian's onnx.proto) and mnist_predict's PNG reader.
 packages+=(libprotobuf-c-dev protobuf-c-compiler libonnx-dev libpng-dev)
+# Data-parallel training (the mpi feature): Open MPI and its mpirun.
+packages+=(libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

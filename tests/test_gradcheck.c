@@ -36,6 +36,9 @@ static tg_tensor *f_div(tg_tape *t, int n, tg_tensor *const *x, void *c) { (void
 static tg_tensor *f_maximum(tg_tape *t, int n, tg_tensor *const *x, void *c) { (void)t, (void)n, (void)c; return tg_maximum(x[0], x[1]); }
 /* Squares after linear ops so the second-order check has a non-zero Hessian to compare. */
 static tg_tensor *f_matmul(tg_tape *t, int n, tg_tensor *const *x, void *c) { (void)t, (void)n, (void)c; return tg_square(tg_matmul(x[0], x[1])); }
+/* One rank (no communicator on the tape): the all-reduce is the identity, its rule too; the
+ * MPI suite (tests/mpi) checks the rule across two ranks. */
+static tg_tensor *f_allreduce(tg_tape *t, int n, tg_tensor *const *x, void *c) { (void)t, (void)n, (void)c; return tg_mul(tg_allreduce_sum(x[0]), x[0]); }
 static tg_tensor *f_cast(tg_tape *t, int n, tg_tensor *const *x, void *c) { (void)t, (void)n, (void)c; return tg_square(tg_cast(tg_cast(x[0], TG_F32), TG_F64)); }
 
 static tg_tensor *f_where(tg_tape *t, int n, tg_tensor *const *x, void *c)
@@ -99,6 +102,7 @@ static const grad_case cases[] = {
     /* Through f32 the differences need a coarse step (cast is linear, so a coarse step costs
      * nothing but rounding) and a looser tolerance. */
     {"cast f64->f32->f64", TG_OP_CAST, f_cast, 1, {2}, {{2, 3}}, {NORMAL}, 1e-2, 1e-4},
+    {"allreduce_sum (one rank)", TG_OP_ALLREDUCE, f_allreduce, 1, {2}, {{2, 3}}, {NORMAL}, 0, 0},
 };
 #define N_CASES (int)(sizeof cases / sizeof cases[0])
 

@@ -180,3 +180,13 @@ TG_VJP(cast)
     grads[0] = tg_cast(g, IN(0)->dtype);
     return 0;
 }
+
+/* y = sum over ranks of x, and the loss is the sum of every rank's loss: each rank's x reaches
+ * every rank's y, so dL/dx = sum over ranks of dL/dy, the same all-reduce (its own adjoint). */
+TG_VJP(allreduce_sum)
+{
+    TG_UNUSED(need);
+    TG_UNUSED(n);
+    grads[0] = tg_allreduce_sum(g);
+    return 0;
+}

@@ -29,5 +29,6 @@ TG_VJP(matmul);
 TG_VJP(im2col);
 TG_VJP(col2im);
 TG_VJP(cast);
+TG_VJP(allreduce_sum);
 
 #endif

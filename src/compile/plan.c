@@ -27,6 +27,7 @@ struct tg_plan {
     int n_input_names;
     tg_plan_stage stages[TG_MAX_STAGES];
     int n_stages;
+    tg_comm *comm;           /* the all-reduce's ranks: the tape's when it was compiled */
 };
 
 static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : sizeof(float); }
@@ -148,6 +149,7 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
         return NULL;
     }
     p->threads = tg_num_threads();
+    p->comm = tg_tape_comm(tape);
     if (tg_graph_from_tape(&p->g, tape, n_outputs, outputs) != TG_OK ||
         remember_inputs(p) != TG_OK || tg_pipeline_run(&p->g, disabled, dump_dir, p->stages, &p->n_stages) != TG_OK)
         goto fail;
@@ -206,6 +208,18 @@ int tg_plan_set_input(tg_plan *plan, const char *name, const void *data)
                  : tg_fail(TG_ERR_ARG, "tg_plan_set_input: the plan has no input '%s'", name);
 }
 
+/* The collective: run by the plan itself, as it needs the communicator and can fail. */
+static int run_allreduce(tg_plan *p, int i)
+{
+    const tg_ir_node *x = &p->g.nodes[i];
+    if (tg_comm_allreduce_sum(p->comm, p->value[x->in[0]], p->value[i], x->numel, x->dtype) ==
+        TG_OK)
+        return TG_OK;
+    return tg_fail(TG_ERR_COMM, "tg_plan_run: the all-reduce (node %d%s%s) failed; no update "
+                   "was applied: %s", i, x->label ? ", in " : "", x->label ? x->label : "",
+                   tg_last_error());
+}
+
 static void run_kernel(tg_plan *p, int i)
 {
     const tg_ir_node *x = &p->g.nodes[i];
@@ -239,7 +253,10 @@ int tg_plan_run(tg_plan *plan)
             continue;
         if (tg_ir_is_view(x->op))
             plan->value[i] = plan->value[x->in[0]];
-        else
+        else if (x->op == TG_OP_ALLREDUCE) {
+            if (run_allreduce(plan, i) != TG_OK)
+                return TG_ERR_COMM;
+        } else
             run_kernel(plan, i);
     }
     for (int u = 0; u < g->n_updates; u++) {

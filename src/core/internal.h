@@ -4,6 +4,7 @@
 #define TG_INTERNAL_H
 
 #include "tapegrad.h"
+#include "tapegrad_dist.h"
 
 #include <stdarg.h>
 

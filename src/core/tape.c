@@ -41,6 +41,7 @@ struct tg_tape {
     tg_tensor **update_values;
     size_t n_updates;
     size_t cap_updates;
+    struct tg_comm *comm; /* the all-reduce's ranks (tg_tape_set_comm); NULL: one rank */
 };
 
 const tg_op_info tg_op_table[TG_OP_COUNT] = {
@@ -50,7 +51,7 @@ const tg_op_info tg_op_table[TG_OP_COUNT] = {
 };
 /* Keeps the count honest: a new primitive also needs a gradcheck case in tests/ and a line in
  * docs/design.md; update this number when both are there. */
-_Static_assert(TG_OP_COUNT == 26, "ops.def changed: add gradcheck cases and docs, then update");
+_Static_assert(TG_OP_COUNT == 27, "ops.def changed: add gradcheck cases and docs, then update");
 
 const char *tg_op_name(tg_op op)
 {
@@ -423,6 +424,17 @@ size_t tg_tape_updates(const tg_tape *tape, tg_tensor ***targets, tg_tensor ***v
     return tape->n_updates;
 }
 
+
+/* ---- the communicator of the all-reduce (tapegrad_dist.h) ---------------------------------- */
+int tg_tape_set_comm(tg_tape *tape, struct tg_comm *comm)
+{
+    if (!tape)
+        return tg_fail(TG_ERR_NULL, "tg_tape_set_comm: tape is NULL");
+    tape->comm = comm;
+    return TG_OK;
+}
+
+struct tg_comm *tg_tape_comm(const tg_tape *tape) { return tape ? tape->comm : NULL; }
 
 /* ---- tracing ---------------------------------------------------------------------------- */
 int tg_tape_trace(tg_tape *tape, bool on)

@@ -7,6 +7,7 @@
  * so they never enter the gradient. */
 #include "internal.h"
 #include "tapegrad_nn.h"
+#include "tapegrad_dist.h"
 
 #include <math.h>
 
@@ -57,9 +58,25 @@ static int update_running(tg_tensor *running, tg_tensor *batch, double retention
     return tg_assign(running, value);
 }
 
-tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
-                         tg_tensor *running_mean, tg_tensor *running_var, bool training,
-                         double retention, double eps)
+/* Synchronized statistics (SyncBatchNorm): per-channel sums over this rank's values are
+ * all-reduced over the tape's communicator, so every rank normalizes with the statistics of the
+ * global batch. Two passes, as the per-rank path: the global mean, then the global sum of
+ * squared deviations from it (the one-pass sum of squares loses digits to cancellation). Every
+ * rank must hold the same number of values; all of it is composed from primitives, so the
+ * engine differentiates it (the all-reduce's gradient is an all-reduce). With one rank it is
+ * the per-rank path op for op: sum(x) * (1 / count). */
+static void synced_statistics(tg_tensor *x, int naxes, const int *axes, int64_t total,
+                              tg_tensor **mean, tg_tensor **centred, tg_tensor **var)
+{
+    double inv = 1.0 / (double)total;
+    *mean = tg_mul_scalar(tg_allreduce_sum(tg_sum(x, naxes, axes, true)), inv);
+    *centred = tg_sub(x, *mean);
+    *var = tg_mul_scalar(tg_allreduce_sum(tg_sum(tg_square(*centred), naxes, axes, true)), inv);
+}
+
+static tg_tensor *batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
+                             tg_tensor *running_mean, tg_tensor *running_var, bool training,
+                             double retention, double eps, bool synchronized)
 {
     if (!tg_check_inputs("batch_norm", 1, &x))
         return NULL;
@@ -89,6 +106,8 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
         return NULL;
     }
     int64_t count = c ? x->numel / c : 0; /* values per channel */
+    if (synchronized && training) /* over every rank */
+        count *= tg_comm_size(tg_tape_comm(x->tape));
     if (training && count < 2) {
         tg_fail(TG_ERR_SHAPE, "batch_norm: training needs more than one value per channel, x is "
                 "%s", SHAPE_STR(sx, x));
@@ -104,7 +123,9 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
         if (i != 1)
             axes[naxes++] = i;
     tg_tensor *mean, *var, *centred;
-    if (training) {
+    if (training && synchronized) {
+        synced_statistics(x, naxes, axes, count, &mean, &centred, &var);
+    } else if (training) {
         mean = tg_mean(x, naxes, axes, true);
         centred = tg_sub(x, mean);
         var = tg_mean(tg_square(centred), naxes, axes, true); /* biased, as normalization uses */
@@ -132,6 +153,20 @@ tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
     return y;
 }
 
+tg_tensor *tg_batch_norm(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
+                         tg_tensor *running_mean, tg_tensor *running_var, bool training,
+                         double retention, double eps)
+{
+    return batch_norm(x, gamma, beta, running_mean, running_var, training, retention, eps, false);
+}
+
+tg_tensor *tg_batch_norm_sync(tg_tensor *x, tg_tensor *gamma, tg_tensor *beta,
+                              tg_tensor *running_mean, tg_tensor *running_var, bool training,
+                              double retention, double eps)
+{
+    return batch_norm(x, gamma, beta, running_mean, running_var, training, retention, eps, true);
+}
+
 int tg_batchnorm_layer_init(tg_batchnorm_layer *layer, tg_tape *tape, tg_dtype dt,
                             int64_t features)
 {
@@ -149,7 +184,7 @@ int tg_batchnorm_layer_init(tg_batchnorm_layer *layer, tg_tape *tape, tg_dtype d
     tg_tensor *var = tg_full(tape, dt, 1, &features, 1.0);
     if (!gamma || !beta || !mean || !var)
         return tg_last_error_code();
-    *layer = (tg_batchnorm_layer){gamma, beta, mean, var, 0.9, 1e-5};
+    *layer = (tg_batchnorm_layer){gamma, beta, mean, var, 0.9, 1e-5, false};
     return TG_OK;
 }
 
@@ -160,8 +195,8 @@ tg_tensor *tg_batchnorm_layer_forward(const tg_batchnorm_layer *layer, tg_tensor
         tg_fail(TG_ERR_NULL, "batchnorm_layer_forward: the layer is NULL");
         return NULL;
     }
-    return tg_batch_norm(x, layer->gamma, layer->beta, layer->running_mean, layer->running_var,
-                         training, layer->retention, layer->eps);
+    return batch_norm(x, layer->gamma, layer->beta, layer->running_mean, layer->running_var,
+                      training, layer->retention, layer->eps, layer->synchronized);
 }
 
 int tg_batchnorm_layer_register(const tg_batchnorm_layer *layer, tg_params *params,

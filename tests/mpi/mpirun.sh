@@ -35,7 +35,7 @@ export LSAN_OPTIONS="suppressions=$here/lsan-openmpi.supp:print_suppressions=0${
 if [ -n "${ASAN_OPTIONS:-}" ]; then
     export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
 fi
-export OMPI_MCA_mca_base_component_disable_dlclose=1
+export OMPI_MCA_mca_base_component_disable_dlclose=1 PMIX_MCA_mca_base_component_disable_dlclose=1
 if [ "${1:-}" = "--exec" ]; then
     shift
     exec "$@"

@@ -135,12 +135,14 @@ void tg_comm_free(tg_comm *comm)
     free(comm);
 }
 
+#ifdef TG_HAVE_MPI
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+#endif
 
 int tg_comm_get_stats(const tg_comm *comm, tg_comm_stats *stats)
 {

@@ -5,6 +5,7 @@
  * MPI errors are returned, never fatal: the communicator is a duplicate of MPI_COMM_WORLD
  * with MPI_ERRORS_RETURN, so a failed collective becomes TG_ERR_COMM and MPI's message. */
 #include "internal.h"
+#include "dist_internal.h"
 #include "tapegrad_dist.h"
 
 #include <limits.h>
@@ -20,6 +21,7 @@
 struct tg_comm {
     int rank, size;
     tg_comm_stats stats;
+    int fail_next; /* tg_comm_debug_fail */
 #ifdef TG_HAVE_MPI
     bool mpi;       /* false: the one-rank communicator */
     MPI_Comm world; /* our duplicate of MPI_COMM_WORLD */
@@ -133,12 +135,14 @@ void tg_comm_free(tg_comm *comm)
     free(comm);
 }
 
+#ifdef TG_HAVE_MPI
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+#endif
 
 int tg_comm_get_stats(const tg_comm *comm, tg_comm_stats *stats)
 {
@@ -170,8 +174,18 @@ int tg_comm_size(const tg_comm *comm) { return comm ? comm->size : 1; }
 
 static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : sizeof(float); }
 
+void tg_comm_debug_fail(tg_comm *comm, int count)
+{
+    if (comm)
+        comm->fail_next = count;
+}
+
 int tg_comm_allreduce_sum(tg_comm *comm, const void *send, void *recv, int64_t n, tg_dtype dt)
 {
+    if (comm && comm->fail_next > 0) {
+        comm->fail_next--;
+        return tg_fail(TG_ERR_COMM, "allreduce failed: a failure planted by a test");
+    }
     if (!send || !recv)
         return tg_fail(TG_ERR_NULL, "allreduce: %s is NULL", !send ? "send" : "recv");
     if (n < 0 || (dt != TG_F32 && dt != TG_F64))

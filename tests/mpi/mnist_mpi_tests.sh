@@ -8,7 +8,7 @@
 #            does not (shows the comparison can fail)
 #   resume   a checkpoint of 2 ranks resumed by 1 and one of 1 resumed by 2 follow the
 #            uninterrupted run; 2 ranks resumed by 2 are bit-identical to it
-#   kill     kill -9 of rank 1 mid-run: mpirun exits non-zero within seconds, naming the rank,
+#   kill     a short 2-rank run ends normally; then kill -9 of rank 1 mid-run: mpirun exits non-zero within seconds, naming the rank,
 #            and the last checkpoint (written by rank 0) loads and evaluates
 # Exits 77 (skipped) without MNIST or MPI.
 set -euo pipefail
@@ -87,6 +87,9 @@ resume)
     echo "resume: 2 -> 1 and 1 -> 2 ranks follow the straight runs; 2 -> 2 is bit-identical"
     ;;
 kill)
+    # First a run that ends normally (under the sanitizers: no leak on the MPI paths).
+    two --max-steps 3 >"$work/ok.out" || die "2 ranks did not train 3 steps"
+    grep -q "^ranks=2 " "$work/ok.out" || die "the run did not report 2 ranks"
     ckpt=$work/run.ckpt
     "$mpirun_sh" -np 2 "$bin" "${common[@]}" --max-steps 100000 --save-every 5 \
         --save "$ckpt" >"$work/out" 2>"$work/err" &

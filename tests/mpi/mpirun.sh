@@ -29,6 +29,13 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_mpi_yield_when_idle=1
 export LSAN_OPTIONS="suppressions=$here/lsan-openmpi.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+# For the suppressions to see Open MPI's frames: unwind allocation stacks with DWARF (Open MPI
+# is built without frame pointers, so the fast unwinder stops at its first frame) and keep
+# its plugins loaded at MPI_Finalize (an unloaded plugin's frames have no library name).
+if [ -n "${ASAN_OPTIONS:-}" ]; then
+    export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
+fi
+export OMPI_MCA_mca_base_component_disable_dlclose=1 PMIX_MCA_mca_base_component_disable_dlclose=1
 if [ "${1:-}" = "--exec" ]; then
     shift
     exec "$@"

@@ -9,6 +9,7 @@
  *   second order   the gradient of a gradient through the all-reduce
  *   plan           the same traced and compiled, with all passes and with none
  *   grads          tg_allreduce_grads: one all-reduce of several gradients, averaged
+ *   failure        a failed all-reduce: NULL eagerly, TG_ERR_COMM from a plan, no update
  *   sync_bn        synchronized batch norm on each rank's shard of a batch against plain batch
  *                  norm of the whole batch on one tape (no communicator): output, gradients of
  *                  the shard and of gamma/beta, running estimates; eager and compiled */
@@ -16,6 +17,7 @@
 #include "tapegrad_dist.h"
 #include "tapegrad_nn.h"
 #include "internal.h"
+#include "dist/dist_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -219,6 +221,37 @@ static void test_allreduce_grads(tg_comm *comm, bool compiled)
     tg_tape_free(tape);
 }
 
+/* A failing all-reduce (planted on every rank, so the collectives stay matched): the eager
+ * builder returns NULL, the plan returns TG_ERR_COMM naming the all-reduce and applies no
+ * update, and the next run works again. */
+static void test_failure(tg_comm *comm)
+{
+    tg_tape *tape = tg_tape_new();
+    tg_tape_set_comm(tape, comm);
+    tg_tensor *x = tg_full(tape, TG_F32, 1, (int64_t[]){4}, 1.0);
+    tg_comm_debug_fail(comm, 1);
+    CHECK(tg_allreduce_sum(x) == NULL && tg_last_error_code() == TG_ERR_COMM,
+          "a failed eager all-reduce returns NULL with TG_ERR_COMM");
+    tg_tensor *p = tg_full(tape, TG_F32, 1, (int64_t[]){4}, 5.0);
+    tg_tape_trace(tape, true);
+    tg_tensor *g = tg_allreduce_sum(tg_mul(p, x));
+    tg_assign(p, tg_add_scalar(tg_sub(p, g), 1.0)); /* an update after the collective */
+    tg_tape_trace(tape, false);
+    tg_plan *plan = tg_compile(tape, 1, &g, NULL);
+    CHECK(plan != NULL, "compile");
+    tg_comm_debug_fail(comm, 1);
+    int status = plan ? tg_plan_run(plan) : 0;
+    CHECK(status == TG_ERR_COMM && strstr(tg_last_error(), "all-reduce"),
+          "a failed plan all-reduce: status %d, '%s'", status, tg_last_error());
+    CHECK(((float *)tg_data(p))[0] == 5.0f, "an update was applied after a failed all-reduce");
+    CHECK(plan && tg_plan_run(plan) == 0, "the plan runs again");
+    float want = 6.0f - 5.0f * (float)tg_comm_size(comm);
+    CHECK(((float *)tg_data(p))[0] == want, "after a good run p = %g, want %g",
+          ((float *)tg_data(p))[0], want);
+    tg_plan_free(plan);
+    tg_tape_free(tape);
+}
+
 /* ---- synchronized batch norm ---------------------------------------------------------------- */
 #define GN 4 /* global batch */
 #define C 3
@@ -369,6 +402,7 @@ int main(int argc, char **argv)
     test_plan(comm, "all");
     test_allreduce_grads(comm, false);
     test_allreduce_grads(comm, true);
+    test_failure(comm);
     test_sync_bn(comm, false);
     test_sync_bn(comm, true);
     test_per_rank_differs(comm);

@@ -15,7 +15,7 @@
  * B = N 128, 32 -> 64 at 14x14, the reference MNIST model's two blocks.
  *
  *   conv_bn [--shape A|B|all] [--batch N] [--cin C --cout C --hw S] [--threads 1,2]
- *           [--repeats N] [--csv FILE|-] [--quick]
+ *           [--repeats N] [--csv FILE|-] [--quick] [--only eager|compiled|onednn]
  *
  * --quick (the meson test `conv_bn_quick`): a small batch, two repeats, and a check that
  * every variant's output and gradients agree with an f64 evaluation of the same block;
@@ -499,6 +499,7 @@ typedef struct {
     FILE *csv_file;
     bool quick;
     int repeats;
+    int only; /* -1: every variant; else time only this one (for profilers) */
 } run_opts;
 
 static void print_table(const shape *s, int threads, const measured *m, const machine *mc,
@@ -513,7 +514,9 @@ static void print_table(const shape *s, int threads, const measured *m, const ma
     for (int v = 0; v <= N_VARIANTS; v++) {
         double f = m->fwd[v], b = m->fwdbwd[v];
         if (isnan(f)) {
-            printf("  %-9s %10s\n", variant_names[v], "missing (no oneDNN in this build)");
+            printf("  %-9s %10s\n", variant_names[v],
+                   v == V_ONEDNN && !onednn_available() ? "missing (no oneDNN in this build)"
+                                                        : "not measured");
             continue;
         }
         printf("  %-9s %10.2f %9.1f %9.2f %9.2f | %10.2f %9.1f %9.2f %9.2f\n", variant_names[v],
@@ -532,6 +535,8 @@ static void print_table(const shape *s, int threads, const measured *m, const ma
     printf("  (GFLOP/s counts the convolution's GEMM FLOPs only; /onednn is time over oneDNN's "
            "time; roofline is roofline time over the variant's time)\n");
     static const char *dirs[3] = {"fwd", "bwd-data", "bwd-weights"};
+    if (isnan(m->conv[0][0]))
+        return; /* --only: the convolution alone was not timed */
     printf("  the convolution alone, against libxsmm's GEMM on the same shapes (streamed over "
            "the batch):\n");
     printf("  %-12s %12s %10s %12s %10s %12s %10s\n", "direction", "compiled ms", "GFLOP/s",
@@ -614,7 +619,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
 #define SAMPLE(k, r) samples[(size_t)(k) * (size_t)R + (size_t)(r)]
         for (int r = -2; r < R; r++)
             for (int v = 0; v < n_var; v++)
-                for (int bwd = 0; bwd < 2; bwd++) {
+                for (int bwd = 0; bwd < 2 && (o->only < 0 || o->only == v); bwd++) {
                     double sec;
                     if (time_variant(v, bwd, &e, &c, od, &sec) != 0) {
                         fprintf(stderr, "conv_bn: %s failed: %s\n", variant_names[v],
@@ -631,7 +636,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
         measured m;
         for (int dir = 0; dir < 3; dir++) {
             m.conv[dir][0] = m.conv[dir][1] = m.conv[dir][2] = NAN;
-            if (dir == 1 && !s->need_dx)
+            if ((dir == 1 && !s->need_dx) || o->only >= 0)
                 continue;
             for (int r = -1; r < R; r++) {
                 double t0 = now();
@@ -653,8 +658,9 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
             m.conv[dir][2] = gf > 0 ? conv_flops(s) / (gf * 1e9) : NAN;
         }
         for (int v = 0; v < N_VARIANTS; v++) {
-            m.fwd[v] = v < n_var ? median(&SAMPLE(v * 2, 0), R) : NAN;
-            m.fwdbwd[v] = v < n_var ? median(&SAMPLE(v * 2 + 1, 0), R) : NAN;
+            bool timed = v < n_var && (o->only < 0 || o->only == v);
+            m.fwd[v] = timed ? median(&SAMPLE(v * 2, 0), R) : NAN;
+            m.fwdbwd[v] = timed ? median(&SAMPLE(v * 2 + 1, 0), R) : NAN;
         }
 #undef SAMPLE
         free(samples);
@@ -687,7 +693,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
 static void usage(FILE *f)
 {
     fprintf(f, "usage: conv_bn [--shape A|B|all] [--batch N] [--cin C --cout C --hw S]\n"
-               "               [--threads 1,2] [--repeats N] [--csv FILE|-] [--quick]\n"
+               "               [--threads 1,2] [--repeats N] [--csv FILE|-] [--quick] [--only V]\n"
                "  --shape    A = 1->32 at 28x28, B = 32->64 at 14x14 (default all)\n"
                "  --cin/--cout/--hw  a custom shape instead (all three; with input gradient)\n"
                "  --batch    batch size (default 128; 4 with --quick)\n"
@@ -695,7 +701,9 @@ static void usage(FILE *f)
                "  --repeats  timed repeats per variant, medians reported (default 10; 2 quick)\n"
                "  --csv      also write CSV rows to FILE (- for stdout)\n"
                "  --quick    small and fast: check every variant against an f64 evaluation\n"
-               "             and exit 1 when one disagrees\n");
+               "             and exit 1 when one disagrees\n"
+               "  --only V   time only variant V (eager, compiled or onednn), nothing else:\n"
+               "             for perf record / valgrind --tool=callgrind\n");
 }
 
 static void describe_cpu(void)
@@ -723,7 +731,7 @@ static void describe_cpu(void)
 int main(int argc, char **argv)
 {
     const char *which = "all", *thread_list = "1,2", *csv = NULL;
-    int batch = 0, repeats = 0, cin = 0, cout = 0, hw = 0;
+    int batch = 0, repeats = 0, cin = 0, cout = 0, hw = 0, only = -1;
     bool quick = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -750,7 +758,15 @@ int main(int argc, char **argv)
             thread_list = v;
         else if (!strcmp(a, "--csv"))
             csv = v;
-        else if (!strcmp(a, "--cin"))
+        else if (!strcmp(a, "--only")) {
+            for (int k = 0; k < N_VARIANTS; k++)
+                if (!strcmp(v, variant_names[k]))
+                    only = k;
+            if (only < 0) {
+                usage(stderr);
+                return 2;
+            }
+        } else if (!strcmp(a, "--cin"))
             cin = atoi(v);
         else if (!strcmp(a, "--cout"))
             cout = atoi(v);
@@ -796,7 +812,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    run_opts o = {.csv = csv, .quick = quick, .repeats = repeats};
+    run_opts o = {.csv = csv, .quick = quick, .repeats = repeats, .only = only};
     if (csv) {
         o.csv_file = strcmp(csv, "-") ? fopen(csv, "w") : stdout;
         if (!o.csv_file) {
@@ -813,7 +829,8 @@ int main(int argc, char **argv)
     machine machines[MAX_THREADS];
     for (int i = 0; i < n_threads; i++) {
         set_threads(threads[i]);
-        machines[i] = measure_machine(shapes, n_shapes, threads[i], quick);
+        machines[i] = only < 0 ? measure_machine(shapes, n_shapes, threads[i], quick)
+                               : (machine){NAN, NAN};
         printf("machine at %d thread(s): libxsmm GEMM best %.1f GFLOP/s, triad %.1f GB/s\n",
                threads[i], machines[i].gemm_gflops, machines[i].triad_gbs);
     }

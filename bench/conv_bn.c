@@ -53,6 +53,15 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* CPU time of the whole process: on a busy machine, time spent waiting for a core is not in it,
+ * so at 1 thread it measures the work itself (at more threads it adds spinning threads up). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int compare(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -477,12 +486,13 @@ static const char *variant_names[N_VARIANTS + 1] = {"eager", "compiled", "onednn
 typedef struct {
     double fwd[N_VARIANTS + 1], fwdbwd[N_VARIANTS + 1]; /* median seconds; NAN: missing */
     double conv[3][3];     /* [fwd, bwd-d, bwd-w][compiled, onednn, libxsmm] */
+    double cpu_fwd[N_VARIANTS], cpu_fwdbwd[N_VARIANTS]; /* median process CPU seconds */
 } measured;
 
 static int time_variant(int v, bool backward, eager_block *e, compiled_block *c, onednn_block *o,
-                        double *seconds)
+                        double *seconds, double *cpu_seconds)
 {
-    double t0 = now();
+    double c0 = cpu_now(), t0 = now();
     int status;
     if (v == V_EAGER)
         status = eager_run(e, backward, NULL);
@@ -491,6 +501,7 @@ static int time_variant(int v, bool backward, eager_block *e, compiled_block *c,
     else
         status = backward ? onednn_block_forward_backward(o) : onednn_block_forward(o);
     *seconds = now() - t0;
+    *cpu_seconds = cpu_now() - c0;
     return status;
 }
 
@@ -534,6 +545,10 @@ static void print_table(const shape *s, int threads, const measured *m, const ma
     }
     printf("  (GFLOP/s counts the convolution's GEMM FLOPs only; /onednn is time over oneDNN's "
            "time; roofline is roofline time over the variant's time)\n");
+    printf("  process CPU ms, fwd+bwd (robust to a busy machine at 1 thread):");
+    for (int v = 0; v < N_VARIANTS; v++)
+        printf(" %s %.2f", variant_names[v], 1e3 * m->cpu_fwdbwd[v]);
+    printf("\n");
     static const char *dirs[3] = {"fwd", "bwd-data", "bwd-weights"};
     if (isnan(m->conv[0][0]))
         return; /* --only: the convolution alone was not timed */
@@ -611,7 +626,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
 
         /* Timings: every repeat runs each variant once, forward then forward + backward,
          * so drifts in the machine's speed hit them all alike. Two warm-up rounds. */
-        double *samples = calloc((size_t)(N_VARIANTS * 2 + 6) * (size_t)(o->repeats + 2),
+        double *samples = calloc((size_t)(N_VARIANTS * 4 + 2) * (size_t)(o->repeats + 2),
                                  sizeof *samples);
         if (!samples)
             return -1;
@@ -620,14 +635,16 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
         for (int r = -2; r < R; r++)
             for (int v = 0; v < n_var; v++)
                 for (int bwd = 0; bwd < 2 && (o->only < 0 || o->only == v); bwd++) {
-                    double sec;
-                    if (time_variant(v, bwd, &e, &c, od, &sec) != 0) {
+                    double sec, cpu;
+                    if (time_variant(v, bwd, &e, &c, od, &sec, &cpu) != 0) {
                         fprintf(stderr, "conv_bn: %s failed: %s\n", variant_names[v],
                                 v == V_ONEDNN ? "oneDNN" : tg_last_error());
                         return -1;
                     }
                     if (r >= 0)
                         SAMPLE(v * 2 + bwd, r) = sec;
+                    if (r >= 0)
+                        SAMPLE(N_VARIANTS * 2 + 2 + v * 2 + bwd, r) = cpu;
                 }
         /* The convolution alone: compiled, oneDNN, libxsmm GEMM on the same shapes. */
         int mnk[3][4];
@@ -661,6 +678,8 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
             bool timed = v < n_var && (o->only < 0 || o->only == v);
             m.fwd[v] = timed ? median(&SAMPLE(v * 2, 0), R) : NAN;
             m.fwdbwd[v] = timed ? median(&SAMPLE(v * 2 + 1, 0), R) : NAN;
+            m.cpu_fwd[v] = timed ? median(&SAMPLE(N_VARIANTS * 2 + 2 + v * 2, 0), R) : NAN;
+            m.cpu_fwdbwd[v] = timed ? median(&SAMPLE(N_VARIANTS * 2 + 3 + v * 2, 0), R) : NAN;
         }
 #undef SAMPLE
         free(samples);
@@ -672,13 +691,15 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
                        "onednn_ms=%.2f roofline_ms=%.2f eager_fwd_ms=%.2f compiled_fwd_ms=%.2f "
                        "onednn_fwd_ms=%.2f roofline_fwd_ms=%.2f compiled_over_onednn=%.2f "
                        "conv_fwd_pct_gemm=%.0f conv_bwd_data_pct_gemm=%.0f "
-                       "conv_bwd_weights_pct_gemm=%.0f gemm_gflops=%.1f triad_gbs=%.1f\n",
+                       "conv_bwd_weights_pct_gemm=%.0f gemm_gflops=%.1f triad_gbs=%.1f "
+                       "eager_cpu_ms=%.2f compiled_cpu_ms=%.2f onednn_cpu_ms=%.2f\n",
                        s->name, t, s->n, 1e3 * m.fwdbwd[V_EAGER], 1e3 * m.fwdbwd[V_COMPILED],
                        1e3 * m.fwdbwd[V_ONEDNN], 1e3 * m.fwdbwd[N_VARIANTS], 1e3 * m.fwd[V_EAGER],
                        1e3 * m.fwd[V_COMPILED], 1e3 * m.fwd[V_ONEDNN], 1e3 * m.fwd[N_VARIANTS],
                        m.fwdbwd[V_COMPILED] / m.fwdbwd[V_ONEDNN], 100 * m.conv[0][2] / m.conv[0][0],
                        100 * m.conv[1][2] / m.conv[1][0], 100 * m.conv[2][2] / m.conv[2][0],
-                       mc.gemm_gflops, mc.triad_gbs);
+                       mc.gemm_gflops, mc.triad_gbs, 1e3 * m.cpu_fwdbwd[V_EAGER],
+                       1e3 * m.cpu_fwdbwd[V_COMPILED], 1e3 * m.cpu_fwdbwd[V_ONEDNN]);
         onednn_block_free(od);
         compiled_free(&c);
         tg_tape_free(e.tape);

@@ -15,7 +15,7 @@
  * B = N 128, 32 -> 64 at 14x14, the reference MNIST model's two blocks.
  *
  *   conv_bn [--shape A|B|all] [--batch N] [--cin C --cout C --hw S] [--threads 1,2]
- *           [--repeats N] [--csv FILE|-] [--quick]
+ *           [--repeats N] [--csv FILE|-] [--quick] [--only eager|compiled|onednn]
  *
  * --quick (the meson test `conv_bn_quick`): a small batch, two repeats, and a check that
  * every variant's output and gradients agree with an f64 evaluation of the same block;
@@ -50,6 +50,15 @@ static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* CPU time of the whole process: on a busy machine, time spent waiting for a core is not in it,
+ * so at 1 thread it measures the work itself (at more threads it adds spinning threads up). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -477,12 +486,13 @@ static const char *variant_names[N_VARIANTS + 1] = {"eager", "compiled", "onednn
 typedef struct {
     double fwd[N_VARIANTS + 1], fwdbwd[N_VARIANTS + 1]; /* median seconds; NAN: missing */
     double conv[3][3];     /* [fwd, bwd-d, bwd-w][compiled, onednn, libxsmm] */
+    double cpu_fwd[N_VARIANTS], cpu_fwdbwd[N_VARIANTS]; /* median process CPU seconds */
 } measured;
 
 static int time_variant(int v, bool backward, eager_block *e, compiled_block *c, onednn_block *o,
-                        double *seconds)
+                        double *seconds, double *cpu_seconds)
 {
-    double t0 = now();
+    double c0 = cpu_now(), t0 = now();
     int status;
     if (v == V_EAGER)
         status = eager_run(e, backward, NULL);
@@ -491,6 +501,7 @@ static int time_variant(int v, bool backward, eager_block *e, compiled_block *c,
     else
         status = backward ? onednn_block_forward_backward(o) : onednn_block_forward(o);
     *seconds = now() - t0;
+    *cpu_seconds = cpu_now() - c0;
     return status;
 }
 
@@ -499,6 +510,7 @@ typedef struct {
     FILE *csv_file;
     bool quick;
     int repeats;
+    int only; /* -1: every variant; else time only this one (for profilers) */
 } run_opts;
 
 static void print_table(const shape *s, int threads, const measured *m, const machine *mc,
@@ -513,7 +525,9 @@ static void print_table(const shape *s, int threads, const measured *m, const ma
     for (int v = 0; v <= N_VARIANTS; v++) {
         double f = m->fwd[v], b = m->fwdbwd[v];
         if (isnan(f)) {
-            printf("  %-9s %10s\n", variant_names[v], "missing (no oneDNN in this build)");
+            printf("  %-9s %10s\n", variant_names[v],
+                   v == V_ONEDNN && !onednn_available() ? "missing (no oneDNN in this build)"
+                                                        : "not measured");
             continue;
         }
         printf("  %-9s %10.2f %9.1f %9.2f %9.2f | %10.2f %9.1f %9.2f %9.2f\n", variant_names[v],
@@ -531,7 +545,13 @@ static void print_table(const shape *s, int threads, const measured *m, const ma
     }
     printf("  (GFLOP/s counts the convolution's GEMM FLOPs only; /onednn is time over oneDNN's "
            "time; roofline is roofline time over the variant's time)\n");
+    printf("  process CPU ms, fwd+bwd (robust to a busy machine at 1 thread):");
+    for (int v = 0; v < N_VARIANTS; v++)
+        printf(" %s %.2f", variant_names[v], 1e3 * m->cpu_fwdbwd[v]);
+    printf("\n");
     static const char *dirs[3] = {"fwd", "bwd-data", "bwd-weights"};
+    if (isnan(m->conv[0][0]))
+        return; /* --only: the convolution alone was not timed */
     printf("  the convolution alone, against libxsmm's GEMM on the same shapes (streamed over "
            "the batch):\n");
     printf("  %-12s %12s %10s %12s %10s %12s %10s\n", "direction", "compiled ms", "GFLOP/s",
@@ -606,7 +626,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
 
         /* Timings: every repeat runs each variant once, forward then forward + backward,
          * so drifts in the machine's speed hit them all alike. Two warm-up rounds. */
-        double *samples = calloc((size_t)(N_VARIANTS * 2 + 6) * (size_t)(o->repeats + 2),
+        double *samples = calloc((size_t)(N_VARIANTS * 4 + 2) * (size_t)(o->repeats + 2),
                                  sizeof *samples);
         if (!samples)
             return -1;
@@ -614,15 +634,17 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
 #define SAMPLE(k, r) samples[(size_t)(k) * (size_t)R + (size_t)(r)]
         for (int r = -2; r < R; r++)
             for (int v = 0; v < n_var; v++)
-                for (int bwd = 0; bwd < 2; bwd++) {
-                    double sec;
-                    if (time_variant(v, bwd, &e, &c, od, &sec) != 0) {
+                for (int bwd = 0; bwd < 2 && (o->only < 0 || o->only == v); bwd++) {
+                    double sec, cpu;
+                    if (time_variant(v, bwd, &e, &c, od, &sec, &cpu) != 0) {
                         fprintf(stderr, "conv_bn: %s failed: %s\n", variant_names[v],
                                 v == V_ONEDNN ? "oneDNN" : tg_last_error());
                         return -1;
                     }
                     if (r >= 0)
                         SAMPLE(v * 2 + bwd, r) = sec;
+                    if (r >= 0)
+                        SAMPLE(N_VARIANTS * 2 + 2 + v * 2 + bwd, r) = cpu;
                 }
         /* The convolution alone: compiled, oneDNN, libxsmm GEMM on the same shapes. */
         int mnk[3][4];
@@ -631,7 +653,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
         measured m;
         for (int dir = 0; dir < 3; dir++) {
             m.conv[dir][0] = m.conv[dir][1] = m.conv[dir][2] = NAN;
-            if (dir == 1 && !s->need_dx)
+            if ((dir == 1 && !s->need_dx) || o->only >= 0)
                 continue;
             for (int r = -1; r < R; r++) {
                 double t0 = now();
@@ -653,8 +675,11 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
             m.conv[dir][2] = gf > 0 ? conv_flops(s) / (gf * 1e9) : NAN;
         }
         for (int v = 0; v < N_VARIANTS; v++) {
-            m.fwd[v] = v < n_var ? median(&SAMPLE(v * 2, 0), R) : NAN;
-            m.fwdbwd[v] = v < n_var ? median(&SAMPLE(v * 2 + 1, 0), R) : NAN;
+            bool timed = v < n_var && (o->only < 0 || o->only == v);
+            m.fwd[v] = timed ? median(&SAMPLE(v * 2, 0), R) : NAN;
+            m.fwdbwd[v] = timed ? median(&SAMPLE(v * 2 + 1, 0), R) : NAN;
+            m.cpu_fwd[v] = timed ? median(&SAMPLE(N_VARIANTS * 2 + 2 + v * 2, 0), R) : NAN;
+            m.cpu_fwdbwd[v] = timed ? median(&SAMPLE(N_VARIANTS * 2 + 3 + v * 2, 0), R) : NAN;
         }
 #undef SAMPLE
         free(samples);
@@ -666,13 +691,15 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
                        "onednn_ms=%.2f roofline_ms=%.2f eager_fwd_ms=%.2f compiled_fwd_ms=%.2f "
                        "onednn_fwd_ms=%.2f roofline_fwd_ms=%.2f compiled_over_onednn=%.2f "
                        "conv_fwd_pct_gemm=%.0f conv_bwd_data_pct_gemm=%.0f "
-                       "conv_bwd_weights_pct_gemm=%.0f gemm_gflops=%.1f triad_gbs=%.1f\n",
+                       "conv_bwd_weights_pct_gemm=%.0f gemm_gflops=%.1f triad_gbs=%.1f "
+                       "eager_cpu_ms=%.2f compiled_cpu_ms=%.2f onednn_cpu_ms=%.2f\n",
                        s->name, t, s->n, 1e3 * m.fwdbwd[V_EAGER], 1e3 * m.fwdbwd[V_COMPILED],
                        1e3 * m.fwdbwd[V_ONEDNN], 1e3 * m.fwdbwd[N_VARIANTS], 1e3 * m.fwd[V_EAGER],
                        1e3 * m.fwd[V_COMPILED], 1e3 * m.fwd[V_ONEDNN], 1e3 * m.fwd[N_VARIANTS],
                        m.fwdbwd[V_COMPILED] / m.fwdbwd[V_ONEDNN], 100 * m.conv[0][2] / m.conv[0][0],
                        100 * m.conv[1][2] / m.conv[1][0], 100 * m.conv[2][2] / m.conv[2][0],
-                       mc.gemm_gflops, mc.triad_gbs);
+                       mc.gemm_gflops, mc.triad_gbs, 1e3 * m.cpu_fwdbwd[V_EAGER],
+                       1e3 * m.cpu_fwdbwd[V_COMPILED], 1e3 * m.cpu_fwdbwd[V_ONEDNN]);
         onednn_block_free(od);
         compiled_free(&c);
         tg_tape_free(e.tape);
@@ -687,7 +714,7 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
 static void usage(FILE *f)
 {
     fprintf(f, "usage: conv_bn [--shape A|B|all] [--batch N] [--cin C --cout C --hw S]\n"
-               "               [--threads 1,2] [--repeats N] [--csv FILE|-] [--quick]\n"
+               "               [--threads 1,2] [--repeats N] [--csv FILE|-] [--quick] [--only V]\n"
                "  --shape    A = 1->32 at 28x28, B = 32->64 at 14x14 (default all)\n"
                "  --cin/--cout/--hw  a custom shape instead (all three; with input gradient)\n"
                "  --batch    batch size (default 128; 4 with --quick)\n"
@@ -695,7 +722,9 @@ static void usage(FILE *f)
                "  --repeats  timed repeats per variant, medians reported (default 10; 2 quick)\n"
                "  --csv      also write CSV rows to FILE (- for stdout)\n"
                "  --quick    small and fast: check every variant against an f64 evaluation\n"
-               "             and exit 1 when one disagrees\n");
+               "             and exit 1 when one disagrees\n"
+               "  --only V   time only variant V (eager, compiled or onednn), nothing else:\n"
+               "             for perf record / valgrind --tool=callgrind\n");
 }
 
 static void describe_cpu(void)
@@ -723,7 +752,7 @@ static void describe_cpu(void)
 int main(int argc, char **argv)
 {
     const char *which = "all", *thread_list = "1,2", *csv = NULL;
-    int batch = 0, repeats = 0, cin = 0, cout = 0, hw = 0;
+    int batch = 0, repeats = 0, cin = 0, cout = 0, hw = 0, only = -1;
     bool quick = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -750,7 +779,15 @@ int main(int argc, char **argv)
             thread_list = v;
         else if (!strcmp(a, "--csv"))
             csv = v;
-        else if (!strcmp(a, "--cin"))
+        else if (!strcmp(a, "--only")) {
+            for (int k = 0; k < N_VARIANTS; k++)
+                if (!strcmp(v, variant_names[k]))
+                    only = k;
+            if (only < 0) {
+                usage(stderr);
+                return 2;
+            }
+        } else if (!strcmp(a, "--cin"))
             cin = atoi(v);
         else if (!strcmp(a, "--cout"))
             cout = atoi(v);
@@ -796,7 +833,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    run_opts o = {.csv = csv, .quick = quick, .repeats = repeats};
+    run_opts o = {.csv = csv, .quick = quick, .repeats = repeats, .only = only};
     if (csv) {
         o.csv_file = strcmp(csv, "-") ? fopen(csv, "w") : stdout;
         if (!o.csv_file) {
@@ -813,7 +850,8 @@ int main(int argc, char **argv)
     machine machines[MAX_THREADS];
     for (int i = 0; i < n_threads; i++) {
         set_threads(threads[i]);
-        machines[i] = measure_machine(shapes, n_shapes, threads[i], quick);
+        machines[i] = only < 0 ? measure_machine(shapes, n_shapes, threads[i], quick)
+                               : (machine){NAN, NAN};
         printf("machine at %d thread(s): libxsmm GEMM best %.1f GFLOP/s, triad %.1f GB/s\n",
                threads[i], machines[i].gemm_gflops, machines[i].triad_gbs);
     }

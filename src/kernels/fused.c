@@ -21,6 +21,9 @@
 #include "strided.h"
 
 #include <math.h>
+#ifdef TG_FUSED_DEBUG
+#include <stdio.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -296,6 +299,42 @@ typedef struct {
             m = (x[i] > m || x[i] != x[i]) ? x[i] : m;                                          \
         return m;                                                                               \
     }                                                                                           \
+    /* Rows of J windows of B points each, side by side (a pooling window's last axis):       \
+     * window j folds x[j*B .. j*B + B) into a[j], in order. Without branches (random data    \
+     * mispredicts every other comparison) and NaN kept as the eager max keeps it: a NaN      \
+     * operand wins, an accumulator that is NaN stays. */                                     \
+    static void fold_windows_##S(int op, double *a, const T *x, T xs, int64_t J, int64_t B)      \
+    {                                                                                           \
+        if (!x) {                                                                               \
+            for (int64_t j = 0; j < J; j++)                                                     \
+                a[j] = op == TG_OP_SUM ? a[j] + (double)xs * (double)B                          \
+                                       : ((double)xs > a[j] || xs != xs) ? (double)xs : a[j];   \
+        } else if (op == TG_OP_SUM && B == 2) {                                                 \
+            SIMD for (int64_t j = 0; j < J; j++) a[j] += (double)x[2 * j] + (double)x[2 * j + 1]; \
+        } else if (op == TG_OP_SUM) {                                                           \
+            for (int64_t j = 0; j < J; j++)                                                     \
+                for (int64_t b = 0; b < B; b++)                                                 \
+                    a[j] += (double)x[j * B + b];                                               \
+        } else if (B == 2) {                                                                    \
+            SIMD for (int64_t j = 0; j < J; j++) {                                              \
+                T u = x[2 * j], v = x[2 * j + 1];                                               \
+                T m = v > u ? v : u;                                                            \
+                bool nan = (u != u) | (v != v);                                                 \
+                double d = nan ? (double)(u + v) : (double)m, old = a[j];                       \
+                double r = d > old ? d : old;                                                   \
+                r = nan ? d : r;                                                                \
+                a[j] = old != old ? old : r;                                                    \
+            }                                                                                   \
+        } else {                                                                                \
+            for (int64_t j = 0; j < J; j++)                                                     \
+                for (int64_t b = 0; b < B; b++) {                                               \
+                    double u = x[j * B + b], old = a[j];                                        \
+                    double r = u > old ? u : old;                                               \
+                    r = u != u ? u : r;                                                         \
+                    a[j] = old != old ? old : r;                                                \
+                }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
     static void fold_run_##S(int op, bool reduced, double *a, const T *x, T xs, int64_t n)      \
     {                                                                                           \
         if (reduced && op == TG_OP_SUM) {                                                       \
@@ -353,6 +392,10 @@ struct tg_fused_exec {
      * reduced ones); axes fold_axis .. ndim-1 fold as runs. */
     int64_t acc_stride[TG_FUSED_MAX_DIMS];
     int fold_axis;
+    /* Windows: the last axis reduced, the one before it kept and inside the tile (the
+     * program kept its axes in order, [.., i, a, j, b] for a 2x2 pool): runs span both
+     * and fold window by window (fold_windows), reading the tile as it lies. */
+    bool fold_windows;
     int kind[MAX_VALUES];
     int slot[MAX_VALUES];
     double constant[MAX_VALUES]; /* V_CONST values */
@@ -509,9 +552,94 @@ static void collapse(axes *x)
     *x = y;
 }
 
+/* Whether every reduced axis lies in a trailing block of at most TILE points that also
+ * holds kept axes (a pooling window's [a, j, b] of [.., i, a, j, b]): a tile then holds whole
+ * windows in the program's own order, so loads stay contiguous and no reorder (which would
+ * gather every point through a stride-2 view) is needed. */
+static bool windows_in_tile(const axes *x, uint32_t mask)
+{
+    int first_red = -1;
+    for (int k = 0; k < x->ndim && first_red < 0; k++)
+        if (((mask >> k) & 1) && x->shape[k] > 1)
+            first_red = k;
+    if (first_red < 0)
+        return false;
+    int64_t block = 1;
+    bool kept_inside = false;
+    for (int k = first_red; k < x->ndim; k++) {
+        block *= x->shape[k];
+        kept_inside |= !((mask >> k) & 1) && x->shape[k] > 1;
+    }
+    return kept_inside && block <= TILE;
+}
+
+/* Within the window block (from the first reduced axis on), orders the axes as the load
+ * that reads most of it steps through memory, outermost first, so that it is read in place
+ * ([a, b, i, j] of a pool written as a permute becomes [i, a, j, b]). Kept axes must keep
+ * their order (the accumulators are laid out as the output is); otherwise nothing moves. */
+static void order_windows(axes *x, uint32_t mask)
+{
+    int first_red = 0;
+    while (!(((mask >> first_red) & 1) && x->shape[first_red] > 1))
+        first_red++;
+    int ref = -1;
+    int64_t best = 1;
+    for (int o = 1; o < x->nops; o++) {
+        int64_t reach = 1;
+        for (int k = first_red; k < x->ndim; k++)
+            reach *= x->stride[o][k] != 0 ? x->shape[k] : 1;
+        if (reach > best) {
+            best = reach;
+            ref = o;
+        }
+    }
+    if (ref < 0)
+        return;
+    int perm[TG_FUSED_MAX_DIMS];
+    for (int k = 0; k < x->ndim; k++)
+        perm[k] = k;
+    for (int k = first_red + 1; k < x->ndim; k++) { /* stable: by stride, descending */
+        int v = perm[k], j = k;
+        for (; j > first_red && x->stride[ref][perm[j - 1]] < x->stride[ref][v]; j--)
+            perm[j] = perm[j - 1];
+        perm[j] = v;
+    }
+    int last_kept = -1;
+    for (int k = first_red; k < x->ndim; k++) {
+        if ((mask >> perm[k]) & 1)
+            continue;
+        if (perm[k] < last_kept)
+            return;
+        last_kept = perm[k];
+    }
+    axes y = *x;
+    for (int k = 0; k < x->ndim; k++) {
+        y.shape[k] = x->shape[perm[k]];
+        for (int o = 0; o < x->nops; o++)
+            y.stride[o][k] = x->stride[o][perm[k]];
+    }
+    *x = y;
+}
+
+/* Whether some load is one value over the axes after k but varies along k (a per-channel
+ * scale when k is the channels): a tile cut across k would gather it point by point. */
+static bool scalar_below(const struct tg_fused_exec *e, int n_loads, int k)
+{
+    for (int l = 0; l < n_loads; l++) {
+        bool below = e->stride[l][k] != 0;
+        for (int j = k + 1; j < e->ndim && below; j++)
+            below = e->stride[l][j] == 0 || e->shape[j] == 1;
+        if (below)
+            return true;
+    }
+    return false;
+}
+
 /* As many whole trailing axes as fit in TILE points, and a chunk of the next one (a long
- * innermost axis is cut into equal chunks). */
-static void choose_tile(struct tg_fused_exec *e)
+ * innermost axis is cut into equal chunks). When the whole trailing axes already make a
+ * tile of TILE / 8 points or more and a load is one value over them but not along the next
+ * axis, the tile stops there: the load stays one value per tile instead of a gather. */
+static void choose_tile(struct tg_fused_exec *e, int n_loads)
 {
     int d = e->ndim, k = d - 1;
     int64_t inner = 1;
@@ -523,6 +651,8 @@ static void choose_tile(struct tg_fused_exec *e)
     } else if (k == d - 1) {
         int64_t pieces = (e->shape[k] + TILE - 1) / TILE;
         e->chunk = (e->shape[k] + pieces - 1) / pieces;
+    } else if (inner >= TILE / 8 && scalar_below(e, n_loads, k)) {
+        e->chunk = 1;
     } else {
         e->chunk = TILE / inner;
     }
@@ -549,7 +679,12 @@ static void choose_tile(struct tg_fused_exec *e)
     }
     bool last_red = (e->reduced >> (d - 1)) & 1;
     e->fold_axis = d - 1;
-    while (e->fold_axis > k && (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
+    e->fold_windows = last_red && d - 2 >= k && !((e->reduced >> (d - 2)) & 1) &&
+                      e->shape[d - 1] <= 8; /* longer rows: eight lanes (fold_run) */
+    if (e->fold_windows)
+        e->fold_axis = d - 2;
+    while (!e->fold_windows && e->fold_axis > k &&
+           (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
         e->fold_axis--;
 }
 
@@ -732,7 +867,9 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
 
     axes x;
     program_axes(p, &x);
-    if (p->reduce_op != TG_OP_LEAF)
+    if (p->reduce_op != TG_OP_LEAF && windows_in_tile(&x, p->reduce_mask))
+        order_windows(&x, p->reduce_mask);
+    else if (p->reduce_op != TG_OP_LEAF)
         reorder(&x, p->reduce_mask);
     collapse(&x);
     e->ndim = x.ndim;
@@ -743,11 +880,24 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     for (int k = 0; k < e->ndim; k++)
         if (p->reduce_op != TG_OP_LEAF && e->out_stride[k] == 0 && e->shape[k] > 1)
             e->reduced |= 1u << k;
-    choose_tile(e);
+    choose_tile(e, p->n_loads);
     classify(p, e);
     compute_constants(p, e);
     schedule(p, e);
     n->scratch_bytes = scratch_need(p, e);
+#ifdef TG_FUSED_DEBUG
+    if (getenv("TG_FUSED_DEBUG")) {
+        char what[200];
+        tg_fused_describe(n, what, sizeof what);
+        fprintf(stderr, "%s: axes", what);
+        for (int k = 0; k < e->ndim; k++)
+            fprintf(stderr, " %lld%s", (long long)e->shape[k], (e->reduced >> k) & 1 ? "r" : "");
+        fprintf(stderr, " first %d chunk %lld windows %d kinds", e->first, (long long)e->chunk, e->fold_windows);
+        for (int l = 0; l < p->n_loads; l++)
+            fprintf(stderr, " %d", e->kind[l]);
+        fprintf(stderr, "\n");
+    }
+#endif
     return TG_OK;
 }
 
@@ -911,7 +1061,13 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
         n *= t->ext[j];
     for (int64_t done = 0; done < t->count; done += n) {
         const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)elem_size(dt) : NULL;
-        if (f64)
+        if (e->fold_windows && f64)
+            fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar,
+                             t->ext[d - 2], t->ext[d - 1]);
+        else if (e->fold_windows)
+            fold_windows_f32(p->reduce_op, acc + at, (const float *)x, (float)v->scalar,
+                             t->ext[d - 2], t->ext[d - 1]);
+        else if (f64)
             fold_run_f64(p->reduce_op, reduced, acc + at, (const double *)x, v->scalar, n);
         else
             fold_run_f32(p->reduce_op, reduced, acc + at, (const float *)x, (float)v->scalar, n);

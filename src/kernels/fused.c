@@ -299,39 +299,55 @@ typedef struct {
             m = (x[i] > m || x[i] != x[i]) ? x[i] : m;                                          \
         return m;                                                                               \
     }                                                                                           \
-    /* Rows of J windows of B points each, side by side (a pooling window's last axis):       \
-     * window j folds x[j*B .. j*B + B) into a[j], in order. Without branches (random data    \
-     * mispredicts every other comparison) and NaN kept as the eager max keeps it: a NaN      \
-     * operand wins, an accumulator that is NaN stays. */                                     \
-    static void fold_windows_##S(int op, double *a, const T *x, T xs, int64_t J, int64_t B)      \
+    /* J windows side by side, each A rows of B points (a 2x2 pool's [a, j, b], rows J * B    \
+     * apart): window j folds into a[j], rows in order. Without branches (random data         \
+     * mispredicts every other comparison of a max) and NaN kept as the eager max keeps it:   \
+     * a NaN point wins, an accumulator that is NaN stays. */                                 \
+    static void fold_windows_##S(int op, double *acc, const T *x, T xs, int64_t A, int64_t J,    \
+                                 int64_t B)                                                     \
     {                                                                                           \
+        int64_t row = J * B;                                                                    \
         if (!x) {                                                                               \
             for (int64_t j = 0; j < J; j++)                                                     \
-                a[j] = op == TG_OP_SUM ? a[j] + (double)xs * (double)B                          \
-                                       : ((double)xs > a[j] || xs != xs) ? (double)xs : a[j];   \
-        } else if (op == TG_OP_SUM && B == 2) {                                                 \
-            SIMD for (int64_t j = 0; j < J; j++) a[j] += (double)x[2 * j] + (double)x[2 * j + 1]; \
+                acc[j] = op == TG_OP_SUM ? acc[j] + (double)xs * (double)(A * B)               \
+                         : ((double)xs > acc[j] || xs != xs) ? (double)xs : acc[j];             \
+        } else if (op == TG_OP_SUM && A == 2 && B == 2) {                                       \
+            const T *y = x + row;                                                               \
+            SIMD for (int64_t j = 0; j < J; j++) acc[j] +=                                      \
+                ((double)x[2 * j] + (double)x[2 * j + 1]) +                                     \
+                ((double)y[2 * j] + (double)y[2 * j + 1]);                                      \
         } else if (op == TG_OP_SUM) {                                                           \
-            for (int64_t j = 0; j < J; j++)                                                     \
-                for (int64_t b = 0; b < B; b++)                                                 \
-                    a[j] += (double)x[j * B + b];                                               \
-        } else if (B == 2) {                                                                    \
+            for (int64_t a = 0; a < A; a++)                                                     \
+                for (int64_t j = 0; j < J; j++)                                                 \
+                    for (int64_t b = 0; b < B; b++)                                             \
+                        acc[j] += (double)x[a * row + j * B + b];                               \
+        } else if (A == 2 && B == 2) {                                                          \
+            const T *y = x + row;                                                               \
             SIMD for (int64_t j = 0; j < J; j++) {                                              \
-                T u = x[2 * j], v = x[2 * j + 1];                                               \
-                T m = v > u ? v : u;                                                            \
-                bool nan = (u != u) | (v != v);                                                 \
-                double d = nan ? (double)(u + v) : (double)m, old = a[j];                       \
+                T u0 = x[2 * j], u1 = x[2 * j + 1], u2 = y[2 * j], u3 = y[2 * j + 1];           \
+                T m = u1 > u0 ? u1 : u0;                                                        \
+                m = u2 > m ? u2 : m;                                                            \
+                m = u3 > m ? u3 : m;                                                            \
+                bool nan = (u0 != u0) | (u1 != u1) | (u2 != u2) | (u3 != u3);                   \
+                double d = nan ? (double)(u0 + u1 + u2 + u3) : (double)m, old = acc[j];         \
                 double r = d > old ? d : old;                                                   \
                 r = nan ? d : r;                                                                \
-                a[j] = old != old ? old : r;                                                    \
+                acc[j] = old != old ? old : r;                                                  \
             }                                                                                   \
         } else {                                                                                \
-            for (int64_t j = 0; j < J; j++)                                                     \
-                for (int64_t b = 0; b < B; b++) {                                               \
-                    double u = x[j * B + b], old = a[j];                                        \
-                    double r = u > old ? u : old;                                               \
-                    r = u != u ? u : r;                                                         \
-                    a[j] = old != old ? old : r;                                                \
+            for (int64_t a = 0; a < A; a++)                                                     \
+                SIMD for (int64_t j = 0; j < J; j++) {                                          \
+                    T m = x[a * row + j * B];                                                   \
+                    bool nan = m != m;                                                          \
+                    for (int64_t b = 1; b < B; b++) {                                           \
+                        T u = x[a * row + j * B + b];                                           \
+                        m = u > m ? u : m;                                                      \
+                        nan |= u != u;                                                          \
+                    }                                                                           \
+                    double d = nan ? (double)NAN : (double)m, old = acc[j];                     \
+                    double r = d > old ? d : old;                                               \
+                    r = nan ? d : r;                                                            \
+                    acc[j] = old != old ? old : r;                                              \
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
@@ -357,6 +373,16 @@ GATHER(float, f32)
 GATHER(double, f64)
 FOLD(float, f32)
 FOLD(double, f64)
+
+/* y[i] = src[index[i]]: one loop the compiler may turn into vector gathers. */
+#define GATHER_INDEXED(T, S)                                                                    \
+    static void gather_indexed_##S(T *restrict y, const T *restrict src,                        \
+                                   const int32_t *restrict index, int64_t n)                    \
+    {                                                                                           \
+        SIMD for (int64_t i = 0; i < n; i++) y[i] = src[index[i]];                              \
+    }
+GATHER_INDEXED(float, f32)
+GATHER_INDEXED(double, f64)
 
 /* ---- the prepared form ------------------------------------------------------------------ */
 enum {
@@ -396,8 +422,13 @@ struct tg_fused_exec {
      * program kept its axes in order, [.., i, a, j, b] for a 2x2 pool): runs span both
      * and fold window by window (fold_windows), reading the tile as it lies. */
     bool fold_windows;
+    bool window_rows; /* and the axis before those is reduced too: runs span all three */
     int kind[MAX_VALUES];
     int slot[MAX_VALUES];
+    /* Per gathered load, NULL or the offset of each point of a full tile from the tile's
+     * first element (a partial tile is a prefix): short rows and broadcasts inside the tile
+     * (a pooled value over its window) are then one flat loop, not a walk row by row. */
+    int32_t *index[TG_FUSED_MAX_LOADS];
     double constant[MAX_VALUES]; /* V_CONST values */
     int n_steps;
     step steps[MAX_VALUES];
@@ -683,6 +714,10 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
                       e->shape[d - 1] <= 8; /* longer rows: eight lanes (fold_run) */
     if (e->fold_windows)
         e->fold_axis = d - 2;
+    e->window_rows = e->fold_windows && d - 3 >= k && ((e->reduced >> (d - 3)) & 1) &&
+                     e->shape[d - 3] <= 8;
+    if (e->window_rows)
+        e->fold_axis = d - 3;
     while (!e->fold_windows && e->fold_axis > k &&
            (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
         e->fold_axis--;
@@ -845,6 +880,51 @@ static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
     e->acc_offset = (size_t)n_slots * e->slot_bytes;
 }
 
+/* Index tables for the gathered loads whose innermost run is short or strided (a long
+ * contiguous row is copied faster as it is); none when an offset would not fit. Returns
+ * false when out of memory. */
+static bool index_gathers(const tg_fused_program *p, struct tg_fused_exec *e)
+{
+    int d = e->ndim, f = e->first;
+    for (int l = 0; l < p->n_loads; l++) {
+        if (e->kind[l] != V_SLOT && e->kind[l] != V_OUT)
+            continue;
+        const int64_t *stride = e->stride[l];
+        if (stride[d - 1] == 1 && (d - 1 == f ? e->chunk : e->shape[d - 1]) >= 32)
+            continue;
+        int64_t reach = 0;
+        for (int j = f; j < d; j++)
+            reach += stride[j] * ((j == f ? e->chunk : e->shape[j]) - 1);
+        if (reach > INT32_MAX)
+            continue;
+        int32_t *index = malloc((size_t)e->capacity * sizeof *index);
+        if (!index)
+            return false;
+        int64_t pos[TG_FUSED_MAX_DIMS] = {0}, at = 0;
+        for (int64_t i = 0; i < e->capacity; i++) {
+            index[i] = (int32_t)at;
+            for (int j = d - 1; j >= f; j--) { /* the next point, row-major over the box */
+                int64_t ext = j == f ? e->chunk : e->shape[j];
+                at += stride[j];
+                if (++pos[j] < ext)
+                    break;
+                at -= stride[j] * ext;
+                pos[j] = 0;
+            }
+        }
+        e->index[l] = index;
+    }
+    return true;
+}
+
+static void free_indexes(struct tg_fused_exec *e)
+{
+    for (int l = 0; l < TG_FUSED_MAX_LOADS; l++) {
+        free(e->index[l]);
+        e->index[l] = NULL;
+    }
+}
+
 static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec *e)
 {
     size_t acc = p->reduce_op != TG_OP_LEAF ? (size_t)e->capacity * sizeof(double) : 0;
@@ -862,6 +942,8 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     struct tg_fused_exec *e = p->exec ? p->exec : malloc(sizeof *e);
     if (!e)
         return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
+    if (p->exec)
+        free_indexes(e);
     memset(e, 0, sizeof *e);
     p->exec = e;
 
@@ -884,6 +966,8 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     classify(p, e);
     compute_constants(p, e);
     schedule(p, e);
+    if (!index_gathers(p, e))
+        return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
     n->scratch_bytes = scratch_need(p, e);
 #ifdef TG_FUSED_DEBUG
     if (getenv("TG_FUSED_DEBUG")) {
@@ -904,6 +988,8 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
 void tg_fused_release(void *payload)
 {
     tg_fused_program *p = payload;
+    if (p && p->exec)
+        free_indexes(p->exec);
     if (p)
         free(p->exec);
     free(p);
@@ -931,7 +1017,11 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
             __builtin_prefetch(base + bytes + b, 0, 2);
     } else {
         void *y = e->kind[l] == V_OUT ? out : scratch + (size_t)e->slot[l] * e->slot_bytes;
-        if (ld->dtype == TG_F64)
+        if (e->index[l] && ld->dtype == TG_F64)
+            gather_indexed_f64(y, (const double *)base, e->index[l], t->count);
+        else if (e->index[l])
+            gather_indexed_f32(y, (const float *)base, e->index[l], t->count);
+        else if (ld->dtype == TG_F64)
             gather_f64(y, (const double *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
         else
             gather_f32(y, (const float *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
@@ -1061,11 +1151,12 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
         n *= t->ext[j];
     for (int64_t done = 0; done < t->count; done += n) {
         const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)elem_size(dt) : NULL;
+        int64_t rows = e->window_rows ? t->ext[d - 3] : 1;
         if (e->fold_windows && f64)
-            fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar,
+            fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar, rows,
                              t->ext[d - 2], t->ext[d - 1]);
         else if (e->fold_windows)
-            fold_windows_f32(p->reduce_op, acc + at, (const float *)x, (float)v->scalar,
+            fold_windows_f32(p->reduce_op, acc + at, (const float *)x, (float)v->scalar, rows,
                              t->ext[d - 2], t->ext[d - 1]);
         else if (f64)
             fold_run_f64(p->reduce_op, reduced, acc + at, (const double *)x, v->scalar, n);

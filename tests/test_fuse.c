@@ -291,7 +291,7 @@ static int build_batchnorm(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg
     out[0] = loss;
     out[1] = g[0];
     out[2] = g[1];
-    out[3] = g[2];
+    out[3] = tg_add_scalar(g[2], 0.5); /* read by a kernel, as an optimizer would */
     return 4;
 }
 
@@ -310,6 +310,10 @@ START_TEST(batchnorm_statistics_and_normalize)
         const tg_graph *g = tg_plan_graph(fused);
         /* The normalize-scale-shift-relu pass over x is one kernel (here also the loss's). */
         ck_assert_msg(has_kernel(g, "fused{sub mul add lt where"), "no single normalize kernel");
+        /* The backward's sum(g) (beta) and sum(g * (x - mean)) (gamma) are one pass. */
+        if (!has_kernel(g, "+ sum(0,2,3) of 2 values"))
+            print_kernels(g);
+        ck_assert_msg(has_kernel(g, "+ sum(0,2,3) of 2 values"), "sibling sums not merged");
         tg_plan_free(fused);
         traced_free(&t);
     }

@@ -457,6 +457,14 @@ static int check_program(const tg_graph *g, const tg_ir_node *n, const tg_fused_
         points *= p->shape[k];
         outputs *= ((p->reduce_mask >> k) & 1) ? 1 : p->shape[k];
     }
+    if (p->n_more < 0 || p->n_more > TG_FUSED_MAX_MORE || (p->n_more > 0 && !reduce))
+        return tg_fail(TG_ERR_ARG, "fused: %d more results%s", p->n_more,
+                       reduce ? "" : " without a reduction");
+    for (int r = 0; r < p->n_more; r++)
+        if (p->more[r] < 0 || p->more[r] >= p->n_loads + p->n_instrs ||
+            value_dtype(p, p->more[r]) != n->dtype)
+            return tg_fail(TG_ERR_ARG, "fused: result %d is value %d", r + 1, p->more[r]);
+    outputs *= 1 + p->n_more;
     if (outputs != n->numel)
         return tg_fail(TG_ERR_ARG, "fused: %lld outputs for a node of %lld elements",
                        (long long)outputs, (long long)n->numel);
@@ -755,6 +763,8 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
         e->kind[p->n_loads + i] = kind;
     }
     uses[p->result]++;
+    for (int r = 0; r < p->n_more; r++)
+        uses[p->more[r]]++;
     for (int i = 0; i < p->n_instrs; i++) {
         int c = p->instr[i].arg[0];
         if (p->instr[i].op == TG_OP_WHERE && c >= p->n_loads && uses[c] == 1 &&
@@ -839,12 +849,17 @@ static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
         for (int a = 0; a < ops[i].n_args; a++)
             last_use[ops[i].arg[a]] = ops[i].value;
     last_use[p->result] = n_values; /* alive until stored or folded */
+    for (int r = 0; r < p->n_more; r++)
+        last_use[p->more[r]] = n_values;
     e->n_steps = 0;
-    /* Op i, then (at i == n_ops) the result. */
+    /* Op i, then (at i == n_ops) the results. */
+    int results[1 + TG_FUSED_MAX_MORE] = {p->result};
+    for (int r = 0; r < p->n_more; r++)
+        results[1 + r] = p->more[r];
     for (int i = 0; i <= n_ops; i++) {
         bool end = i == n_ops;
-        int n_args = end ? 1 : ops[i].n_args;
-        const int *args = end ? &p->result : ops[i].arg;
+        int n_args = end ? 1 + p->n_more : ops[i].n_args;
+        const int *args = end ? results : ops[i].arg;
         for (int a = 0; a < n_args; a++) {
             int v = args[a];
             if (v >= p->n_loads || made[v])
@@ -889,8 +904,10 @@ static bool index_gathers(const tg_fused_program *p, struct tg_fused_exec *e)
     for (int l = 0; l < p->n_loads; l++) {
         if (e->kind[l] != V_SLOT && e->kind[l] != V_OUT)
             continue;
+        if (getenv("TG_NO_INDEX")) continue; /*EXPERIMENT*/
         const int64_t *stride = e->stride[l];
-        if (stride[d - 1] == 1 && (d - 1 == f ? e->chunk : e->shape[d - 1]) >= 32)
+        if (stride[d - 1] == 0 ||
+            (stride[d - 1] == 1 && (d - 1 == f ? e->chunk : e->shape[d - 1]) >= 32))
             continue;
         int64_t reach = 0;
         for (int j = f; j < d; j++)
@@ -927,7 +944,9 @@ static void free_indexes(struct tg_fused_exec *e)
 
 static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec *e)
 {
-    size_t acc = p->reduce_op != TG_OP_LEAF ? (size_t)e->capacity * sizeof(double) : 0;
+    size_t acc = p->reduce_op != TG_OP_LEAF
+                     ? (size_t)(1 + p->n_more) * (size_t)e->capacity * sizeof(double)
+                     : 0;
     return (e->acc_offset + acc + 63) / 64 * 64;
 }
 
@@ -1175,8 +1194,8 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
 /* Each unit is a box of output elements, contiguous in the output; its tiles are folded in
  * one fixed order. */
 static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec *e,
-                          const void *const *in, char *scratch, void *out, int64_t u0,
-                          int64_t u1)
+                          const void *const *in, char *scratch, void *out, int64_t block_numel,
+                          int64_t u0, int64_t u1)
 {
     tile t;
     ref val[MAX_VALUES];
@@ -1191,19 +1210,26 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
         int64_t outputs = 1;
         for (int j = e->first; j < e->ndim; j++)
             outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
-        for (int64_t i = 0; i < outputs; i++)
-            acc[i] = init;
+        for (int m = 0; m <= p->n_more; m++)
+            for (int64_t i = 0; i < outputs; i++)
+                acc[m * e->capacity + i] = init;
         int64_t base = out_offset(e, &t);
         for (int64_t r = 0; r < e->n_red_tiles; r++, advance(e, e->red, e->n_red, idx)) {
             place_tile(e, idx, &t);
             run_tile(p, e, in, scratch, NULL, &t, val);
             fold_tile(p, e, &t, acc, &val[p->result]);
+            for (int m = 0; m < p->n_more; m++)
+                fold_tile(p, e, &t, acc + (1 + m) * e->capacity, &val[p->more[m]]);
         }
-        for (int64_t i = 0; i < outputs; i++) {
-            if (dt == TG_F64)
-                ((double *)out)[base + i] = acc[i];
-            else
-                ((float *)out)[base + i] = (float)acc[i];
+        for (int m = 0; m <= p->n_more; m++) { /* result m's block of the output */
+            const double *a = acc + m * e->capacity;
+            int64_t at = base + m * block_numel;
+            for (int64_t i = 0; i < outputs; i++) {
+                if (dt == TG_F64)
+                    ((double *)out)[at + i] = a[i];
+                else
+                    ((float *)out)[at + i] = (float)a[i];
+            }
         }
     }
 }
@@ -1230,7 +1256,7 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
         char *mine = (char *)scratch + (size_t)th * block;
         if (reduce)
-            run_reduction(p, e, in, mine, out, u0, u1);
+            run_reduction(p, e, in, mine, out, n->numel / (1 + p->n_more), u0, u1);
         else
             run_elementwise(p, e, in, mine, out, u0, u1);
     }
@@ -1263,6 +1289,8 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
             }
         }
         if (used < size)
-            snprintf(buf + used, size - used, ")");
+            used += (size_t)snprintf(buf + used, size - used, ")");
+        if (p->n_more > 0 && used < size)
+            snprintf(buf + used, size - used, " of %d values", 1 + p->n_more);
     }
 }

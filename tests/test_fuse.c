@@ -314,6 +314,13 @@ START_TEST(batchnorm_statistics_and_normalize)
         if (!has_kernel(g, "+ sum(0,2,3) of 2 values"))
             print_kernels(g);
         ck_assert_msg(has_kernel(g, "+ sum(0,2,3) of 2 values"), "sibling sums not merged");
+        /* Three passes of sums in all: sum(x); sum((x - mean)^2) with sum(x - mean); the
+         * backward's two. The backward's third sum, of a linear combination of g and
+         * x - mean, is made of those (distribute_sums). */
+        int passes = count_kernels(g, "+ sum(0,2,3)");
+        if (passes != 3)
+            print_kernels(g);
+        ck_assert_msg(passes == 3, "%d passes of sums over (N, H, W), not 3", passes);
         tg_plan_free(fused);
         traced_free(&t);
     }
@@ -349,6 +356,44 @@ START_TEST(reductions_over_axes)
                 c.tol = tol_for(c.dt, false);
                 check_case(&c);
             }
+}
+END_TEST
+
+/* ---- sums of linear combinations ------------------------------------------------------------- */
+/* sum(x * k - y), sum(-(x + y * k)) over (N, H, W) with k per channel: distribute_sums makes
+ * them k * sum(x) - sum(y) and -(sum(x) + k * sum(y)); sum(x), sum(y) and the sum(x * y)
+ * beside them are one pass. */
+static int build_linear_sums(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0], *y = in[1], *k = in[2];
+    const int axes[] = {0, 2, 3};
+    out[0] = tg_sum(tg_sub(tg_mul(x, k), y), 3, axes, true);
+    out[1] = tg_sum(tg_neg(tg_add(x, tg_mul(y, k))), 3, axes, false);
+    out[2] = tg_exp(tg_sum(tg_mul(x, y), 3, axes, true)); /* not linear: left alone */
+    return out[2] ? 3 : -1;
+}
+
+START_TEST(sums_of_linear_combinations)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 3, .build = build_linear_sums,
+                       .tol = tol_for(d ? TG_F64 : TG_F32, false)};
+        c.in[0] = (input_spec){"x", 4, {4, 3, 5, 6}, -1, 2, false};
+        c.in[1] = (input_spec){"y", 4, {4, 3, 5, 6}, -2, 1, false};
+        c.in[2] = (input_spec){"k", 4, {1, 3, 1, 1}, 0.5, 1.5, false};
+        traced t;
+        trace_case(&t, &c, 9);
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        int passes = count_kernels(g, "+ sum(");
+        if (passes != 1 || !has_kernel(g, "of 3 values"))
+            print_kernels(g);
+        ck_assert_msg(passes == 1 && has_kernel(g, "of 3 values"),
+                      "%d passes of sums, not one for sum(x), sum(y) and sum(x * y)", passes);
+        tg_plan_free(fused);
+        traced_free(&t);
+    }
 }
 END_TEST
 
@@ -780,6 +825,7 @@ int main(void)
     tcase_add_test(tc, reductions_over_axes);
     tcase_add_test(tc, max_ties_and_nan);
     tcase_add_test(tc, pooling_windows);
+    tcase_add_test(tc, sums_of_linear_combinations);
     tcase_add_test(tc, movement_views);
     tcase_add_test(tc, where_lt_eq_cast);
     tcase_add_test(tc, empty_and_single_values);

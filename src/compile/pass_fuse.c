@@ -727,6 +727,122 @@ static int add_kernels(tg_graph *g, kernel *kernels)
     return TG_OK;
 }
 
+/* ---- sums of linear combinations -------------------------------------------------------- */
+static tg_ir_node *GN(tg_graph *g, int i) { return &g->nodes[i]; }
+
+static bool same_shape_type(tg_graph *g, int a, int b)
+{
+    return GN(g, a)->dtype == GN(g, b)->dtype &&
+           tg_shape_equal(GN(g, a)->ndim, GN(g, a)->shape, GN(g, b)->ndim, GN(g, b)->shape);
+}
+
+static int add_like(tg_graph *g, int op, int like, int n_in, const int *in)
+{
+    int64_t shape[TG_MAX_DIMS];
+    memcpy(shape, GN(g, like)->shape, sizeof shape);
+    return tg_graph_add_op(g, op, GN(g, like)->dtype, GN(g, like)->ndim, shape, n_in, in);
+}
+
+/* sum_R(u) shaped like the sum i (keeping its dims): the node that already computes it
+ * (beta's gradient is sum(g)), or a new one. */
+static int sum_like(tg_graph *g, int i, int u)
+{
+    for (int v = 0; v < g->n; v++)
+        if (GN(g, v)->op == TG_OP_SUM && GN(g, v)->in[0] == u && v != i &&
+            GN(g, v)->attr[0] == GN(g, i)->attr[0] && same_shape_type(g, v, i))
+            return v;
+    int r = add_like(g, TG_OP_SUM, i, 1, &u);
+    if (r >= 0)
+        GN(g, r)->attr[0] = GN(g, i)->attr[0];
+    return r;
+}
+
+/* k, or the value an expand of k broadcasts, when it is one value along every reduced axis
+ * of the sum i: its shape then broadcasts to the sum's. -1 otherwise. */
+static int constant_along(tg_graph *g, int i, int k)
+{
+    if (GN(g, k)->op == TG_OP_EXPAND)
+        k = GN(g, k)->in[0];
+    const tg_ir_node *x = GN(g, i), *c = GN(g, k);
+    int lead = x->ndim - c->ndim;
+    if (lead < 0)
+        return -1;
+    for (int d = 0; d < c->ndim; d++) {
+        bool reduced = (x->attr[0] >> (d + lead)) & 1;
+        if (c->shape[d] != 1 && (reduced || c->shape[d] != x->shape[d + lead]))
+            return -1;
+    }
+    return k;
+}
+
+/* A sum of a linear combination -> the combination of sums:
+ *   sum(-u) -> -sum(u); sum(u +- v) -> sum(u) +- sum(v) (u, v of the full shape);
+ *   sum(u * k) -> sum(u) * k (k one value along the reduced axes: a per-channel scale).
+ * Batch norm's backward sums sum(-(g * s + 2 c * (x - mean))) this way become s * sum(g)
+ * + 2 c * sum(x - mean): sums that CSE finds computed already (sum(g) is beta's gradient)
+ * or that fusion folds in the same pass as a sibling (sum((x - mean)^2)), instead of one
+ * more pass over g and x. This reassociates the sum (as the fused kernels' tiles do). It
+ * runs here, before kernels are chosen, rather than in simplify: it pays only with fusion
+ * (the sibling sums fold in one pass) and with the sums it finds already computed. */
+static int sum_of_linear(tg_graph *g, int i)
+{
+    tg_ir_node *x = GN(g, i);
+    if (x->op != TG_OP_SUM || GN(g, x->in[0])->ndim != x->ndim)
+        return -1;
+    int e = x->in[0];
+    const tg_ir_node *t = GN(g, e);
+    if (t->op == TG_OP_NEG) {
+        int s = sum_like(g, i, t->in[0]);
+        return s < 0 ? -1 : add_like(g, TG_OP_NEG, i, 1, &s);
+    }
+    if (t->op == TG_OP_ADD || t->op == TG_OP_SUB) {
+        int u = t->in[0], v = t->in[1];
+        if (!same_shape_type(g, u, e) || !same_shape_type(g, v, e))
+            return -1;
+        int su = sum_like(g, i, u), sv = sum_like(g, i, v);
+        return su < 0 || sv < 0 ? -1 : add_like(g, GN(g, e)->op, i, 2, (const int[]){su, sv});
+    }
+    if (t->op == TG_OP_MUL) {
+        for (int side = 0; side < 2; side++) {
+            int u = t->in[side], k = constant_along(g, i, t->in[1 - side]);
+            if (k < 0 || !same_shape_type(g, u, e))
+                continue;
+            int su = sum_like(g, i, u);
+            return su < 0 ? -1 : add_like(g, TG_OP_MUL, i, 2, (const int[]){su, k});
+        }
+    }
+    return -1;
+}
+
+
+/* Rewrites every live sum of a linear combination, level by level, then drops what died. */
+static int distribute_sums(tg_graph *g)
+{
+    if (g->keep_dead) /* dead nodes would be built as kernels */
+        return TG_OK;
+    for (int round = 0; round < 8; round++) {
+        bool changed = false;
+        int end = g->n;
+        int *uses = tg_graph_use_counts(g);
+        if (!uses)
+            return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+        for (int i = 0; i < end; i++) {
+            if (uses[i] == 0 || GN(g, i)->op != TG_OP_SUM)
+                continue;
+            int with = sum_of_linear(g, i);
+            if (with >= 0 && with != i) {
+                tg_graph_replace(g, i, with);
+                changed = true;
+            }
+        }
+        free(uses);
+        int status = changed ? tg_graph_compact(g) : TG_OK;
+        if (status != TG_OK || !changed)
+            return status;
+    }
+    return TG_OK;
+}
+
 /* ---- sibling reductions: one pass over the data for several sums ------------------------- */
 /* Two reductions over the same iteration space and axes, neither needing the other (batch
  * norm's backward: sum(g) for beta and sum(g * (x - mean)) for gamma), become one kernel
@@ -959,6 +1075,9 @@ static int merge_siblings(tg_graph *g)
 int tg_pass_fuse(tg_graph *g, const tg_pass_ctx *ctx)
 {
     TG_UNUSED(ctx);
+    int distributed = distribute_sums(g);
+    if (distributed != TG_OK)
+        return distributed;
     size_t n = (size_t)g->n + 1;
     fuser f = {.g = g};
     f.mat = calloc(n, sizeof *f.mat);

@@ -253,6 +253,12 @@ typedef struct {
                     for (int64_t c = 0; c < n1; c++)                                            \
                         row[c] = src[a * s2 + c * s1];                                          \
             }                                                                                   \
+        } else if (s1 == 0 && n1 == 2 && s2 == 1) { /* the same, from a contiguous row */      \
+            SIMD for (int64_t a = 0; a < n2; a++) {                                             \
+                T v = src[a];                                                                   \
+                y[a * 2] = v;                                                                   \
+                y[a * 2 + 1] = v;                                                               \
+            }                                                                                   \
         } else if (s1 == 0 && n1 == 2) { /* each element twice: a pool's backward, 2 wide */    \
             for (int64_t a = 0; a < n2; a++) {                                                  \
                 T v = src[a * s2];                                                              \
@@ -904,7 +910,6 @@ static bool index_gathers(const tg_fused_program *p, struct tg_fused_exec *e)
     for (int l = 0; l < p->n_loads; l++) {
         if (e->kind[l] != V_SLOT && e->kind[l] != V_OUT)
             continue;
-        if (getenv("TG_NO_INDEX")) continue; /*EXPERIMENT*/
         const int64_t *stride = e->stride[l];
         if (stride[d - 1] == 0 ||
             (stride[d - 1] == 1 && (d - 1 == f ? e->chunk : e->shape[d - 1]) >= 32))

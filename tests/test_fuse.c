@@ -291,7 +291,7 @@ static int build_batchnorm(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg
     out[0] = loss;
     out[1] = g[0];
     out[2] = g[1];
-    out[3] = g[2];
+    out[3] = tg_add_scalar(g[2], 0.5); /* read by a kernel, as an optimizer would */
     return 4;
 }
 
@@ -310,6 +310,17 @@ START_TEST(batchnorm_statistics_and_normalize)
         const tg_graph *g = tg_plan_graph(fused);
         /* The normalize-scale-shift-relu pass over x is one kernel (here also the loss's). */
         ck_assert_msg(has_kernel(g, "fused{sub mul add lt where"), "no single normalize kernel");
+        /* The backward's sum(g) (beta) and sum(g * (x - mean)) (gamma) are one pass. */
+        if (!has_kernel(g, "+ sum(0,2,3) of 2 values"))
+            print_kernels(g);
+        ck_assert_msg(has_kernel(g, "+ sum(0,2,3) of 2 values"), "sibling sums not merged");
+        /* Three passes of sums in all: sum(x); sum((x - mean)^2) with sum(x - mean); the
+         * backward's two. The backward's third sum, of a linear combination of g and
+         * x - mean, is made of those (distribute_sums). */
+        int passes = count_kernels(g, "+ sum(0,2,3)");
+        if (passes != 3)
+            print_kernels(g);
+        ck_assert_msg(passes == 3, "%d passes of sums over (N, H, W), not 3", passes);
         tg_plan_free(fused);
         traced_free(&t);
     }
@@ -345,6 +356,44 @@ START_TEST(reductions_over_axes)
                 c.tol = tol_for(c.dt, false);
                 check_case(&c);
             }
+}
+END_TEST
+
+/* ---- sums of linear combinations ------------------------------------------------------------- */
+/* sum(x * k - y), sum(-(x + y * k)) over (N, H, W) with k per channel: distribute_sums makes
+ * them k * sum(x) - sum(y) and -(sum(x) + k * sum(y)); sum(x), sum(y) and the sum(x * y)
+ * beside them are one pass. */
+static int build_linear_sums(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0], *y = in[1], *k = in[2];
+    const int axes[] = {0, 2, 3};
+    out[0] = tg_sum(tg_sub(tg_mul(x, k), y), 3, axes, true);
+    out[1] = tg_sum(tg_neg(tg_add(x, tg_mul(y, k))), 3, axes, false);
+    out[2] = tg_exp(tg_sum(tg_mul(x, y), 3, axes, true)); /* not linear: left alone */
+    return out[2] ? 3 : -1;
+}
+
+START_TEST(sums_of_linear_combinations)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 3, .build = build_linear_sums,
+                       .tol = tol_for(d ? TG_F64 : TG_F32, false)};
+        c.in[0] = (input_spec){"x", 4, {4, 3, 5, 6}, -1, 2, false};
+        c.in[1] = (input_spec){"y", 4, {4, 3, 5, 6}, -2, 1, false};
+        c.in[2] = (input_spec){"k", 4, {1, 3, 1, 1}, 0.5, 1.5, false};
+        traced t;
+        trace_case(&t, &c, 9);
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        int passes = count_kernels(g, "+ sum(");
+        if (passes != 1 || !has_kernel(g, "of 3 values"))
+            print_kernels(g);
+        ck_assert_msg(passes == 1 && has_kernel(g, "of 3 values"),
+                      "%d passes of sums, not one for sum(x), sum(y) and sum(x * y)", passes);
+        tg_plan_free(fused);
+        traced_free(&t);
+    }
 }
 END_TEST
 
@@ -570,6 +619,69 @@ START_TEST(training_step)
 }
 END_TEST
 
+/* ---- pooling windows: reductions read in place, window by window ------------------------------ */
+/* Max and average pools of a fused chain (and a 3x3 max pool of the input), their gradients:
+ * the executor keeps such a reduction's axes in the order memory has them ([.., i, a, j, b])
+ * and folds each row's windows side by side (kernels/fused.c, fold_windows). */
+static void check_threads(fuse_case *c);
+
+static int build_pools(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    tg_tensor *x = tg_mul_scalar(in[0], 1.0);
+    tg_tensor *y = tg_relu(tg_add_scalar(tg_mul_scalar(x, 1.5), -0.2));
+    tg_tensor *mp = tg_max_pool2d(y, 2, 2, 0), *ap = tg_avg_pool2d(y, 2, 2, 0);
+    tg_tensor *m3 = tg_max_pool2d(x, 3, 3, 0);
+    tg_tensor *loss = tg_add(tg_sum(tg_mul(mp, in[1]), 0, NULL, false),
+                             tg_sum(tg_mul(ap, tg_exp(in[1])), 0, NULL, false));
+    loss = tg_add(loss, tg_sum(tg_mul(m3, tg_scalar(tape, c->dt, 0.5)), 0, NULL, false));
+    tg_tensor *g;
+    if (!loss || tg_grad(loss, 1, &x, NULL, &g) != 0)
+        return -1;
+    out[0] = mp;
+    out[1] = ap;
+    out[2] = m3;
+    out[3] = loss;
+    out[4] = g;
+    return 5;
+}
+
+static void pool_case(fuse_case *c, tg_dtype dt, const int64_t *shape)
+{
+    *c = (fuse_case){.dt = dt, .n_in = 2, .build = build_pools, .tol = tol_for(dt, false)};
+    c->in[0] = (input_spec){"x", 4, {shape[0], shape[1], shape[2], shape[3]}, -1, 1, false};
+    c->in[1] = (input_spec){"w", 4, {shape[0], shape[1], shape[2] / 2, shape[3] / 2}, -1, 1,
+                            false};
+}
+
+START_TEST(pooling_windows)
+{
+    /* small rows; the reference model's two shapes (a tile of one channel's 28x28, 14x14) */
+    const int64_t shapes[][4] = {{3, 5, 6, 12}, {2, 3, 28, 28}, {4, 6, 14, 14}};
+    for (int d = 0; d < 2; d++)
+        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+            fuse_case c;
+            pool_case(&c, d ? TG_F64 : TG_F32, shapes[s]);
+            traced t;
+            trace_case(&t, &c, 5 + s);
+            /* ties (multiples of 0.25) everywhere, and NaN in two windows of the first case */
+            int64_t n = shapes[s][0] * shapes[s][1] * shapes[s][2] * shapes[s][3];
+            for (int64_t i = 0; i < n; i++) {
+                double v = floor((double)(i * 37 % 13) / 2.0) * 0.25 - 0.5;
+                if (s == 0 && (i == 17 || i == 100))
+                    v = NAN;
+                if (c.dt == TG_F64)
+                    ((double *)t.data[0])[i] = v;
+                else
+                    ((float *)t.data[0])[i] = (float)v;
+            }
+            compare_case(&c, &t, false);
+            traced_free(&t);
+            if (s > 0)
+                check_threads(&c);
+        }
+}
+END_TEST
+
 /* ---- determinism across thread counts ------------------------------------------------------- */
 /* Compiled for two threads, run with one and with two: the same bits. */
 static void check_threads(fuse_case *c)
@@ -712,6 +824,8 @@ int main(void)
     tcase_add_test(tc, batchnorm_statistics_and_normalize);
     tcase_add_test(tc, reductions_over_axes);
     tcase_add_test(tc, max_ties_and_nan);
+    tcase_add_test(tc, pooling_windows);
+    tcase_add_test(tc, sums_of_linear_combinations);
     tcase_add_test(tc, movement_views);
     tcase_add_test(tc, where_lt_eq_cast);
     tcase_add_test(tc, empty_and_single_values);

@@ -727,9 +727,357 @@ static int add_kernels(tg_graph *g, kernel *kernels)
     return TG_OK;
 }
 
+/* ---- sums of linear combinations -------------------------------------------------------- */
+static tg_ir_node *GN(tg_graph *g, int i) { return &g->nodes[i]; }
+
+static bool same_shape_type(tg_graph *g, int a, int b)
+{
+    return GN(g, a)->dtype == GN(g, b)->dtype &&
+           tg_shape_equal(GN(g, a)->ndim, GN(g, a)->shape, GN(g, b)->ndim, GN(g, b)->shape);
+}
+
+static int add_like(tg_graph *g, int op, int like, int n_in, const int *in)
+{
+    int64_t shape[TG_MAX_DIMS];
+    memcpy(shape, GN(g, like)->shape, sizeof shape);
+    return tg_graph_add_op(g, op, GN(g, like)->dtype, GN(g, like)->ndim, shape, n_in, in);
+}
+
+/* sum_R(u) shaped like the sum i (keeping its dims): the node that already computes it
+ * (beta's gradient is sum(g)), or a new one. */
+static int sum_like(tg_graph *g, int i, int u)
+{
+    for (int v = 0; v < g->n; v++)
+        if (GN(g, v)->op == TG_OP_SUM && GN(g, v)->in[0] == u && v != i &&
+            GN(g, v)->attr[0] == GN(g, i)->attr[0] && same_shape_type(g, v, i))
+            return v;
+    int r = add_like(g, TG_OP_SUM, i, 1, &u);
+    if (r >= 0)
+        GN(g, r)->attr[0] = GN(g, i)->attr[0];
+    return r;
+}
+
+/* k, or the value an expand of k broadcasts, when it is one value along every reduced axis
+ * of the sum i: its shape then broadcasts to the sum's. -1 otherwise. */
+static int constant_along(tg_graph *g, int i, int k)
+{
+    if (GN(g, k)->op == TG_OP_EXPAND)
+        k = GN(g, k)->in[0];
+    const tg_ir_node *x = GN(g, i), *c = GN(g, k);
+    int lead = x->ndim - c->ndim;
+    if (lead < 0)
+        return -1;
+    for (int d = 0; d < c->ndim; d++) {
+        bool reduced = (x->attr[0] >> (d + lead)) & 1;
+        if (c->shape[d] != 1 && (reduced || c->shape[d] != x->shape[d + lead]))
+            return -1;
+    }
+    return k;
+}
+
+/* A sum of a linear combination -> the combination of sums:
+ *   sum(-u) -> -sum(u); sum(u +- v) -> sum(u) +- sum(v) (u, v of the full shape);
+ *   sum(u * k) -> sum(u) * k (k one value along the reduced axes: a per-channel scale).
+ * Batch norm's backward sums sum(-(g * s + 2 c * (x - mean))) this way become s * sum(g)
+ * + 2 c * sum(x - mean): sums that CSE finds computed already (sum(g) is beta's gradient)
+ * or that fusion folds in the same pass as a sibling (sum((x - mean)^2)), instead of one
+ * more pass over g and x. This reassociates the sum (as the fused kernels' tiles do). It
+ * runs here, before kernels are chosen, rather than in simplify: it pays only with fusion
+ * (the sibling sums fold in one pass) and with the sums it finds already computed. */
+static int sum_of_linear(tg_graph *g, int i)
+{
+    tg_ir_node *x = GN(g, i);
+    if (x->op != TG_OP_SUM || GN(g, x->in[0])->ndim != x->ndim)
+        return -1;
+    int e = x->in[0];
+    const tg_ir_node *t = GN(g, e);
+    if (t->op == TG_OP_NEG) {
+        int s = sum_like(g, i, t->in[0]);
+        return s < 0 ? -1 : add_like(g, TG_OP_NEG, i, 1, &s);
+    }
+    if (t->op == TG_OP_ADD || t->op == TG_OP_SUB) {
+        int u = t->in[0], v = t->in[1];
+        if (!same_shape_type(g, u, e) || !same_shape_type(g, v, e))
+            return -1;
+        int su = sum_like(g, i, u), sv = sum_like(g, i, v);
+        return su < 0 || sv < 0 ? -1 : add_like(g, GN(g, e)->op, i, 2, (const int[]){su, sv});
+    }
+    if (t->op == TG_OP_MUL) {
+        for (int side = 0; side < 2; side++) {
+            int u = t->in[side], k = constant_along(g, i, t->in[1 - side]);
+            if (k < 0 || !same_shape_type(g, u, e))
+                continue;
+            int su = sum_like(g, i, u);
+            return su < 0 ? -1 : add_like(g, TG_OP_MUL, i, 2, (const int[]){su, k});
+        }
+    }
+    return -1;
+}
+
+
+/* Rewrites every live sum of a linear combination, level by level, then drops what died. */
+static int distribute_sums(tg_graph *g)
+{
+    if (g->keep_dead) /* dead nodes would be built as kernels */
+        return TG_OK;
+    for (int round = 0; round < 8; round++) {
+        bool changed = false;
+        int end = g->n;
+        int *uses = tg_graph_use_counts(g);
+        if (!uses)
+            return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+        for (int i = 0; i < end; i++) {
+            if (uses[i] == 0 || GN(g, i)->op != TG_OP_SUM)
+                continue;
+            int with = sum_of_linear(g, i);
+            if (with >= 0 && with != i) {
+                tg_graph_replace(g, i, with);
+                changed = true;
+            }
+        }
+        free(uses);
+        int status = changed ? tg_graph_compact(g) : TG_OK;
+        if (status != TG_OK || !changed)
+            return status;
+    }
+    return TG_OK;
+}
+
+/* ---- sibling reductions: one pass over the data for several sums ------------------------- */
+/* Two reductions over the same iteration space and axes, neither needing the other (batch
+ * norm's backward: sum(g) for beta and sum(g * (x - mean)) for gamma), become one kernel
+ * that folds both values (tg_fused_program.more): the data they share is read once. The
+ * merged node's output holds the results one block after another; every kernel that read
+ * one of them (directly or through a reshape) now loads its block of the merged node. Only
+ * FUSED reductions whose every reader is a FUSED kernel are merged: the fusible-op lists
+ * decide, and any other op (a plan op this pass does not know) keeps its inputs as they
+ * are. */
+#define MAX_SIBLINGS (1 + TG_FUSED_MAX_MORE)
+
+static bool is_fused_reduction(const tg_graph *g, int v)
+{
+    const tg_ir_node *n = &g->nodes[v];
+    if (n->op != TG_PLAN_OP_FUSED || !n->payload)
+        return false;
+    const tg_fused_program *p = n->payload;
+    return p->reduce_op != TG_OP_LEAF && p->n_more == 0;
+}
+
+static bool is_root(const tg_graph *g, int v)
+{
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i] == v)
+            return true;
+    for (int i = 0; i < g->n_updates; i++)
+        if (g->update_value[i] == v || g->update_target[i] == v)
+            return true;
+    return false;
+}
+
+/* Whether every reader of v is a FUSED kernel, or a reshape (not a root) read only by FUSED
+ * kernels. */
+static bool read_by_kernels_only(const tg_graph *g, int v)
+{
+    if (is_root(g, v))
+        return false;
+    for (int u = 0; u < g->n; u++) {
+        const tg_ir_node *n = &g->nodes[u];
+        for (int k = 0; k < n->n_in; k++) {
+            if (n->in[k] != v)
+                continue;
+            if (n->op == TG_OP_RESHAPE && !read_by_kernels_only(g, u))
+                return false;
+            if (n->op != TG_OP_RESHAPE && n->op != TG_PLAN_OP_FUSED)
+                return false;
+        }
+    }
+    return true;
+}
+
+/* Whether `a` is among the inputs of b, transitively (the graph is in topological order,
+ * so only nodes after a can need it). */
+static bool needs(const tg_graph *g, int b, int a, char *seen)
+{
+    if (b == a)
+        return true;
+    if (b < a || seen[b])
+        return false;
+    seen[b] = 1;
+    for (int k = 0; k < g->nodes[b].n_in; k++)
+        if (needs(g, g->nodes[b].in[k], a, seen))
+            return true;
+    return false;
+}
+
+static bool same_space(const tg_ir_node *x, const tg_ir_node *y)
+{
+    const tg_fused_program *p = x->payload, *q = y->payload;
+    return x->dtype == y->dtype && x->numel == y->numel && p->ndim == q->ndim &&
+           p->reduce_op == q->reduce_op && p->reduce_mask == q->reduce_mask &&
+           memcmp(p->shape, q->shape, (size_t)p->ndim * sizeof *p->shape) == 0;
+}
+
+/* Appends q's program (node y) to p's (node x's inputs in inputs[0 .. *n_inputs)): its
+ * inputs, loads (shared ones once) and instructions; q's result becomes p's next one.
+ * False when a limit would be passed (p is then unusable). */
+static bool append_program(tg_fused_program *p, int *inputs, int *n_inputs,
+                           const tg_fused_program *q, const tg_ir_node *y)
+{
+    int load_of[TG_FUSED_MAX_LOADS], added = 0, n_loads = p->n_loads;
+    tg_fused_load extra[TG_FUSED_MAX_LOADS];
+    for (int l = 0; l < q->n_loads; l++) {
+        tg_fused_load ld = q->load[l];
+        int slot = 0;
+        while (slot < *n_inputs && inputs[slot] != y->in[ld.input])
+            slot++;
+        if (slot == *n_inputs) {
+            if (*n_inputs == TG_IR_MAX_IN)
+                return false;
+            inputs[(*n_inputs)++] = y->in[ld.input];
+        }
+        ld.input = slot;
+        load_of[l] = -1;
+        for (int k = 0; k < p->n_loads && load_of[l] < 0; k++)
+            if (memcmp(&p->load[k], &ld, sizeof ld) == 0)
+                load_of[l] = k;
+        for (int k = 0; k < added && load_of[l] < 0; k++)
+            if (memcmp(&extra[k], &ld, sizeof ld) == 0)
+                load_of[l] = n_loads + k;
+        if (load_of[l] < 0) {
+            if (n_loads + added == TG_FUSED_MAX_LOADS)
+                return false;
+            extra[added] = ld;
+            load_of[l] = n_loads + added++;
+        }
+    }
+    if (p->n_instrs + q->n_instrs > TG_FUSED_MAX_INSTRS || p->n_more == TG_FUSED_MAX_MORE)
+        return false;
+    /* p's instructions move up by the loads added; q's follow them. */
+    int shift = added, base = n_loads + added + p->n_instrs;
+    for (int i = 0; i < p->n_instrs; i++)
+        for (int a = 0; p->instr[i].op != TG_OP_LEAF && a < tg_op_table[p->instr[i].op].arity; a++)
+            if (p->instr[i].arg[a] >= n_loads)
+                p->instr[i].arg[a] += shift;
+    if (p->result >= n_loads)
+        p->result += shift;
+    for (int m = 0; m < p->n_more; m++)
+        if (p->more[m] >= n_loads)
+            p->more[m] += shift;
+    for (int k = 0; k < added; k++)
+        p->load[n_loads + k] = extra[k];
+    p->n_loads = n_loads + added;
+    for (int i = 0; i < q->n_instrs; i++) {
+        tg_fused_instr in = q->instr[i];
+        for (int a = 0; in.op != TG_OP_LEAF && a < tg_op_table[in.op].arity; a++)
+            in.arg[a] = in.arg[a] < q->n_loads ? load_of[in.arg[a]]
+                                               : base + in.arg[a] - q->n_loads;
+        p->instr[p->n_instrs++] = in;
+    }
+    p->more[p->n_more++] = q->result < q->n_loads ? load_of[q->result]
+                                                  : base + q->result - q->n_loads;
+    return true;
+}
+
+/* Points every kernel that read `old` (directly or through a reshape) at block `block` of
+ * `merged`. */
+static void redirect_readers(tg_graph *g, int old, int merged, int64_t block)
+{
+    for (int u = 0; u < g->n; u++) {
+        tg_ir_node *n = &g->nodes[u];
+        for (int k = 0; k < n->n_in; k++) {
+            if (n->in[k] != old)
+                continue;
+            if (n->op == TG_OP_RESHAPE) {
+                redirect_readers(g, u, merged, block);
+                continue;
+            }
+            tg_fused_program *p = n->payload;
+            n->in[k] = merged;
+            n->inplace_inputs &= ~(1u << k); /* the merged node is not its shape */
+            for (int l = 0; l < p->n_loads; l++)
+                if (p->load[l].input == k)
+                    p->load[l].offset += block;
+        }
+    }
+}
+
+static int merge_siblings(tg_graph *g)
+{
+    int status = tg_graph_compact(g);
+    if (status != TG_OK || g->keep_dead) /* dead nodes would count as readers */
+        return status;
+    int n = g->n;
+    char *seen = malloc((size_t)n + 1);
+    bool *taken = calloc((size_t)n + 1, sizeof *taken);
+    if (!seen || !taken) {
+        free(seen);
+        free(taken);
+        return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+    }
+    for (int a = 0; a < n && status == TG_OK; a++) {
+        if (taken[a] || !is_fused_reduction(g, a) || !read_by_kernels_only(g, a))
+            continue;
+        int group[MAX_SIBLINGS] = {a}, count = 1;
+        tg_fused_program *p = tg_fused_program_new();
+        if (!p) {
+            status = tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+            break;
+        }
+        *p = *(const tg_fused_program *)g->nodes[a].payload;
+        p->exec = NULL;
+        int inputs[TG_IR_MAX_IN], n_inputs = g->nodes[a].n_in;
+        memcpy(inputs, g->nodes[a].in, sizeof inputs);
+        for (int b = a + 1; b < n && count < MAX_SIBLINGS; b++) {
+            if (taken[b] || !is_fused_reduction(g, b) || !same_space(&g->nodes[a], &g->nodes[b]) ||
+                !read_by_kernels_only(g, b))
+                continue;
+            bool independent = true;
+            for (int i = 0; i < count && independent; i++) {
+                memset(seen, 0, (size_t)n + 1);
+                independent = !needs(g, b, group[i], seen);
+            }
+            tg_fused_program trial = *p;
+            int trial_inputs[TG_IR_MAX_IN], trial_n = n_inputs;
+            memcpy(trial_inputs, inputs, sizeof inputs);
+            if (!independent || !append_program(&trial, trial_inputs, &trial_n,
+                                                g->nodes[b].payload, &g->nodes[b]))
+                continue;
+            *p = trial;
+            memcpy(inputs, trial_inputs, sizeof inputs);
+            n_inputs = trial_n;
+            group[count++] = b;
+        }
+        if (count == 1) {
+            free(p);
+            continue;
+        }
+        const tg_ir_node *first = &g->nodes[a];
+        tg_ir_node x = {.op = TG_PLAN_OP_FUSED, .dtype = first->dtype, .ndim = 1,
+                        .shape = {count * first->numel}, .n_in = n_inputs,
+                        .label = first->label, .tape_id = SIZE_MAX, .payload = p};
+        memcpy(x.in, inputs, sizeof x.in);
+        int merged = tg_graph_add(g, &x);
+        if (merged < 0) {
+            tg_fused_release(p);
+            status = tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+            break;
+        }
+        for (int i = 0; i < count; i++) {
+            taken[group[i]] = true;
+            redirect_readers(g, group[i], merged, i * g->nodes[group[i]].numel);
+        }
+    }
+    free(seen);
+    free(taken);
+    return status;
+}
+
 int tg_pass_fuse(tg_graph *g, const tg_pass_ctx *ctx)
 {
     TG_UNUSED(ctx);
+    int distributed = distribute_sums(g);
+    if (distributed != TG_OK)
+        return distributed;
     size_t n = (size_t)g->n + 1;
     fuser f = {.g = g};
     f.mat = calloc(n, sizeof *f.mat);
@@ -761,6 +1109,8 @@ int tg_pass_fuse(tg_graph *g, const tg_pass_ctx *ctx)
             break;
     }
     status = add_kernels(g, kernels);
+    if (status == TG_OK)
+        status = merge_siblings(g);
 done:
     for (size_t v = 0; kernels && v < n; v++)
         tg_fused_release(kernels[v].prog);

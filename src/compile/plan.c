@@ -12,6 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef TG_PLAN_PROFILE
+/* A development aid, compiled in only with -DTG_PLAN_PROFILE (meson configure
+ * -Dc_args=-DTG_PLAN_PROFILE): every kernel's time is summed over the plan's runs and, when
+ * the plan is freed, written to the file named by the environment variable TG_PLAN_PROFILE
+ * (appended), one line per kernel, heaviest first. Off, it costs nothing. */
+#include <stdio.h>
+#include <time.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -28,7 +37,53 @@ struct tg_plan {
     tg_plan_stage stages[TG_MAX_STAGES];
     int n_stages;
     tg_comm *comm;           /* the all-reduce's ranks: the tape's when it was compiled */
+#ifdef TG_PLAN_PROFILE
+    double *seconds; /* per node, summed over runs */
+    long runs;
+#endif
 };
+
+#ifdef TG_PLAN_PROFILE
+static double now_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void write_profile(const tg_plan *p)
+{
+    const char *path = getenv("TG_PLAN_PROFILE");
+    FILE *out = path && p->seconds && p->runs > 0 ? fopen(path, "a") : NULL;
+    if (!out)
+        return;
+    double total = 0;
+    for (int i = 0; i < p->g.n; i++)
+        total += p->seconds[i];
+    fprintf(out, "# plan of %d nodes: %ld runs, %.3f ms per run in kernels\n", p->g.n, p->runs,
+            1e3 * total / (double)p->runs);
+    for (int done = 0; done < p->g.n; done++) { /* heaviest first, by selection */
+        int best = -1;
+        for (int i = 0; i < p->g.n; i++)
+            if (p->seconds[i] >= 0 && (best < 0 || p->seconds[i] > p->seconds[best]))
+                best = i;
+        if (best < 0 || p->seconds[best] <= 0)
+            break;
+        char what[256];
+        const tg_ir_node *x = &p->g.nodes[best];
+        const tg_plan_op_info *info = tg_plan_op_info_of(x->op);
+        if (info)
+            info->describe(x, what, sizeof what);
+        else
+            snprintf(what, sizeof what, "%s", tg_ir_op_name(x->op));
+        fprintf(out, "%6.2f%% %8.3f ms  %%%-4d %s  [%s]\n", 100 * p->seconds[best] / total,
+                1e3 * p->seconds[best] / (double)p->runs, best, what,
+                x->label ? x->label : "");
+        ((tg_plan *)p)->seconds[best] = -1;
+    }
+    fclose(out);
+}
+#endif
 
 static size_t elem_size(tg_dtype dt) { return dt == TG_F64 ? sizeof(double) : sizeof(float); }
 
@@ -36,6 +91,10 @@ void tg_plan_free(tg_plan *plan)
 {
     if (!plan)
         return;
+#ifdef TG_PLAN_PROFILE
+    write_profile(plan);
+    free(plan->seconds);
+#endif
     tg_graph_free(&plan->g);
     tg_memplan_free(&plan->mem);
     free(plan->arena);
@@ -155,6 +214,9 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
         goto fail;
     p->prim = calloc((size_t)p->g.n + 1, sizeof *p->prim);
     p->value = calloc((size_t)p->g.n + 1, sizeof *p->value);
+#ifdef TG_PLAN_PROFILE
+    p->seconds = calloc((size_t)p->g.n + 1, sizeof *p->seconds);
+#endif
     if (!p->prim || !p->value) {
         tg_fail(TG_ERR_NOMEM, "compile: out of memory");
         goto fail;
@@ -256,9 +318,20 @@ int tg_plan_run(tg_plan *plan)
         else if (x->op == TG_OP_ALLREDUCE) {
             if (run_allreduce(plan, i) != TG_OK)
                 return TG_ERR_COMM;
-        } else
+        } else {
+#ifdef TG_PLAN_PROFILE
+            double t0 = now_seconds();
             run_kernel(plan, i);
+            if (plan->seconds)
+                plan->seconds[i] += now_seconds() - t0;
+#else
+            run_kernel(plan, i);
+#endif
+        }
     }
+#ifdef TG_PLAN_PROFILE
+    plan->runs++;
+#endif
     for (int u = 0; u < g->n_updates; u++) {
         const tg_ir_node *t = &g->nodes[g->update_target[u]];
         memmove(plan->value[g->update_target[u]], plan->value[g->update_value[u]],

@@ -21,6 +21,9 @@
 #include "strided.h"
 
 #include <math.h>
+#ifdef TG_FUSED_DEBUG
+#include <stdio.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -250,6 +253,12 @@ typedef struct {
                     for (int64_t c = 0; c < n1; c++)                                            \
                         row[c] = src[a * s2 + c * s1];                                          \
             }                                                                                   \
+        } else if (s1 == 0 && n1 == 2 && s2 == 1) { /* the same, from a contiguous row */      \
+            SIMD for (int64_t a = 0; a < n2; a++) {                                             \
+                T v = src[a];                                                                   \
+                y[a * 2] = v;                                                                   \
+                y[a * 2 + 1] = v;                                                               \
+            }                                                                                   \
         } else if (s1 == 0 && n1 == 2) { /* each element twice: a pool's backward, 2 wide */    \
             for (int64_t a = 0; a < n2; a++) {                                                  \
                 T v = src[a * s2];                                                              \
@@ -296,6 +305,58 @@ typedef struct {
             m = (x[i] > m || x[i] != x[i]) ? x[i] : m;                                          \
         return m;                                                                               \
     }                                                                                           \
+    /* J windows side by side, each A rows of B points (a 2x2 pool's [a, j, b], rows J * B    \
+     * apart): window j folds into a[j], rows in order. Without branches (random data         \
+     * mispredicts every other comparison of a max) and NaN kept as the eager max keeps it:   \
+     * a NaN point wins, an accumulator that is NaN stays. */                                 \
+    static void fold_windows_##S(int op, double *acc, const T *x, T xs, int64_t A, int64_t J,    \
+                                 int64_t B)                                                     \
+    {                                                                                           \
+        int64_t row = J * B;                                                                    \
+        if (!x) {                                                                               \
+            for (int64_t j = 0; j < J; j++)                                                     \
+                acc[j] = op == TG_OP_SUM ? acc[j] + (double)xs * (double)(A * B)               \
+                         : ((double)xs > acc[j] || xs != xs) ? (double)xs : acc[j];             \
+        } else if (op == TG_OP_SUM && A == 2 && B == 2) {                                       \
+            const T *y = x + row;                                                               \
+            SIMD for (int64_t j = 0; j < J; j++) acc[j] +=                                      \
+                ((double)x[2 * j] + (double)x[2 * j + 1]) +                                     \
+                ((double)y[2 * j] + (double)y[2 * j + 1]);                                      \
+        } else if (op == TG_OP_SUM) {                                                           \
+            for (int64_t a = 0; a < A; a++)                                                     \
+                for (int64_t j = 0; j < J; j++)                                                 \
+                    for (int64_t b = 0; b < B; b++)                                             \
+                        acc[j] += (double)x[a * row + j * B + b];                               \
+        } else if (A == 2 && B == 2) {                                                          \
+            const T *y = x + row;                                                               \
+            SIMD for (int64_t j = 0; j < J; j++) {                                              \
+                T u0 = x[2 * j], u1 = x[2 * j + 1], u2 = y[2 * j], u3 = y[2 * j + 1];           \
+                T m = u1 > u0 ? u1 : u0;                                                        \
+                m = u2 > m ? u2 : m;                                                            \
+                m = u3 > m ? u3 : m;                                                            \
+                bool nan = (u0 != u0) | (u1 != u1) | (u2 != u2) | (u3 != u3);                   \
+                double d = nan ? (double)(u0 + u1 + u2 + u3) : (double)m, old = acc[j];         \
+                double r = d > old ? d : old;                                                   \
+                r = nan ? d : r;                                                                \
+                acc[j] = old != old ? old : r;                                                  \
+            }                                                                                   \
+        } else {                                                                                \
+            for (int64_t a = 0; a < A; a++)                                                     \
+                SIMD for (int64_t j = 0; j < J; j++) {                                          \
+                    T m = x[a * row + j * B];                                                   \
+                    bool nan = m != m;                                                          \
+                    for (int64_t b = 1; b < B; b++) {                                           \
+                        T u = x[a * row + j * B + b];                                           \
+                        m = u > m ? u : m;                                                      \
+                        nan |= u != u;                                                          \
+                    }                                                                           \
+                    double d = nan ? (double)NAN : (double)m, old = acc[j];                     \
+                    double r = d > old ? d : old;                                               \
+                    r = nan ? d : r;                                                            \
+                    acc[j] = old != old ? old : r;                                              \
+                }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
     static void fold_run_##S(int op, bool reduced, double *a, const T *x, T xs, int64_t n)      \
     {                                                                                           \
         if (reduced && op == TG_OP_SUM) {                                                       \
@@ -318,6 +379,16 @@ GATHER(float, f32)
 GATHER(double, f64)
 FOLD(float, f32)
 FOLD(double, f64)
+
+/* y[i] = src[index[i]]: one loop the compiler may turn into vector gathers. */
+#define GATHER_INDEXED(T, S)                                                                    \
+    static void gather_indexed_##S(T *restrict y, const T *restrict src,                        \
+                                   const int32_t *restrict index, int64_t n)                    \
+    {                                                                                           \
+        SIMD for (int64_t i = 0; i < n; i++) y[i] = src[index[i]];                              \
+    }
+GATHER_INDEXED(float, f32)
+GATHER_INDEXED(double, f64)
 
 /* ---- the prepared form ------------------------------------------------------------------ */
 enum {
@@ -353,8 +424,17 @@ struct tg_fused_exec {
      * reduced ones); axes fold_axis .. ndim-1 fold as runs. */
     int64_t acc_stride[TG_FUSED_MAX_DIMS];
     int fold_axis;
+    /* Windows: the last axis reduced, the one before it kept and inside the tile (the
+     * program kept its axes in order, [.., i, a, j, b] for a 2x2 pool): runs span both
+     * and fold window by window (fold_windows), reading the tile as it lies. */
+    bool fold_windows;
+    bool window_rows; /* and the axis before those is reduced too: runs span all three */
     int kind[MAX_VALUES];
     int slot[MAX_VALUES];
+    /* Per gathered load, NULL or the offset of each point of a full tile from the tile's
+     * first element (a partial tile is a prefix): short rows and broadcasts inside the tile
+     * (a pooled value over its window) are then one flat loop, not a walk row by row. */
+    int32_t *index[TG_FUSED_MAX_LOADS];
     double constant[MAX_VALUES]; /* V_CONST values */
     int n_steps;
     step steps[MAX_VALUES];
@@ -383,6 +463,14 @@ static int check_program(const tg_graph *g, const tg_ir_node *n, const tg_fused_
         points *= p->shape[k];
         outputs *= ((p->reduce_mask >> k) & 1) ? 1 : p->shape[k];
     }
+    if (p->n_more < 0 || p->n_more > TG_FUSED_MAX_MORE || (p->n_more > 0 && !reduce))
+        return tg_fail(TG_ERR_ARG, "fused: %d more results%s", p->n_more,
+                       reduce ? "" : " without a reduction");
+    for (int r = 0; r < p->n_more; r++)
+        if (p->more[r] < 0 || p->more[r] >= p->n_loads + p->n_instrs ||
+            value_dtype(p, p->more[r]) != n->dtype)
+            return tg_fail(TG_ERR_ARG, "fused: result %d is value %d", r + 1, p->more[r]);
+    outputs *= 1 + p->n_more;
     if (outputs != n->numel)
         return tg_fail(TG_ERR_ARG, "fused: %lld outputs for a node of %lld elements",
                        (long long)outputs, (long long)n->numel);
@@ -509,9 +597,94 @@ static void collapse(axes *x)
     *x = y;
 }
 
+/* Whether every reduced axis lies in a trailing block of at most TILE points that also
+ * holds kept axes (a pooling window's [a, j, b] of [.., i, a, j, b]): a tile then holds whole
+ * windows in the program's own order, so loads stay contiguous and no reorder (which would
+ * gather every point through a stride-2 view) is needed. */
+static bool windows_in_tile(const axes *x, uint32_t mask)
+{
+    int first_red = -1;
+    for (int k = 0; k < x->ndim && first_red < 0; k++)
+        if (((mask >> k) & 1) && x->shape[k] > 1)
+            first_red = k;
+    if (first_red < 0)
+        return false;
+    int64_t block = 1;
+    bool kept_inside = false;
+    for (int k = first_red; k < x->ndim; k++) {
+        block *= x->shape[k];
+        kept_inside |= !((mask >> k) & 1) && x->shape[k] > 1;
+    }
+    return kept_inside && block <= TILE;
+}
+
+/* Within the window block (from the first reduced axis on), orders the axes as the load
+ * that reads most of it steps through memory, outermost first, so that it is read in place
+ * ([a, b, i, j] of a pool written as a permute becomes [i, a, j, b]). Kept axes must keep
+ * their order (the accumulators are laid out as the output is); otherwise nothing moves. */
+static void order_windows(axes *x, uint32_t mask)
+{
+    int first_red = 0;
+    while (!(((mask >> first_red) & 1) && x->shape[first_red] > 1))
+        first_red++;
+    int ref = -1;
+    int64_t best = 1;
+    for (int o = 1; o < x->nops; o++) {
+        int64_t reach = 1;
+        for (int k = first_red; k < x->ndim; k++)
+            reach *= x->stride[o][k] != 0 ? x->shape[k] : 1;
+        if (reach > best) {
+            best = reach;
+            ref = o;
+        }
+    }
+    if (ref < 0)
+        return;
+    int perm[TG_FUSED_MAX_DIMS];
+    for (int k = 0; k < x->ndim; k++)
+        perm[k] = k;
+    for (int k = first_red + 1; k < x->ndim; k++) { /* stable: by stride, descending */
+        int v = perm[k], j = k;
+        for (; j > first_red && x->stride[ref][perm[j - 1]] < x->stride[ref][v]; j--)
+            perm[j] = perm[j - 1];
+        perm[j] = v;
+    }
+    int last_kept = -1;
+    for (int k = first_red; k < x->ndim; k++) {
+        if ((mask >> perm[k]) & 1)
+            continue;
+        if (perm[k] < last_kept)
+            return;
+        last_kept = perm[k];
+    }
+    axes y = *x;
+    for (int k = 0; k < x->ndim; k++) {
+        y.shape[k] = x->shape[perm[k]];
+        for (int o = 0; o < x->nops; o++)
+            y.stride[o][k] = x->stride[o][perm[k]];
+    }
+    *x = y;
+}
+
+/* Whether some load is one value over the axes after k but varies along k (a per-channel
+ * scale when k is the channels): a tile cut across k would gather it point by point. */
+static bool scalar_below(const struct tg_fused_exec *e, int n_loads, int k)
+{
+    for (int l = 0; l < n_loads; l++) {
+        bool below = e->stride[l][k] != 0;
+        for (int j = k + 1; j < e->ndim && below; j++)
+            below = e->stride[l][j] == 0 || e->shape[j] == 1;
+        if (below)
+            return true;
+    }
+    return false;
+}
+
 /* As many whole trailing axes as fit in TILE points, and a chunk of the next one (a long
- * innermost axis is cut into equal chunks). */
-static void choose_tile(struct tg_fused_exec *e)
+ * innermost axis is cut into equal chunks). When the whole trailing axes already make a
+ * tile of TILE / 8 points or more and a load is one value over them but not along the next
+ * axis, the tile stops there: the load stays one value per tile instead of a gather. */
+static void choose_tile(struct tg_fused_exec *e, int n_loads)
 {
     int d = e->ndim, k = d - 1;
     int64_t inner = 1;
@@ -523,6 +696,8 @@ static void choose_tile(struct tg_fused_exec *e)
     } else if (k == d - 1) {
         int64_t pieces = (e->shape[k] + TILE - 1) / TILE;
         e->chunk = (e->shape[k] + pieces - 1) / pieces;
+    } else if (inner >= TILE / 8 && scalar_below(e, n_loads, k)) {
+        e->chunk = 1;
     } else {
         e->chunk = TILE / inner;
     }
@@ -549,7 +724,16 @@ static void choose_tile(struct tg_fused_exec *e)
     }
     bool last_red = (e->reduced >> (d - 1)) & 1;
     e->fold_axis = d - 1;
-    while (e->fold_axis > k && (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
+    e->fold_windows = last_red && d - 2 >= k && !((e->reduced >> (d - 2)) & 1) &&
+                      e->shape[d - 1] <= 8; /* longer rows: eight lanes (fold_run) */
+    if (e->fold_windows)
+        e->fold_axis = d - 2;
+    e->window_rows = e->fold_windows && d - 3 >= k && ((e->reduced >> (d - 3)) & 1) &&
+                     e->shape[d - 3] <= 8;
+    if (e->window_rows)
+        e->fold_axis = d - 3;
+    while (!e->fold_windows && e->fold_axis > k &&
+           (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
         e->fold_axis--;
 }
 
@@ -585,6 +769,8 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
         e->kind[p->n_loads + i] = kind;
     }
     uses[p->result]++;
+    for (int r = 0; r < p->n_more; r++)
+        uses[p->more[r]]++;
     for (int i = 0; i < p->n_instrs; i++) {
         int c = p->instr[i].arg[0];
         if (p->instr[i].op == TG_OP_WHERE && c >= p->n_loads && uses[c] == 1 &&
@@ -669,12 +855,17 @@ static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
         for (int a = 0; a < ops[i].n_args; a++)
             last_use[ops[i].arg[a]] = ops[i].value;
     last_use[p->result] = n_values; /* alive until stored or folded */
+    for (int r = 0; r < p->n_more; r++)
+        last_use[p->more[r]] = n_values;
     e->n_steps = 0;
-    /* Op i, then (at i == n_ops) the result. */
+    /* Op i, then (at i == n_ops) the results. */
+    int results[1 + TG_FUSED_MAX_MORE] = {p->result};
+    for (int r = 0; r < p->n_more; r++)
+        results[1 + r] = p->more[r];
     for (int i = 0; i <= n_ops; i++) {
         bool end = i == n_ops;
-        int n_args = end ? 1 : ops[i].n_args;
-        const int *args = end ? &p->result : ops[i].arg;
+        int n_args = end ? 1 + p->n_more : ops[i].n_args;
+        const int *args = end ? results : ops[i].arg;
         for (int a = 0; a < n_args; a++) {
             int v = args[a];
             if (v >= p->n_loads || made[v])
@@ -710,9 +901,57 @@ static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
     e->acc_offset = (size_t)n_slots * e->slot_bytes;
 }
 
+/* Index tables for the gathered loads whose innermost run is short or strided (a long
+ * contiguous row is copied faster as it is); none when an offset would not fit. Returns
+ * false when out of memory. */
+static bool index_gathers(const tg_fused_program *p, struct tg_fused_exec *e)
+{
+    int d = e->ndim, f = e->first;
+    for (int l = 0; l < p->n_loads; l++) {
+        if (e->kind[l] != V_SLOT && e->kind[l] != V_OUT)
+            continue;
+        const int64_t *stride = e->stride[l];
+        if (stride[d - 1] == 0 ||
+            (stride[d - 1] == 1 && (d - 1 == f ? e->chunk : e->shape[d - 1]) >= 32))
+            continue;
+        int64_t reach = 0;
+        for (int j = f; j < d; j++)
+            reach += stride[j] * ((j == f ? e->chunk : e->shape[j]) - 1);
+        if (reach > INT32_MAX)
+            continue;
+        int32_t *index = malloc((size_t)e->capacity * sizeof *index);
+        if (!index)
+            return false;
+        int64_t pos[TG_FUSED_MAX_DIMS] = {0}, at = 0;
+        for (int64_t i = 0; i < e->capacity; i++) {
+            index[i] = (int32_t)at;
+            for (int j = d - 1; j >= f; j--) { /* the next point, row-major over the box */
+                int64_t ext = j == f ? e->chunk : e->shape[j];
+                at += stride[j];
+                if (++pos[j] < ext)
+                    break;
+                at -= stride[j] * ext;
+                pos[j] = 0;
+            }
+        }
+        e->index[l] = index;
+    }
+    return true;
+}
+
+static void free_indexes(struct tg_fused_exec *e)
+{
+    for (int l = 0; l < TG_FUSED_MAX_LOADS; l++) {
+        free(e->index[l]);
+        e->index[l] = NULL;
+    }
+}
+
 static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec *e)
 {
-    size_t acc = p->reduce_op != TG_OP_LEAF ? (size_t)e->capacity * sizeof(double) : 0;
+    size_t acc = p->reduce_op != TG_OP_LEAF
+                     ? (size_t)(1 + p->n_more) * (size_t)e->capacity * sizeof(double)
+                     : 0;
     return (e->acc_offset + acc + 63) / 64 * 64;
 }
 
@@ -727,12 +966,16 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     struct tg_fused_exec *e = p->exec ? p->exec : malloc(sizeof *e);
     if (!e)
         return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
+    if (p->exec)
+        free_indexes(e);
     memset(e, 0, sizeof *e);
     p->exec = e;
 
     axes x;
     program_axes(p, &x);
-    if (p->reduce_op != TG_OP_LEAF)
+    if (p->reduce_op != TG_OP_LEAF && windows_in_tile(&x, p->reduce_mask))
+        order_windows(&x, p->reduce_mask);
+    else if (p->reduce_op != TG_OP_LEAF)
         reorder(&x, p->reduce_mask);
     collapse(&x);
     e->ndim = x.ndim;
@@ -743,17 +986,34 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     for (int k = 0; k < e->ndim; k++)
         if (p->reduce_op != TG_OP_LEAF && e->out_stride[k] == 0 && e->shape[k] > 1)
             e->reduced |= 1u << k;
-    choose_tile(e);
+    choose_tile(e, p->n_loads);
     classify(p, e);
     compute_constants(p, e);
     schedule(p, e);
+    if (!index_gathers(p, e))
+        return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
     n->scratch_bytes = scratch_need(p, e);
+#ifdef TG_FUSED_DEBUG
+    if (getenv("TG_FUSED_DEBUG")) {
+        char what[200];
+        tg_fused_describe(n, what, sizeof what);
+        fprintf(stderr, "%s: axes", what);
+        for (int k = 0; k < e->ndim; k++)
+            fprintf(stderr, " %lld%s", (long long)e->shape[k], (e->reduced >> k) & 1 ? "r" : "");
+        fprintf(stderr, " first %d chunk %lld windows %d kinds", e->first, (long long)e->chunk, e->fold_windows);
+        for (int l = 0; l < p->n_loads; l++)
+            fprintf(stderr, " %d", e->kind[l]);
+        fprintf(stderr, "\n");
+    }
+#endif
     return TG_OK;
 }
 
 void tg_fused_release(void *payload)
 {
     tg_fused_program *p = payload;
+    if (p && p->exec)
+        free_indexes(p->exec);
     if (p)
         free(p->exec);
     free(p);
@@ -781,7 +1041,11 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
             __builtin_prefetch(base + bytes + b, 0, 2);
     } else {
         void *y = e->kind[l] == V_OUT ? out : scratch + (size_t)e->slot[l] * e->slot_bytes;
-        if (ld->dtype == TG_F64)
+        if (e->index[l] && ld->dtype == TG_F64)
+            gather_indexed_f64(y, (const double *)base, e->index[l], t->count);
+        else if (e->index[l])
+            gather_indexed_f32(y, (const float *)base, e->index[l], t->count);
+        else if (ld->dtype == TG_F64)
             gather_f64(y, (const double *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
         else
             gather_f32(y, (const float *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
@@ -911,7 +1175,14 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
         n *= t->ext[j];
     for (int64_t done = 0; done < t->count; done += n) {
         const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)elem_size(dt) : NULL;
-        if (f64)
+        int64_t rows = e->window_rows ? t->ext[d - 3] : 1;
+        if (e->fold_windows && f64)
+            fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar, rows,
+                             t->ext[d - 2], t->ext[d - 1]);
+        else if (e->fold_windows)
+            fold_windows_f32(p->reduce_op, acc + at, (const float *)x, (float)v->scalar, rows,
+                             t->ext[d - 2], t->ext[d - 1]);
+        else if (f64)
             fold_run_f64(p->reduce_op, reduced, acc + at, (const double *)x, v->scalar, n);
         else
             fold_run_f32(p->reduce_op, reduced, acc + at, (const float *)x, (float)v->scalar, n);
@@ -928,8 +1199,8 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
 /* Each unit is a box of output elements, contiguous in the output; its tiles are folded in
  * one fixed order. */
 static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec *e,
-                          const void *const *in, char *scratch, void *out, int64_t u0,
-                          int64_t u1)
+                          const void *const *in, char *scratch, void *out, int64_t block_numel,
+                          int64_t u0, int64_t u1)
 {
     tile t;
     ref val[MAX_VALUES];
@@ -944,19 +1215,26 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
         int64_t outputs = 1;
         for (int j = e->first; j < e->ndim; j++)
             outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
-        for (int64_t i = 0; i < outputs; i++)
-            acc[i] = init;
+        for (int m = 0; m <= p->n_more; m++)
+            for (int64_t i = 0; i < outputs; i++)
+                acc[m * e->capacity + i] = init;
         int64_t base = out_offset(e, &t);
         for (int64_t r = 0; r < e->n_red_tiles; r++, advance(e, e->red, e->n_red, idx)) {
             place_tile(e, idx, &t);
             run_tile(p, e, in, scratch, NULL, &t, val);
             fold_tile(p, e, &t, acc, &val[p->result]);
+            for (int m = 0; m < p->n_more; m++)
+                fold_tile(p, e, &t, acc + (1 + m) * e->capacity, &val[p->more[m]]);
         }
-        for (int64_t i = 0; i < outputs; i++) {
-            if (dt == TG_F64)
-                ((double *)out)[base + i] = acc[i];
-            else
-                ((float *)out)[base + i] = (float)acc[i];
+        for (int m = 0; m <= p->n_more; m++) { /* result m's block of the output */
+            const double *a = acc + m * e->capacity;
+            int64_t at = base + m * block_numel;
+            for (int64_t i = 0; i < outputs; i++) {
+                if (dt == TG_F64)
+                    ((double *)out)[at + i] = a[i];
+                else
+                    ((float *)out)[at + i] = (float)a[i];
+            }
         }
     }
 }
@@ -983,7 +1261,7 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
         char *mine = (char *)scratch + (size_t)th * block;
         if (reduce)
-            run_reduction(p, e, in, mine, out, u0, u1);
+            run_reduction(p, e, in, mine, out, n->numel / (1 + p->n_more), u0, u1);
         else
             run_elementwise(p, e, in, mine, out, u0, u1);
     }
@@ -1016,6 +1294,8 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
             }
         }
         if (used < size)
-            snprintf(buf + used, size - used, ")");
+            used += (size_t)snprintf(buf + used, size - used, ")");
+        if (p->n_more > 0 && used < size)
+            snprintf(buf + used, size - used, " of %d values", 1 + p->n_more);
     }
 }

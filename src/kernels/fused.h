@@ -19,6 +19,7 @@
 #define TG_FUSED_MAX_DIMS 16    /* iteration axes */
 #define TG_FUSED_MAX_LOADS 32   /* loads (an input may be read through several views) */
 #define TG_FUSED_MAX_INSTRS 128
+#define TG_FUSED_MAX_MORE 3     /* results a reduction folds besides its first */
 
 /* Element `offset + sum_k i_k * stride[k]` of input `input`, at iteration point i. */
 typedef struct {
@@ -50,6 +51,11 @@ typedef struct {
     int n_instrs;
     tg_fused_instr instr[TG_FUSED_MAX_INSTRS];
     int result; /* the value stored or reduced */
+    /* A reduction may fold more values over the same axes, one pass over its loads for
+     * them all (the fusion pass merges sibling reductions: batch norm's sum(g) and
+     * sum(g * x)): the node's output is n_more + 1 blocks, result's first, then more[i]'s. */
+    int n_more;
+    int more[TG_FUSED_MAX_MORE];
     struct tg_fused_exec *exec;
 } tg_fused_program;
 

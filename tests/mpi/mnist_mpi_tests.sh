@@ -97,9 +97,13 @@ kill)
     for _ in $(seq 600); do [ -f "$ckpt" ] && break; sleep 0.1; done
     [ -f "$ckpt" ] || { kill "$launcher"; die "no checkpoint after 60 s"; }
     sleep 1
-    # Rank 1: the child of mpirun whose environment says so.
+    # Rank 1: the process under the launcher whose environment says so (from /proc: no
+    # procps needed).
+    children() { for st in /proc/[0-9]*/stat; do
+                     read -r pid _ _ ppid _ <"$st" 2>/dev/null && [ "$ppid" = "$1" ] && echo "$pid"
+                 done 2>/dev/null || true; }
     victim=
-    for pid in $(pgrep -P "$launcher" || true) $(pgrep -P "$(pgrep -P "$launcher" | head -1)" 2>/dev/null || true); do
+    for pid in $(for c in $(children "$launcher"); do echo "$c"; children "$c"; done); do
         if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then
             victim=$pid
         fi

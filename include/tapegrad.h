@@ -39,7 +39,7 @@ extern "C" {
 /** The major version of tapegrad these headers belong to (tg_version() gives the library's). */
 #define TG_VERSION_MAJOR 0
 /** The minor version of tapegrad these headers belong to. */
-#define TG_VERSION_MINOR 1
+#define TG_VERSION_MINOR 2
 /** The patch version of tapegrad these headers belong to. */
 #define TG_VERSION_PATCH 0
 

@@ -1007,7 +1007,9 @@ static int merge_siblings(tg_graph *g)
     if (status != TG_OK || g->keep_dead) /* dead nodes would count as readers */
         return status;
     int n = g->n;
-    char *seen = malloc((size_t)n + 1);
+    /* Merged nodes are appended (at most n / 2 of them), and readers already redirected to
+     * them lead the search for dependencies there: `seen` covers them too. */
+    char *seen = malloc(2 * (size_t)n + 2);
     bool *taken = calloc((size_t)n + 1, sizeof *taken);
     if (!seen || !taken) {
         free(seen);
@@ -1033,7 +1035,7 @@ static int merge_siblings(tg_graph *g)
                 continue;
             bool independent = true;
             for (int i = 0; i < count && independent; i++) {
-                memset(seen, 0, (size_t)n + 1);
+                memset(seen, 0, (size_t)g->n + 1);
                 independent = !needs(g, b, group[i], seen);
             }
             tg_fused_program trial = *p;

@@ -620,7 +620,8 @@ START_TEST(training_step)
 END_TEST
 
 /* ---- pooling windows: reductions read in place, window by window ------------------------------ */
-/* Max and average pools of a fused chain (and a 3x3 max pool of the input), their gradients:
+/* Max and average pools of a fused chain (and 3x3 and 2x2 max pools of the input, with its
+ * NaN), their gradients:
  * the executor keeps such a reduction's axes in the order memory has them ([.., i, a, j, b])
  * and folds each row's windows side by side (kernels/fused.c, fold_windows). */
 static void check_threads(fuse_case *c);
@@ -642,7 +643,8 @@ static int build_pools(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_ten
     out[2] = m3;
     out[3] = loss;
     out[4] = g;
-    return 5;
+    out[5] = tg_max_pool2d(x, 2, 2, 0); /* of x itself: the NaN the relu above drops */
+    return out[5] ? 6 : -1;
 }
 
 static void pool_case(fuse_case *c, tg_dtype dt, const int64_t *shape)
@@ -663,11 +665,13 @@ START_TEST(pooling_windows)
             pool_case(&c, d ? TG_F64 : TG_F32, shapes[s]);
             traced t;
             trace_case(&t, &c, 5 + s);
-            /* ties (multiples of 0.25) everywhere, and NaN in two windows of the first case */
+            /* ties (multiples of 0.25) everywhere, and in the first case NaN at each of a 2x2
+             * window's four places (rows of 12: 1, 14, 17 and 100 are [0][1], [1][0],
+             * [1][1] and [0][0] of their windows) */
             int64_t n = shapes[s][0] * shapes[s][1] * shapes[s][2] * shapes[s][3];
             for (int64_t i = 0; i < n; i++) {
                 double v = floor((double)(i * 37 % 13) / 2.0) * 0.25 - 0.5;
-                if (s == 0 && (i == 17 || i == 100))
+                if (s == 0 && (i == 1 || i == 14 || i == 17 || i == 100))
                     v = NAN;
                 if (c.dt == TG_F64)
                     ((double *)t.data[0])[i] = v;

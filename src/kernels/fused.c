@@ -21,9 +21,6 @@
 #include "strided.h"
 
 #include <math.h>
-#ifdef TG_FUSED_DEBUG
-#include <stdio.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -993,19 +990,6 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     if (!index_gathers(p, e))
         return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
     n->scratch_bytes = scratch_need(p, e);
-#ifdef TG_FUSED_DEBUG
-    if (getenv("TG_FUSED_DEBUG")) {
-        char what[200];
-        tg_fused_describe(n, what, sizeof what);
-        fprintf(stderr, "%s: axes", what);
-        for (int k = 0; k < e->ndim; k++)
-            fprintf(stderr, " %lld%s", (long long)e->shape[k], (e->reduced >> k) & 1 ? "r" : "");
-        fprintf(stderr, " first %d chunk %lld windows %d kinds", e->first, (long long)e->chunk, e->fold_windows);
-        for (int l = 0; l < p->n_loads; l++)
-            fprintf(stderr, " %d", e->kind[l]);
-        fprintf(stderr, "\n");
-    }
-#endif
     return TG_OK;
 }
 

@@ -49,6 +49,52 @@ START_TEST(compiled_matches_eager)
 }
 END_TEST
 
+/* One row times a transposed matrix, x W^T with x [1, K] (a linear layer at batch 1):
+ * simplify turns it into W x^T, which reads W where it is instead of copying its transpose
+ * at every run, and the result is eager's. With simplify off the product reads a copy. */
+static bool product_reads_weight_in_place(const tg_plan *plan)
+{
+    const tg_graph *g = tg_plan_graph(plan);
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == TG_OP_MATMUL) {
+            const tg_ir_node *left = &g->nodes[g->nodes[i].in[0]];
+            return left->op == TG_OP_LEAF && left->leaf != TG_LEAF_INPUT; /* W, not x */
+        }
+    return false;
+}
+
+START_TEST(single_row_times_transpose)
+{
+    const char *configs[] = {"", "simplify"};
+    for (size_t c = 0; c < 2; c++) {
+        tg_tape *tape = tg_tape_new();
+        tg_rng rng;
+        tg_rng_seed(&rng, 7);
+        tg_tensor *w = tg_rand_normal(tape, &rng, TG_F64, 2, SHAPE(5, 37), 0, 1);
+        tg_tensor *ex = tg_rand_normal(tape, &rng, TG_F64, 2, SHAPE(1, 37), 0, 1);
+        tg_tensor *ey = tg_matmul(ex, tg_transpose(w, 0, 1));
+        ck_assert_ptr_nonnull(ey);
+        ck_assert_int_eq(tg_tape_trace(tape, true), 0);
+        tg_tensor *px = tg_placeholder(tape, "x", TG_F64, 2, SHAPE(1, 37));
+        tg_tensor *py = tg_matmul(px, tg_transpose(w, 0, 1));
+        ck_assert_int_eq(tg_tape_trace(tape, false), 0);
+        tg_compile_opts opts = {.disable = configs[c]};
+        tg_plan *plan = tg_compile(tape, 1, &py, &opts);
+        ck_assert_msg(plan != NULL, "%s", tg_last_error());
+        ck_assert_int_eq(tg_plan_set_input(plan, "x", tg_data(ex)), 0);
+        ck_assert_int_eq(tg_plan_run(plan), 0);
+        const double *y = tg_plan_output(plan, 0);
+        for (int i = 0; i < 5; i++)
+            ck_assert_double_eq_tol(y[i], tg_get(ey, i), 1e-12 * (1 + fabs(tg_get(ey, i))));
+        ck_assert_msg(product_reads_weight_in_place(plan) == (c == 0),
+                      "with '%s' disabled the product %s the weight in place", configs[c],
+                      c == 0 ? "does not read" : "reads");
+        tg_plan_free(plan);
+        tg_tape_free(tape);
+    }
+}
+END_TEST
+
 /* Evaluation-mode conv -> batch norm -> relu -> linear -> batch norm: with fold_scale the
  * batch-norm scales move into the weights (no full-size multiply is left after a product),
  * and the result is the unfolded one up to rounding. */
@@ -327,6 +373,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, compiled_matches_eager);
     tcase_add_test(tc, fold_scale_folds_batch_norm);
+    tcase_add_test(tc, single_row_times_transpose);
     tcase_add_loop_test(tc, training_step_each_pass, 0, (int)N_PASSES + 2);
     tcase_add_test(tc, each_pass_changes_the_step);
     suite_add_tcase(s, tc);

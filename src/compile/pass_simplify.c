@@ -8,6 +8,7 @@
  *   a 0/1 mask (lt, eq) times y                        -> where(mask, y, 0)
  *   im2col / col2im whose windows tile the image       -> reshape and permute (a view, which
  *                                                         fusion reads in place)
+ *   a single row times a transposed matrix, a W^T      -> (W a^T)^T, both reshapes (no copy)
  *   an op on small constants only                      -> its value, computed now
  *
  * Detach only matters to tg_grad, which has run by now. The mask rewrite differs from the
@@ -221,6 +222,32 @@ static int windows_as_views(tg_graph *g, int i)
 }
 
 /* An op whose inputs are all constants: run its kernel now. */
+/* a @ permute(W) with a single row a [1, K] and W [N, K]: the same dot products as W @ a^T,
+ * whose operands are already in memory order, and a^T and the [N, 1] result are reshapes.
+ * Without this the transposed matrix is copied at every run: a linear layer at batch 1 (the
+ * MNIST model's 3136 x 128 weight) moved in full to compute 128 numbers. */
+static int row_times_transpose(tg_graph *g, int i)
+{
+    tg_ir_node *x = N(g, i);
+    if (x->op != TG_OP_MATMUL || x->ndim != 2 || x->shape[0] != 1)
+        return -1;
+    int a = x->in[0], t = x->in[1];
+    if (N(g, a)->ndim != 2 || N(g, t)->op != TG_OP_PERMUTE || N(g, t)->ndim != 2 ||
+        N(g, t)->attr[0] != 1)
+        return -1;
+    int w = N(g, t)->in[0];
+    int64_t k = N(g, a)->shape[1], n = x->shape[1];
+    tg_dtype dt = x->dtype;
+    int column = reshape_to(g, a, 2, (const int64_t[]){k, 1});
+    if (column < 0)
+        return -1;
+    int product = tg_graph_add_op(g, TG_OP_MATMUL, dt, 2, (const int64_t[]){n, 1}, 2,
+                                  (const int[]){w, column});
+    if (product < 0)
+        return -1;
+    return reshape_to(g, product, 2, (const int64_t[]){1, n});
+}
+
 static int fold_constants(tg_graph *g, int i)
 {
     tg_ir_node *x = N(g, i);
@@ -258,12 +285,11 @@ static int fold_constants(tg_graph *g, int i)
 
 static const rewrite_fn rewrites[] = {
     identity_operand, chained_movement, sum_of_expand, constant_condition,
-    mask_product,     windows_as_views, fold_constants,
+    mask_product,     windows_as_views, row_times_transpose, fold_constants,
 };
 
 int tg_pass_simplify(tg_graph *g, const tg_pass_ctx *ctx)
 {
-    TG_UNUSED(ctx);
     for (int round = 0; round < MAX_ROUNDS; round++) {
         bool changed = false;
         int end = g->n; /* nodes appended this round wait for the next */
@@ -275,6 +301,9 @@ int tg_pass_simplify(tg_graph *g, const tg_pass_ctx *ctx)
             if (N(g, i)->op == TG_OP_LEAF || uses[i] == 0)
                 continue;
             for (size_t r = 0; r < sizeof rewrites / sizeof *rewrites; r++) {
+                /* ONNX export reads the graph as layers: keep x W^T a Gemm. */
+                if (ctx->layer_forms && rewrites[r] == row_times_transpose)
+                    continue;
                 int with = rewrites[r](g, i);
                 if (with >= 0 && with != i) {
                     tg_graph_replace(g, i, with);

@@ -14,7 +14,9 @@ typedef enum {
 
 /* What a pass may want to know about the plan it works for. */
 typedef struct {
-    bool training; /* informational: the graph holds updates */
+    bool training;    /* informational: the graph holds updates */
+    bool layer_forms; /* the graph is read as layers (ONNX export), not run: rewrites that
+                         only help kernels and hide a layer's form stay off */
 } tg_pass_ctx;
 
 #define TG_PASS(name, doc) int tg_pass_##name(tg_graph *g, const tg_pass_ctx *ctx);

@@ -15,8 +15,8 @@ const char *tg_pipeline_dump_dir(const tg_compile_opts *opts);
 int tg_pipeline_dump(const tg_graph *g, const char *dir, int stage, const char *name,
                      const size_t *offsets, const char *note);
 /* Runs the passes not disabled, in order, compacting after each; fills stages (the traced
- * graph, then one per pass) and dumps each into dump_dir. */
-int tg_pipeline_run(tg_graph *g, uint32_t disabled, const char *dump_dir,
+ * graph, then one per pass) and dumps each into dump_dir. layer_forms: see tg_pass_ctx. */
+int tg_pipeline_run(tg_graph *g, uint32_t disabled, bool layer_forms, const char *dump_dir,
                     tg_plan_stage *stages, int *n_stages);
 
 /* ---- the memory plan (memplan.c) ---------------------------------------------------------- */

@@ -210,7 +210,7 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     p->threads = tg_num_threads();
     p->comm = tg_tape_comm(tape);
     if (tg_graph_from_tape(&p->g, tape, n_outputs, outputs) != TG_OK ||
-        remember_inputs(p) != TG_OK || tg_pipeline_run(&p->g, disabled, dump_dir, p->stages, &p->n_stages) != TG_OK)
+        remember_inputs(p) != TG_OK || tg_pipeline_run(&p->g, disabled, false, dump_dir, p->stages, &p->n_stages) != TG_OK)
         goto fail;
     p->prim = calloc((size_t)p->g.n + 1, sizeof *p->prim);
     p->value = calloc((size_t)p->g.n + 1, sizeof *p->value);

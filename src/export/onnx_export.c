@@ -826,7 +826,7 @@ static int prepare(exporter *e, tg_tape *tape, tg_tensor *input, tg_tensor *outp
     tg_plan_stage stages[TG_MAX_STAGES];
     int n_stages;
     uint32_t off = (1u << TG_PASS_ID_lower_conv) | (1u << TG_PASS_ID_fuse);
-    if ((status = tg_pipeline_run(&e->g, off, opts ? opts->dump_dir : NULL, stages,
+    if ((status = tg_pipeline_run(&e->g, off, true, opts ? opts->dump_dir : NULL, stages,
                                   &n_stages)) != TG_OK)
         return status;
     size_t n = (size_t)e->g.n;

@@ -27,10 +27,44 @@
 FALLBACK_GEMM(float)
 FALLBACK_GEMM(double)
 
+/* A matrix times one column, C[m, 1] = A[m, k] b[k]: libxsmm vectorizes along C's rows of
+ * its column-major view, which here is one element wide, so its kernel runs scalar. Each row
+ * is instead a dot product over contiguous memory, folded into DOT_LANES independent partial
+ * sums (which the compiler turns into vector registers of whatever width the machine has)
+ * and added up in a fixed order: the same result for any thread count. */
+#define DOT_LANES 16
+#define DOT_ROWS(T)                                                                             \
+    static void dot_rows_##T(int64_t m, int64_t k, const T *a, const T *b, T *c)                \
+    {                                                                                           \
+        for (int64_t i = 0; i < m; i++) {                                                       \
+            const T *row = a + i * k;                                                           \
+            T lane[DOT_LANES] = {0};                                                            \
+            int64_t p = 0;                                                                      \
+            for (; p + DOT_LANES <= k; p += DOT_LANES)                                          \
+                for (int l = 0; l < DOT_LANES; l++)                                             \
+                    lane[l] += row[p + l] * b[p + l];                                           \
+            T sum = 0;                                                                          \
+            for (int l = 0; l < DOT_LANES; l++)                                                 \
+                sum += lane[l];                                                                 \
+            for (; p < k; p++)                                                                  \
+                sum += row[p] * b[p];                                                           \
+            c[i] = sum;                                                                         \
+        }                                                                                       \
+    }
+DOT_ROWS(float)
+DOT_ROWS(double)
+
 /* C[m, n] = A[m, k] B[k, n], all row-major and contiguous. */
 static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, const void *b,
                  void *c)
 {
+    if (n == 1) {
+        if (dt == TG_F64)
+            dot_rows_double(m, k, a, b, c);
+        else
+            dot_rows_float(m, k, a, b, c);
+        return;
+    }
     bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX;
     libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m, lk = (libxsmm_blasint)k;
     if (dt == TG_F64) {

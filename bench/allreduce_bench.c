@@ -9,19 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int compare(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "timing.h"
 
 int main(int argc, char **argv)
 {
@@ -37,14 +25,14 @@ int main(int argc, char **argv)
         return 1;
     for (long r = 0; r < repeats; r++) {
         tg_comm_barrier(comm);
-        double start = now();
+        double start = bench_now();
         if (tg_comm_allreduce_sum(comm, buf, buf, n, TG_F32) != 0) {
             fprintf(stderr, "allreduce_bench: %s\n", tg_last_error());
             return 1;
         }
-        t[r] = now() - start;
+        t[r] = bench_now() - start;
     }
-    qsort(t, (size_t)repeats, sizeof *t, compare);
+    qsort(t, (size_t)repeats, sizeof *t, bench_compare);
     if (tg_comm_rank(comm) == 0)
         printf("ranks=%d floats=%ld bytes=%ld median_ms=%.3f p10_ms=%.3f p90_ms=%.3f "
                "algbw_gb_s=%.2f\n", tg_comm_size(comm), n, n * 4, 1e3 * t[repeats / 2],

@@ -34,6 +34,7 @@
 #include "onednn_block.h"
 #include "roofline.h"
 #include "tapegrad_nn.h"
+#include "timing.h"
 
 #define EPS 1e-5
 #define MAX_THREADS 16
@@ -46,13 +47,6 @@
 #define KINK_MARGIN 1e-3
 
 /* ---- small helpers -------------------------------------------------------------------------- */
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* CPU time of the whole process: on a busy machine, time spent waiting for a core is not in it,
  * so at 1 thread it measures the work itself (at more threads it adds spinning threads up). */
 static double cpu_now(void)
@@ -60,12 +54,6 @@ static double cpu_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int compare(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 static double median(const double *v, int n)
@@ -76,7 +64,7 @@ static double median(const double *v, int n)
     if (!s)
         return NAN;
     memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, compare);
+    qsort(s, (size_t)n, sizeof *s, bench_compare);
     double m = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
     free(s);
     return m;
@@ -492,7 +480,7 @@ typedef struct {
 static int time_variant(int v, bool backward, eager_block *e, compiled_block *c, onednn_block *o,
                         double *seconds, double *cpu_seconds)
 {
-    double c0 = cpu_now(), t0 = now();
+    double c0 = cpu_now(), t0 = bench_now();
     int status;
     if (v == V_EAGER)
         status = eager_run(e, backward, NULL);
@@ -500,7 +488,7 @@ static int time_variant(int v, bool backward, eager_block *e, compiled_block *c,
         status = compiled_run(c, backward ? PLAN_FWDBWD : PLAN_FWD, NULL);
     else
         status = backward ? onednn_block_forward_backward(o) : onednn_block_forward(o);
-    *seconds = now() - t0;
+    *seconds = bench_now() - t0;
     *cpu_seconds = cpu_now() - c0;
     return status;
 }
@@ -656,13 +644,13 @@ static int bench_shape(const shape *s, const int *threads, const machine *machin
             if ((dir == 1 && !s->need_dx) || o->only >= 0)
                 continue;
             for (int r = -1; r < R; r++) {
-                double t0 = now();
+                double t0 = bench_now();
                 if (compiled_run(&c, conv_plans[dir], NULL) != 0)
                     return -1;
-                double t1 = now();
+                double t1 = bench_now();
                 if (od && onednn_block_conv(od, dir) != 0)
                     return -1;
-                double t2 = now();
+                double t2 = bench_now();
                 if (r >= 0) {
                     SAMPLE(N_VARIANTS * 2 + 0, r) = t1 - t0;
                     SAMPLE(N_VARIANTS * 2 + 1, r) = t2 - t1;

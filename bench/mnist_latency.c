@@ -20,23 +20,11 @@
 
 #include "mnist_models.h"
 #include "tapegrad_io.h"
+#include "timing.h"
 
 #define MNIST_MEAN 0.1307f
 #define MNIST_STD 0.3081f
 #define IMAGES 100
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int compare(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -117,7 +105,7 @@ int main(int argc, char **argv)
     float checksum = 0;
     for (int r = -runs / 10 - 10; r < runs; r++) { /* a tenth of the runs to warm up */
         const float *img = images + (size_t)((r + IMAGES * 1000) % IMAGES) * 28 * 28;
-        double t0 = now();
+        double t0 = bench_now();
         const float *logits = NULL;
         if (plan) {
             if (tg_plan_set_input(plan, "images", img) == 0 && tg_plan_run(plan) == 0)
@@ -127,7 +115,7 @@ int main(int argc, char **argv)
             tg_tensor *l = model_forward(&model, x, false);
             logits = l ? tg_data(l) : NULL;
         }
-        double t1 = now();
+        double t1 = bench_now();
         if (!logits) {
             fprintf(stderr, "mnist_latency: run failed: %s\n", tg_last_error());
             return 1;
@@ -138,7 +126,7 @@ int main(int argc, char **argv)
         if (r >= 0)
             t[r] = t1 - t0;
     }
-    qsort(t, (size_t)runs, sizeof *t, compare);
+    qsort(t, (size_t)runs, sizeof *t, bench_compare);
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
     printf("inputs: %s; checksum %g\n", source, (double)checksum);

@@ -2,6 +2,7 @@
  * Threads come from OpenMP (the library is built with it); each thread works on memory it
  * touched first, so the numbers are what the cores and memory give, not page faults. */
 #include "roofline.h"
+#include "timing.h"
 
 #include <libxsmm.h>
 #include <stdlib.h>
@@ -10,13 +11,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static float *aligned_floats(size_t n, float value)
 {
@@ -55,7 +49,7 @@ static double run_kernel(libxsmm_smmfunction f, int m, int n, int k, int sets, l
             double t0 = 0;
 #pragma omp barrier
 #pragma omp master
-            t0 = now();
+            t0 = bench_now();
             if (a && b && c)
                 for (long i = 0; i < calls; i++) {
                     int s = (int)(i % sets);
@@ -64,7 +58,7 @@ static double run_kernel(libxsmm_smmfunction f, int m, int n, int k, int sets, l
 #pragma omp barrier
 #pragma omp master
             {
-                double rate = 2.0 * m * n * k * (double)calls * threads / (now() - t0) * 1e-9;
+                double rate = 2.0 * m * n * k * (double)calls * threads / (bench_now() - t0) * 1e-9;
                 if (rate > best)
                     best = rate;
             }
@@ -111,11 +105,11 @@ double triad_gbs(size_t floats, int threads, int rounds)
     double best = 0;
     const float s = 3;
     for (int r = 0; r < rounds; r++) {
-        double t0 = now();
+        double t0 = bench_now();
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (long i = 0; i < n; i++)
             a[i] = b[i] + s * c[i];
-        double rate = 12.0 * (double)n / (now() - t0) * 1e-9;
+        double rate = 12.0 * (double)n / (bench_now() - t0) * 1e-9;
         if (rate > best)
             best = rate;
     }

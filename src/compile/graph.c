@@ -466,3 +466,22 @@ void tg_graph_dump(const tg_graph *g, FILE *out, const size_t *offsets)
     for (int i = 0; i < g->n_updates; i++)
         fprintf(out, "update %%%d := %%%d\n", g->update_target[i], g->update_value[i]);
 }
+
+void tg_ir_mirror_node(const tg_graph *g, int i, struct tg_node *prim)
+{
+    const tg_ir_node *x = &g->nodes[i];
+    struct tg_node *t = &prim[i];
+    memset(t, 0, sizeof *t);
+    t->id = (size_t)i;
+    t->op = x->op < TG_OP_COUNT ? (tg_op)x->op : TG_OP_LEAF;
+    t->dtype = x->dtype;
+    t->ndim = x->ndim;
+    memcpy(t->shape, x->shape, sizeof t->shape);
+    t->numel = x->numel;
+    memcpy(t->attr, x->attr, sizeof t->attr);
+    t->fattr = x->fattr;
+    t->label = x->label;
+    t->n_in = x->op < TG_OP_COUNT ? x->n_in : 0;
+    for (int k = 0; k < t->n_in && k < 3; k++)
+        t->in[k] = &prim[x->in[k]];
+}

@@ -136,6 +136,10 @@ void tg_graph_dump(const tg_graph *g, FILE *out, const size_t *offsets);
 /* Nodes and kernels (nodes that run code: not leaves, not views). */
 void tg_graph_count(const tg_graph *g, int *nodes, int *kernels);
 
+/* The eager kernels read a struct tg_node: fills prim[i] to mirror IR node i, its inputs
+ * pointing at their mirrors in prim (one struct per IR node). Plan ops get no inputs. */
+void tg_ir_mirror_node(const tg_graph *g, int i, struct tg_node *prim);
+
 /* ---- plan ops ------------------------------------------------------------------------------ */
 /* Runs plan op n: out is its output buffer, in[k] the buffer of input k, scratch
  * tg_num_threads() blocks of n->scratch_bytes (each 64-byte aligned) it may use for the

@@ -109,23 +109,8 @@ void tg_plan_free(tg_plan *plan)
 /* The eager kernels read a struct tg_node: give each primitive one that mirrors its IR node. */
 static void mirror_nodes(tg_plan *p)
 {
-    for (int i = 0; i < p->g.n; i++) {
-        const tg_ir_node *x = &p->g.nodes[i];
-        struct tg_node *t = &p->prim[i];
-        memset(t, 0, sizeof *t);
-        t->id = (size_t)i;
-        t->op = x->op < TG_OP_COUNT ? (tg_op)x->op : TG_OP_LEAF;
-        t->dtype = x->dtype;
-        t->ndim = x->ndim;
-        memcpy(t->shape, x->shape, sizeof t->shape);
-        t->numel = x->numel;
-        memcpy(t->attr, x->attr, sizeof t->attr);
-        t->fattr = x->fattr;
-        t->label = x->label;
-        t->n_in = x->op < TG_OP_COUNT ? x->n_in : 0;
-        for (int k = 0; k < t->n_in && k < 3; k++)
-            t->in[k] = &p->prim[x->in[k]];
-    }
+    for (int i = 0; i < p->g.n; i++)
+        tg_ir_mirror_node(&p->g, i, p->prim);
 }
 
 /* Everything a run would otherwise do for the first time: JIT kernels, thread start-up. */

@@ -92,17 +92,7 @@ static int compute_constants(exporter *e)
     for (int i = 0; i < e->g.n; i++) {
         const tg_ir_node *x = node(e, i);
         struct tg_node *t = &e->prim[i];
-        t->id = (size_t)i;
-        t->op = x->op < TG_OP_COUNT ? (tg_op)x->op : TG_OP_LEAF;
-        t->dtype = x->dtype;
-        t->ndim = x->ndim;
-        memcpy(t->shape, x->shape, sizeof t->shape);
-        t->numel = x->numel;
-        memcpy(t->attr, x->attr, sizeof t->attr);
-        t->fattr = x->fattr;
-        t->n_in = x->op < TG_OP_COUNT ? x->n_in : 0;
-        for (int k = 0; k < t->n_in && k < 3; k++)
-            t->in[k] = &e->prim[x->in[k]];
+        tg_ir_mirror_node(&e->g, i, e->prim);
         if (e->dyn[i])
             continue;
         if (x->leaf == TG_LEAF_CONST || x->leaf == TG_LEAF_BOUND) {

@@ -342,10 +342,14 @@ static int build_reduce(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_te
 
 START_TEST(reductions_over_axes)
 {
-    /* inner, outer, middle, inner + outer, two middle ones, all */
-    const uint32_t masks[] = {0x8, 0x1, 0x2, 0x4, 0x9, 0x5, 0x6, 0xF};
-    /* one tile; a long row cut into chunks; a chunk of the outer axis; short inner axes */
-    const int64_t shapes[][4] = {{3, 4, 5, 6}, {2, 3, 40, 1100}, {300, 2, 3, 5}, {9, 50, 3, 2}};
+    /* inner, outer, middle, inner + outer, two middle ones, all, batch norm's (N, H, W) */
+    const uint32_t masks[] = {0x8, 0x1, 0x2, 0x4, 0x9, 0x5, 0x6, 0xF, 0xD};
+    /* one tile; a long row cut into chunks; a chunk of the outer axis; short inner axes;
+     * several images or channels per tile; an image's channel per tile, visited image by
+     * image (run_reduction_interleaved) */
+    const int64_t shapes[][4] = {{3, 4, 5, 6},   {2, 3, 40, 1100}, {300, 2, 3, 5},
+                                 {9, 50, 3, 2},  {7, 37, 13, 11},  {5, 301, 2, 3},
+                                 {9, 5, 24, 30}, {17, 3, 40, 20}};
     for (int d = 0; d < 2; d++)
         for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
             for (size_t m = 0; m < sizeof masks / sizeof *masks; m++) {

@@ -426,6 +426,11 @@ struct tg_fused_exec {
      * and fold window by window (fold_windows), reading the tile as it lies. */
     bool fold_windows;
     bool window_rows; /* and the axis before those is reduced too: runs span all three */
+    /* Reductions: the most outputs a unit has, and whether run_reduction_interleaved runs
+     * the kernel (the units are nearer in memory than the reduced tiles, and every unit's
+     * accumulators fit at once). */
+    int64_t unit_outputs;
+    bool interleave_units;
     int kind[MAX_VALUES];
     int slot[MAX_VALUES];
     /* Per gathered load, NULL or the offset of each point of a full tile from the tile's
@@ -944,6 +949,30 @@ static void free_indexes(struct tg_fused_exec *e)
     }
 }
 
+/* Whether a reduction's tiles are better visited reduced position by reduced position
+ * (run_reduction_interleaved): it has several units and several reduced tiles, every
+ * unit's accumulators fit in one block of the scratch, and the load read in place steps
+ * less far along the units than along the reduced tiles. */
+static void choose_interleave(const tg_fused_program *p, struct tg_fused_exec *e)
+{
+    e->unit_outputs = 1;
+    for (int j = e->first; j < e->ndim; j++)
+        if (!((e->reduced >> j) & 1))
+            e->unit_outputs *= j == e->first ? e->chunk : e->shape[j];
+    e->interleave_units = false;
+    if (p->reduce_op == TG_OP_LEAF || e->n_kept == 0 || e->n_red == 0 || e->n_units < 2 ||
+        e->n_red_tiles < 2 || e->n_units * e->unit_outputs > e->capacity)
+        return;
+    int kept = e->kept[e->n_kept - 1], red = e->red[e->n_red - 1];
+    for (int l = 0; l < p->n_loads; l++) {
+        if (e->kind[l] != V_IN_PLACE)
+            continue;
+        e->interleave_units = e->stride[l][kept] * (kept == e->first ? e->chunk : 1) <
+                              e->stride[l][red] * (red == e->first ? e->chunk : 1);
+        return;
+    }
+}
+
 static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec *e)
 {
     size_t acc = p->reduce_op != TG_OP_LEAF
@@ -987,6 +1016,7 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     classify(p, e);
     compute_constants(p, e);
     schedule(p, e);
+    choose_interleave(p, e);
     if (!index_gathers(p, e))
         return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
     n->scratch_bytes = scratch_need(p, e);
@@ -1004,25 +1034,38 @@ void tg_fused_release(void *payload)
 }
 
 /* ---- running -------------------------------------------------------------------------------- */
-static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, int l,
-                     const void *const *in, char *scratch, void *out, const tile *t, ref *val)
+static int64_t load_offset(const tg_fused_load *ld, const struct tg_fused_exec *e, int l,
+                           const tile *t)
 {
-    const tg_fused_load *ld = &p->load[l];
     int64_t at = ld->offset;
     for (int k = 0; k < e->ndim; k++)
         at += t->pos[k] * e->stride[l][k];
-    const char *base = (const char *)in[ld->input] + at * (int64_t)elem_size(ld->dtype);
+    return at;
+}
+
+static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, int l,
+                     const void *const *in, char *scratch, void *out, const tile *t,
+                     const tile *next, ref *val)
+{
+    const tg_fused_load *ld = &p->load[l];
+    int64_t size = (int64_t)elem_size(ld->dtype);
+    const char *base = (const char *)in[ld->input] + load_offset(ld, e, l, t) * size;
     ref *v = &val[l];
     v->ptr = NULL;
     if (e->kind[l] == V_SCALAR) {
         v->scalar = ld->dtype == TG_F64 ? *(const double *)base : *(const float *)base;
     } else if (e->kind[l] == V_IN_PLACE) {
         v->ptr = base;
-        /* The next tile usually reads on from here: ask for it now, so that it arrives while
-         * this tile computes (every other line: the hardware fetches line pairs). */
-        int64_t bytes = t->count * (int64_t)elem_size(ld->dtype);
-        for (int64_t b = 0; b < bytes; b += 128)
-            __builtin_prefetch(base + bytes + b, 0, 2);
+        /* Ask for the next tile's points now, so that they arrive while this tile computes
+         * (every other line: the hardware fetches line pairs). The next tile need not read
+         * on from here: a reduction over the batch jumps a whole image per tile, where the
+         * hardware's own prefetcher has nothing to follow. */
+        if (next) {
+            const char *ahead = (const char *)in[ld->input] + load_offset(ld, e, l, next) * size;
+            int64_t bytes = next->count * size;
+            for (int64_t b = 0; b < bytes; b += 128)
+                __builtin_prefetch(ahead + b, 0, 2);
+        }
     } else {
         void *y = e->kind[l] == V_OUT ? out : scratch + (size_t)e->slot[l] * e->slot_bytes;
         if (e->index[l] && ld->dtype == TG_F64)
@@ -1065,12 +1108,13 @@ static void set_constants(const tg_fused_program *p, const struct tg_fused_exec 
 /* Every value of tile t. out is where the tile's output starts (kernels without a
  * reduction): the result is stored there unless it was made there. */
 static void run_tile(const tg_fused_program *p, const struct tg_fused_exec *e,
-                     const void *const *in, char *scratch, void *out, const tile *t, ref *val)
+                     const void *const *in, char *scratch, void *out, const tile *t,
+                     const tile *next, ref *val)
 {
     for (int s = 0; s < e->n_steps; s++) {
         const step *st = &e->steps[s];
         if (st->value < p->n_loads)
-            run_load(p, e, st->value, in, scratch, out, t, val);
+            run_load(p, e, st->value, in, scratch, out, t, next, val);
         else
             run_op(p, e, st, scratch, out, t, val);
     }
@@ -1135,15 +1179,22 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
                             const void *const *in, char *scratch, char *out, int64_t u0,
                             int64_t u1)
 {
-    tile t;
+    tile t, next;
     ref val[MAX_VALUES];
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     size_t elem = elem_size(value_dtype(p, p->result));
     set_constants(p, e, val);
     decode(e, e->kept, e->n_kept, u0, idx);
-    for (int64_t u = u0; u < u1; u++, advance(e, e->kept, e->n_kept, idx)) {
-        place_tile(e, idx, &t);
-        run_tile(p, e, in, scratch, out + out_offset(e, &t) * (int64_t)elem, &t, val);
+    place_tile(e, idx, &next);
+    for (int64_t u = u0; u < u1; u++) {
+        t = next;
+        bool more = u + 1 < u1;
+        if (more) {
+            advance(e, e->kept, e->n_kept, idx);
+            place_tile(e, idx, &next);
+        }
+        run_tile(p, e, in, scratch, out + out_offset(e, &t) * (int64_t)elem, &t,
+                 more ? &next : NULL, val);
     }
 }
 
@@ -1186,7 +1237,7 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
                           const void *const *in, char *scratch, void *out, int64_t block_numel,
                           int64_t u0, int64_t u1)
 {
-    tile t;
+    tile t, next;
     ref val[MAX_VALUES];
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
@@ -1203,15 +1254,86 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
             for (int64_t i = 0; i < outputs; i++)
                 acc[m * e->capacity + i] = init;
         int64_t base = out_offset(e, &t);
-        for (int64_t r = 0; r < e->n_red_tiles; r++, advance(e, e->red, e->n_red, idx)) {
-            place_tile(e, idx, &t);
-            run_tile(p, e, in, scratch, NULL, &t, val);
+        place_tile(e, idx, &next);
+        for (int64_t r = 0; r < e->n_red_tiles; r++) {
+            t = next;
+            advance(e, e->red, e->n_red, idx); /* wraps to 0 after the unit's last tile */
+            bool more = r + 1 < e->n_red_tiles;
+            if (more)
+                place_tile(e, idx, &next);
+            run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
             fold_tile(p, e, &t, acc, &val[p->result]);
             for (int m = 0; m < p->n_more; m++)
                 fold_tile(p, e, &t, acc + (1 + m) * e->capacity, &val[p->more[m]]);
         }
         for (int m = 0; m <= p->n_more; m++) { /* result m's block of the output */
             const double *a = acc + m * e->capacity;
+            int64_t at = base + m * block_numel;
+            for (int64_t i = 0; i < outputs; i++) {
+                if (dt == TG_F64)
+                    ((double *)out)[at + i] = a[i];
+                else
+                    ((float *)out)[at + i] = (float)a[i];
+            }
+        }
+    }
+}
+
+/* The tile of unit `unit` at reduced tile position `red`. */
+static void place_unit_tile(const struct tg_fused_exec *e, int64_t unit, int64_t red, tile *t)
+{
+    int64_t idx[TG_FUSED_MAX_DIMS] = {0};
+    decode(e, e->kept, e->n_kept, unit, idx);
+    decode(e, e->red, e->n_red, red, idx);
+    place_tile(e, idx, t);
+}
+
+/* The same folds, in the same order per output, but with the loops turned: every reduced
+ * tile position in the outer loop, the thread's units inside it. When the units lie closer
+ * together in memory than the reduced tiles (batch norm's sums over (N, H, W): a unit is a
+ * channel, a reduced tile an image), the tiles are then visited as memory lies and every
+ * unit's accumulators stay live at once (interleave_units says it fits). */
+static void run_reduction_interleaved(const tg_fused_program *p, const struct tg_fused_exec *e,
+                                      const void *const *in, char *scratch, void *out,
+                                      int64_t block_numel, int64_t u0, int64_t u1)
+{
+    tile t, next;
+    ref val[MAX_VALUES];
+    int64_t idx[TG_FUSED_MAX_DIMS] = {0};
+    double *acc = (double *)(scratch + e->acc_offset);
+    tg_dtype dt = value_dtype(p, p->result);
+    double init = p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY;
+    int64_t per_unit = e->unit_outputs, units = u1 - u0;
+    set_constants(p, e, val);
+    for (int m = 0; m <= p->n_more; m++)
+        for (int64_t i = 0; i < units * per_unit; i++)
+            acc[m * e->capacity + i] = init;
+    place_unit_tile(e, u0, 0, &next);
+    for (int64_t r = 0; r < e->n_red_tiles; r++) {
+        for (int64_t u = 0; u < units; u++) {
+            t = next;
+            bool more = u + 1 < units || r + 1 < e->n_red_tiles;
+            if (more)
+                place_unit_tile(e, u + 1 < units ? u0 + u + 1 : u0, u + 1 < units ? r : r + 1,
+                                &next);
+            run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
+            double *a = acc + u * per_unit;
+            fold_tile(p, e, &t, a, &val[p->result]);
+            for (int m = 0; m < p->n_more; m++)
+                fold_tile(p, e, &t, a + (1 + m) * e->capacity, &val[p->more[m]]);
+        }
+    }
+    for (int j = 0; j < e->n_red; j++)
+        idx[e->red[j]] = 0;
+    decode(e, e->kept, e->n_kept, u0, idx);
+    for (int64_t u = 0; u < units; u++, advance(e, e->kept, e->n_kept, idx)) {
+        place_tile(e, idx, &t); /* reduced axes at 0: the unit's outputs */
+        int64_t outputs = 1;
+        for (int j = e->first; j < e->ndim; j++)
+            outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
+        int64_t base = out_offset(e, &t);
+        for (int m = 0; m <= p->n_more; m++) { /* result m's block of the output */
+            const double *a = acc + m * e->capacity + u * per_unit;
             int64_t at = base + m * block_numel;
             for (int64_t i = 0; i < outputs; i++) {
                 if (dt == TG_F64)
@@ -1244,7 +1366,9 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     for (int th = 0; th < threads; th++) {
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
         char *mine = (char *)scratch + (size_t)th * block;
-        if (reduce)
+        if (reduce && e->interleave_units)
+            run_reduction_interleaved(p, e, in, mine, out, n->numel / (1 + p->n_more), u0, u1);
+        else if (reduce)
             run_reduction(p, e, in, mine, out, n->numel / (1 + p->n_more), u0, u1);
         else
             run_elementwise(p, e, in, mine, out, u0, u1);

@@ -29,6 +29,7 @@
  * kernel then replaces its root by a FUSED node; what only kernels read dies at the
  * pipeline's compaction. */
 #include "passes.h"
+#include "fuse_internal.h"
 #include "plan_ops.h"
 #include "../kernels/fused.h"
 
@@ -863,7 +864,7 @@ static bool is_fused_reduction(const tg_graph *g, int v)
     return p->reduce_op != TG_OP_LEAF && p->n_more == 0;
 }
 
-static bool is_root(const tg_graph *g, int v)
+bool tg_fuse_is_root(const tg_graph *g, int v)
 {
     for (int i = 0; i < g->n_outputs; i++)
         if (g->outputs[i] == v)
@@ -876,16 +877,16 @@ static bool is_root(const tg_graph *g, int v)
 
 /* Whether every reader of v is a FUSED kernel, or a reshape (not a root) read only by FUSED
  * kernels. */
-static bool read_by_kernels_only(const tg_graph *g, int v)
+bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v)
 {
-    if (is_root(g, v))
+    if (tg_fuse_is_root(g, v))
         return false;
     for (int u = 0; u < g->n; u++) {
         const tg_ir_node *n = &g->nodes[u];
         for (int k = 0; k < n->n_in; k++) {
             if (n->in[k] != v)
                 continue;
-            if (n->op == TG_OP_RESHAPE && !read_by_kernels_only(g, u))
+            if (n->op == TG_OP_RESHAPE && !tg_fuse_read_by_kernels_only(g, u))
                 return false;
             if (n->op != TG_OP_RESHAPE && n->op != TG_PLAN_OP_FUSED)
                 return false;
@@ -980,7 +981,7 @@ static bool append_program(tg_fused_program *p, int *inputs, int *n_inputs,
 
 /* Points every kernel that read `old` (directly or through a reshape) at block `block` of
  * `merged`. */
-static void redirect_readers(tg_graph *g, int old, int merged, int64_t block)
+void tg_fuse_redirect_readers(tg_graph *g, int old, int merged, int64_t block)
 {
     for (int u = 0; u < g->n; u++) {
         tg_ir_node *n = &g->nodes[u];
@@ -988,7 +989,7 @@ static void redirect_readers(tg_graph *g, int old, int merged, int64_t block)
             if (n->in[k] != old)
                 continue;
             if (n->op == TG_OP_RESHAPE) {
-                redirect_readers(g, u, merged, block);
+                tg_fuse_redirect_readers(g, u, merged, block);
                 continue;
             }
             tg_fused_program *p = n->payload;
@@ -1017,7 +1018,7 @@ static int merge_siblings(tg_graph *g)
         return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
     }
     for (int a = 0; a < n && status == TG_OK; a++) {
-        if (taken[a] || !is_fused_reduction(g, a) || !read_by_kernels_only(g, a))
+        if (taken[a] || !is_fused_reduction(g, a) || !tg_fuse_read_by_kernels_only(g, a))
             continue;
         int group[MAX_SIBLINGS] = {a}, count = 1;
         tg_fused_program *p = tg_fused_program_new();
@@ -1031,7 +1032,7 @@ static int merge_siblings(tg_graph *g)
         memcpy(inputs, g->nodes[a].in, sizeof inputs);
         for (int b = a + 1; b < n && count < MAX_SIBLINGS; b++) {
             if (taken[b] || !is_fused_reduction(g, b) || !same_space(&g->nodes[a], &g->nodes[b]) ||
-                !read_by_kernels_only(g, b))
+                !tg_fuse_read_by_kernels_only(g, b))
                 continue;
             bool independent = true;
             for (int i = 0; i < count && independent; i++) {
@@ -1066,7 +1067,7 @@ static int merge_siblings(tg_graph *g)
         }
         for (int i = 0; i < count; i++) {
             taken[group[i]] = true;
-            redirect_readers(g, group[i], merged, i * g->nodes[group[i]].numel);
+            tg_fuse_redirect_readers(g, group[i], merged, i * g->nodes[group[i]].numel);
         }
     }
     free(seen);
@@ -1111,6 +1112,8 @@ int tg_pass_fuse(tg_graph *g, const tg_pass_ctx *ctx)
             break;
     }
     status = add_kernels(g, kernels);
+    if (status == TG_OK)
+        status = tg_fuse_join_tie_counts(g);
     if (status == TG_OK)
         status = merge_siblings(g);
 done:

@@ -39,6 +39,17 @@ static tg_dtype value_dtype(const tg_fused_program *p, int v)
     return v < p->n_loads ? p->load[v].dtype : p->instr[v - p->n_loads].dtype;
 }
 
+/* The blocks of a reduction's output: its result, the values it folds besides, and the
+ * counts of a max's ties. */
+static int result_blocks(const tg_fused_program *p) { return 1 + p->n_more + p->count_ties; }
+
+static double block_init(const tg_fused_program *p, int block)
+{
+    if (p->reduce_op == TG_OP_SUM || (p->count_ties && block == 1))
+        return 0.0;
+    return -INFINITY;
+}
+
 /* ---- the loops --------------------------------------------------------------------------- */
 /* A value inside one tile: a pointer to its points, packed, or a scalar. */
 typedef struct {
@@ -277,6 +288,19 @@ typedef struct {
         }                                                                                       \
     }
 
+/* A piece of a max's points, its max d and the count c of its points equal to d, joins the
+ * running (max, count) in (*acc, *cnt): the max as the eager max takes it (a NaN piece wins,
+ * a NaN accumulator stays), and each side's count survives only if its max is the result. */
+static inline void merge_count(double *acc, double *cnt, double d, double c)
+{
+    double old = *acc;
+    double r = d > old ? d : old;
+    r = d != d ? d : r;
+    r = old != old ? old : r;
+    *cnt = (old == r ? *cnt : 0.0) + (d == r ? c : 0.0);
+    *acc = r;
+}
+
 /* Folding a tile into its accumulators. The tile is cut into runs over axes fold_axis ..
  * d-1 (all reduced, or all kept, like the innermost axis): a reduced run folds into one
  * accumulator, a kept run into as many consecutive ones. Sums of a run go in eight lanes in
@@ -352,6 +376,80 @@ typedef struct {
                     r = nan ? d : r;                                                            \
                     acc[j] = old != old ? old : r;                                              \
                 }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
+    /* The same windows for a max that counts its ties (count_ties): each window's max d and  \
+     * the count c of its points equal to d merge into (acc[j], cnt[j]) (merge_count).      \
+     * A NaN window has count 0: NaN equals nothing. */                                       \
+    static void fold_windows_count_##S(double *acc, double *cnt, const T *x, T xs, int64_t A,   \
+                                       int64_t J, int64_t B)                                    \
+    {                                                                                           \
+        int64_t row = J * B;                                                                    \
+        if (!x) {                                                                               \
+            for (int64_t j = 0; j < J; j++)                                                     \
+                merge_count(&acc[j], &cnt[j], xs, xs == xs ? (double)(A * B) : 0.0);           \
+        } else if (A == 2 && B == 2) {                                                          \
+            /* Windows first, in T alone (that loop vectorizes), then merge_count written out   \
+             * on doubles; a chunk of windows at a time. */                                     \
+            const T *y = x + row;                                                               \
+            T v[64], c[64];                                                                     \
+            for (int64_t j0 = 0; j0 < J; j0 += 64) {                                            \
+                int64_t n = J - j0 < 64 ? J - j0 : 64;                                          \
+                SIMD for (int64_t k = 0; k < n; k++) {                                          \
+                    int64_t j = j0 + k;                                                         \
+                    T u0 = x[2 * j], u1 = x[2 * j + 1], u2 = y[2 * j], u3 = y[2 * j + 1];       \
+                    T m = u1 > u0 ? u1 : u0;                                                    \
+                    m = u2 > m ? u2 : m;                                                        \
+                    m = u3 > m ? u3 : m;                                                        \
+                    c[k] = (u0 == m ? (T)1 : (T)0) + (u1 == m ? (T)1 : (T)0) +                  \
+                           (u2 == m ? (T)1 : (T)0) + (u3 == m ? (T)1 : (T)0);                   \
+                    T s = u0 + u1 + u2 + u3; /* NaN exactly when some point is */               \
+                    v[k] = s != s ? s : m;                                                      \
+                }                                                                               \
+                SIMD for (int64_t k = 0; k < n; k++) {                                          \
+                    double d = (double)v[k], old = acc[j0 + k], oc = cnt[j0 + k];               \
+                    double r = d > old ? d : old;                                               \
+                    r = d != d ? d : r;                                                         \
+                    r = old != old ? old : r;                                                   \
+                    cnt[j0 + k] = (old == r ? oc : 0.0) + (d == r ? (double)c[k] : 0.0);        \
+                    acc[j0 + k] = r;                                                            \
+                }                                                                               \
+            }                                                                                   \
+        } else {                                                                                \
+            for (int64_t a = 0; a < A; a++)                                                     \
+                for (int64_t j = 0; j < J; j++) {                                               \
+                    const T *w = x + a * row + j * B;                                           \
+                    T m = w[0];                                                                 \
+                    bool nan = m != m;                                                          \
+                    for (int64_t b = 1; b < B; b++) {                                           \
+                        m = w[b] > m ? w[b] : m;                                                \
+                        nan |= w[b] != w[b];                                                    \
+                    }                                                                           \
+                    double c = 0;                                                               \
+                    for (int64_t b = 0; b < B; b++)                                             \
+                        c += w[b] == m;                                                         \
+                    merge_count(&acc[j], &cnt[j], nan ? (double)NAN : (double)m, nan ? 0.0 : c);\
+                }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
+    /* fold_run's max, counting ties: a reduced run is one piece (its max and count), a kept   \
+     * run's points are pieces of one point each. */                                          \
+    static void fold_run_count_##S(bool reduced, double *a, double *cnt, const T *x, T xs,      \
+                                   int64_t n)                                                   \
+    {                                                                                           \
+        if (reduced && !x) {                                                                    \
+            merge_count(a, cnt, xs, xs == xs ? (double)n : 0.0);                               \
+        } else if (reduced) {                                                                   \
+            T m = (T)run_max_##S(x, n);                                                         \
+            double c = 0;                                                                       \
+            for (int64_t i = 0; i < n; i++)                                                     \
+                c += x[i] == m;                                                                 \
+            merge_count(a, cnt, m, c);                                                          \
+        } else {                                                                                \
+            for (int64_t c = 0; c < n; c++) {                                                   \
+                T v = x ? x[c] : xs;                                                            \
+                merge_count(&a[c], &cnt[c], v, v == v ? 1.0 : 0.0);                             \
+            }                                                                                   \
         }                                                                                       \
     }                                                                                           \
     static void fold_run_##S(int op, bool reduced, double *a, const T *x, T xs, int64_t n)      \
@@ -472,7 +570,9 @@ static int check_program(const tg_graph *g, const tg_ir_node *n, const tg_fused_
         if (p->more[r] < 0 || p->more[r] >= p->n_loads + p->n_instrs ||
             value_dtype(p, p->more[r]) != n->dtype)
             return tg_fail(TG_ERR_ARG, "fused: result %d is value %d", r + 1, p->more[r]);
-    outputs *= 1 + p->n_more;
+    if (p->count_ties && (p->reduce_op != TG_OP_MAX || p->n_more > 0))
+        return tg_fail(TG_ERR_ARG, "fused: tie counts belong to a max with no more results");
+    outputs *= 1 + p->n_more + p->count_ties;
     if (outputs != n->numel)
         return tg_fail(TG_ERR_ARG, "fused: %lld outputs for a node of %lld elements",
                        (long long)outputs, (long long)n->numel);
@@ -976,7 +1076,7 @@ static void choose_interleave(const tg_fused_program *p, struct tg_fused_exec *e
 static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec *e)
 {
     size_t acc = p->reduce_op != TG_OP_LEAF
-                     ? (size_t)(1 + p->n_more) * (size_t)e->capacity * sizeof(double)
+                     ? (size_t)result_blocks(p) * (size_t)e->capacity * sizeof(double)
                      : 0;
     return (e->acc_offset + acc + 63) / 64 * 64;
 }
@@ -1200,7 +1300,7 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
 
 /* Folds tile t's result v (a buffer or a scalar) into acc, run by run. */
 static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, const tile *t,
-                      double *acc, const ref *v)
+                      double *acc, double *cnt, const ref *v)
 {
     int d = e->ndim, fa = e->fold_axis;
     tg_dtype dt = value_dtype(p, p->result);
@@ -1211,7 +1311,18 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
     for (int64_t done = 0; done < t->count; done += n) {
         const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)elem_size(dt) : NULL;
         int64_t rows = e->window_rows ? t->ext[d - 3] : 1;
-        if (e->fold_windows && f64)
+        if (cnt && e->fold_windows && f64)
+            fold_windows_count_f64(acc + at, cnt + at, (const double *)x, v->scalar, rows,
+                                   t->ext[d - 2], t->ext[d - 1]);
+        else if (cnt && e->fold_windows)
+            fold_windows_count_f32(acc + at, cnt + at, (const float *)x, (float)v->scalar, rows,
+                                   t->ext[d - 2], t->ext[d - 1]);
+        else if (cnt && f64)
+            fold_run_count_f64(reduced, acc + at, cnt + at, (const double *)x, v->scalar, n);
+        else if (cnt)
+            fold_run_count_f32(reduced, acc + at, cnt + at, (const float *)x, (float)v->scalar,
+                               n);
+        else if (e->fold_windows && f64)
             fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar, rows,
                              t->ext[d - 2], t->ext[d - 1]);
         else if (e->fold_windows)
@@ -1242,7 +1353,7 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
     tg_dtype dt = value_dtype(p, p->result);
-    double init = p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY;
+    int n_blocks = result_blocks(p);
     set_constants(p, e, val);
     decode(e, e->kept, e->n_kept, u0, idx);
     for (int64_t u = u0; u < u1; u++, advance(e, e->kept, e->n_kept, idx)) {
@@ -1250,9 +1361,9 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
         int64_t outputs = 1;
         for (int j = e->first; j < e->ndim; j++)
             outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
-        for (int m = 0; m <= p->n_more; m++)
+        for (int m = 0; m < n_blocks; m++)
             for (int64_t i = 0; i < outputs; i++)
-                acc[m * e->capacity + i] = init;
+                acc[m * e->capacity + i] = block_init(p, m);
         int64_t base = out_offset(e, &t);
         place_tile(e, idx, &next);
         for (int64_t r = 0; r < e->n_red_tiles; r++) {
@@ -1262,11 +1373,12 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
             if (more)
                 place_tile(e, idx, &next);
             run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
-            fold_tile(p, e, &t, acc, &val[p->result]);
+            fold_tile(p, e, &t, acc, p->count_ties ? acc + e->capacity : NULL,
+                      &val[p->result]);
             for (int m = 0; m < p->n_more; m++)
-                fold_tile(p, e, &t, acc + (1 + m) * e->capacity, &val[p->more[m]]);
+                fold_tile(p, e, &t, acc + (1 + m) * e->capacity, NULL, &val[p->more[m]]);
         }
-        for (int m = 0; m <= p->n_more; m++) { /* result m's block of the output */
+        for (int m = 0; m < n_blocks; m++) { /* result m's block of the output */
             const double *a = acc + m * e->capacity;
             int64_t at = base + m * block_numel;
             for (int64_t i = 0; i < outputs; i++) {
@@ -1302,12 +1414,12 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
     tg_dtype dt = value_dtype(p, p->result);
-    double init = p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY;
+    int n_blocks = result_blocks(p);
     int64_t per_unit = e->unit_outputs, units = u1 - u0;
     set_constants(p, e, val);
-    for (int m = 0; m <= p->n_more; m++)
+    for (int m = 0; m < n_blocks; m++)
         for (int64_t i = 0; i < units * per_unit; i++)
-            acc[m * e->capacity + i] = init;
+            acc[m * e->capacity + i] = block_init(p, m);
     place_unit_tile(e, u0, 0, &next);
     for (int64_t r = 0; r < e->n_red_tiles; r++) {
         for (int64_t u = 0; u < units; u++) {
@@ -1318,9 +1430,9 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
                                 &next);
             run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
             double *a = acc + u * per_unit;
-            fold_tile(p, e, &t, a, &val[p->result]);
+            fold_tile(p, e, &t, a, p->count_ties ? a + e->capacity : NULL, &val[p->result]);
             for (int m = 0; m < p->n_more; m++)
-                fold_tile(p, e, &t, a + (1 + m) * e->capacity, &val[p->more[m]]);
+                fold_tile(p, e, &t, a + (1 + m) * e->capacity, NULL, &val[p->more[m]]);
         }
     }
     for (int j = 0; j < e->n_red; j++)
@@ -1332,7 +1444,7 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
         for (int j = e->first; j < e->ndim; j++)
             outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
         int64_t base = out_offset(e, &t);
-        for (int m = 0; m <= p->n_more; m++) { /* result m's block of the output */
+        for (int m = 0; m < n_blocks; m++) { /* result m's block of the output */
             const double *a = acc + m * e->capacity + u * per_unit;
             int64_t at = base + m * block_numel;
             for (int64_t i = 0; i < outputs; i++) {
@@ -1367,9 +1479,9 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
         char *mine = (char *)scratch + (size_t)th * block;
         if (reduce && e->interleave_units)
-            run_reduction_interleaved(p, e, in, mine, out, n->numel / (1 + p->n_more), u0, u1);
+            run_reduction_interleaved(p, e, in, mine, out, n->numel / result_blocks(p), u0, u1);
         else if (reduce)
-            run_reduction(p, e, in, mine, out, n->numel / (1 + p->n_more), u0, u1);
+            run_reduction(p, e, in, mine, out, n->numel / result_blocks(p), u0, u1);
         else
             run_elementwise(p, e, in, mine, out, u0, u1);
     }
@@ -1405,5 +1517,7 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
             used += (size_t)snprintf(buf + used, size - used, ")");
         if (p->n_more > 0 && used < size)
             snprintf(buf + used, size - used, " of %d values", 1 + p->n_more);
+        if (p->count_ties && used < size)
+            snprintf(buf + used, size - used, " with tie counts");
     }
 }

@@ -56,6 +56,12 @@ typedef struct {
      * sum(g * x)): the node's output is n_more + 1 blocks, result's first, then more[i]'s. */
     int n_more;
     int more[TG_FUSED_MAX_MORE];
+    /* A max (n_more 0) may also count, per output, the points equal to it: the denominator
+     * of a max's gradient, which ties share (sum(eq(x, max(x)))). The output is then two
+     * blocks, the maxima's and the counts'. The counts are folded along with the maxima (a
+     * piece's count survives only where its max is the running max), so they need not
+     * wait for the final max; where the max is NaN the count is 0, as eq makes it. */
+    bool count_ties;
     struct tg_fused_exec *exec;
 } tg_fused_program;
 

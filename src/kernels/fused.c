@@ -519,11 +519,13 @@ struct tg_fused_exec {
      * reduced ones); axes fold_axis .. ndim-1 fold as runs. */
     int64_t acc_stride[TG_FUSED_MAX_DIMS];
     int fold_axis;
-    /* Windows: the last axis reduced, the one before it kept and inside the tile (the
-     * program kept its axes in order, [.., i, a, j, b] for a 2x2 pool): runs span both
-     * and fold window by window (fold_windows), reading the tile as it lies. */
+    /* Windows: the last axis reduced (b, at most 8 long), kept axes before it from
+     * window_kept on, and from fold_axis to there reduced ones (a 2x2 pool's tile is
+     * [a, i, j, b], order_windows): a run is a windows' planes, [A rows][J windows][B], and
+     * folds window by window (fold_windows), J windows side by side, J long enough for
+     * vector loops. */
     bool fold_windows;
-    bool window_rows; /* and the axis before those is reduced too: runs span all three */
+    int window_kept;
     /* Reductions: the most outputs a unit has, and whether run_reduction_interleaved runs
      * the kernel (the units are nearer in memory than the reduced tiles, and every unit's
      * accumulators fit at once). */
@@ -759,6 +761,18 @@ static void order_windows(axes *x, uint32_t mask)
             return;
         last_kept = perm[k];
     }
+    /* Then the reduced axes but the innermost go first ([i, a, j, b] -> [a, i, j, b]): the
+     * tile is then planes of whole rows of windows, [a][i, j][b], and folds over i and j at
+     * once (fold_windows) instead of row by row; the load is copied row by row into it. */
+    int planes[TG_FUSED_MAX_DIMS], n = 0, last = x->ndim - 1;
+    for (int k = first_red; k < last; k++)
+        if ((mask >> perm[k]) & 1)
+            planes[n++] = perm[k];
+    for (int k = first_red; k < last; k++)
+        if (!((mask >> perm[k]) & 1))
+            planes[n++] = perm[k];
+    planes[n] = perm[last];
+    memcpy(perm + first_red, planes, (size_t)(n + 1) * sizeof *perm);
     axes y = *x;
     for (int k = 0; k < x->ndim; k++) {
         y.shape[k] = x->shape[perm[k]];
@@ -782,6 +796,24 @@ static bool scalar_below(const struct tg_fused_exec *e, int n_loads, int k)
     return false;
 }
 
+/* Whether some load is contiguous over the axes after k (read in place by a tile of them)
+ * but not along k (an image's plane, where k is the batch): a tile cut across k would
+ * gather it. */
+static bool in_place_below(const struct tg_fused_exec *e, int n_loads, int k)
+{
+    for (int l = 0; l < n_loads; l++) {
+        int64_t run = 1;
+        bool contiguous = true;
+        for (int j = e->ndim - 1; j > k && contiguous; j--) {
+            contiguous = e->shape[j] == 1 || e->stride[l][j] == run;
+            run *= e->shape[j];
+        }
+        if (contiguous && e->stride[l][k] != run)
+            return true;
+    }
+    return false;
+}
+
 /* As many whole trailing axes as fit in TILE points, and a chunk of the next one (a long
  * innermost axis is cut into equal chunks). When the whole trailing axes already make a
  * tile of TILE / 8 points or more and a load is one value over them but not along the next
@@ -798,7 +830,7 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
     } else if (k == d - 1) {
         int64_t pieces = (e->shape[k] + TILE - 1) / TILE;
         e->chunk = (e->shape[k] + pieces - 1) / pieces;
-    } else if (inner >= TILE / 8 && scalar_below(e, n_loads, k)) {
+    } else if (inner >= TILE / 8 && (scalar_below(e, n_loads, k) || in_place_below(e, n_loads, k))) {
         e->chunk = 1;
     } else {
         e->chunk = TILE / inner;
@@ -826,14 +858,20 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
     }
     bool last_red = (e->reduced >> (d - 1)) & 1;
     e->fold_axis = d - 1;
-    e->fold_windows = last_red && d - 2 >= k && !((e->reduced >> (d - 2)) & 1) &&
+    /* Windows: [outer reduced axes..., kept axes..., the innermost reduced one] at the end
+     * of the tile (order_windows makes a pool's [a, i, j, b]). */
+    int kept_from = d - 1, rows_from;
+    while (kept_from - 1 >= k && !((e->reduced >> (kept_from - 1)) & 1))
+        kept_from--;
+    rows_from = kept_from;
+    while (rows_from - 1 >= k && ((e->reduced >> (rows_from - 1)) & 1))
+        rows_from--;
+    e->fold_windows = last_red && kept_from < d - 1 &&
                       e->shape[d - 1] <= 8; /* longer rows: eight lanes (fold_run) */
-    if (e->fold_windows)
-        e->fold_axis = d - 2;
-    e->window_rows = e->fold_windows && d - 3 >= k && ((e->reduced >> (d - 3)) & 1) &&
-                     e->shape[d - 3] <= 8;
-    if (e->window_rows)
-        e->fold_axis = d - 3;
+    if (e->fold_windows) {
+        e->window_kept = kept_from;
+        e->fold_axis = rows_from;
+    }
     while (!e->fold_windows && e->fold_axis > k &&
            (bool)((e->reduced >> (e->fold_axis - 1)) & 1) == last_red)
         e->fold_axis--;
@@ -1013,8 +1051,13 @@ static bool index_gathers(const tg_fused_program *p, struct tg_fused_exec *e)
         if (e->kind[l] != V_SLOT && e->kind[l] != V_OUT)
             continue;
         const int64_t *stride = e->stride[l];
-        if (stride[d - 1] == 0 ||
-            (stride[d - 1] == 1 && (d - 1 == f ? e->chunk : e->shape[d - 1]) >= 32))
+        int64_t run = 0; /* the contiguous points the load's innermost axes make */
+        if (stride[d - 1] == 1) {
+            run = 1;
+            for (int j = d - 1; j >= f && stride[j] == run; j--)
+                run *= j == f ? e->chunk : e->shape[j];
+        }
+        if (stride[d - 1] == 0 || run >= 16)
             continue;
         int64_t reach = 0;
         for (int j = f; j < d; j++)
@@ -1143,6 +1186,34 @@ static int64_t load_offset(const tg_fused_load *ld, const struct tg_fused_exec *
     return at;
 }
 
+/* Tile t's box from axis j0 on as a load with these strides sees it: neighbouring axes it
+ * steps through as through one ([.., j, b] of a window row, two axes a broadcast repeats)
+ * merged, so that gathers copy long rows. Returns the merged box's axis count. */
+static int merge_box(const tile *t, int j0, int d, const int64_t *stride, int64_t *ext,
+                     int64_t *block, int64_t *mstride)
+{
+    int n = j0;
+    for (int k = j0; k < d; k++) {
+        if (n > j0 && mstride[n - 1] == stride[k] * t->ext[k]) {
+            ext[n - 1] *= t->ext[k];
+            block[n - 1] = t->block[k];
+            mstride[n - 1] = stride[k];
+            continue;
+        }
+        ext[n] = t->ext[k];
+        block[n] = t->block[k];
+        mstride[n] = stride[k];
+        n++;
+    }
+    if (n - j0 < 2) { /* gather walks at least two axes */
+        ext[n] = 1;
+        block[n] = 1;
+        mstride[n] = 0;
+        n++;
+    }
+    return n;
+}
+
 static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, int l,
                      const void *const *in, char *scratch, void *out, const tile *t,
                      const tile *next, ref *val)
@@ -1172,10 +1243,14 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
             gather_indexed_f64(y, (const double *)base, e->index[l], t->count);
         else if (e->index[l])
             gather_indexed_f32(y, (const float *)base, e->index[l], t->count);
-        else if (ld->dtype == TG_F64)
-            gather_f64(y, (const double *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
-        else
-            gather_f32(y, (const float *)base, e->first, e->ndim, t->ext, t->block, e->stride[l]);
+        else {
+            int64_t ext[TG_FUSED_MAX_DIMS], block[TG_FUSED_MAX_DIMS], stride[TG_FUSED_MAX_DIMS];
+            int d = merge_box(t, e->first, e->ndim, e->stride[l], ext, block, stride);
+            if (ld->dtype == TG_F64)
+                gather_f64(y, (const double *)base, e->first, d, ext, block, stride);
+            else
+                gather_f32(y, (const float *)base, e->first, d, ext, block, stride);
+        }
         v->ptr = y;
     }
 }
@@ -1310,24 +1385,26 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
         n *= t->ext[j];
     for (int64_t done = 0; done < t->count; done += n) {
         const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)elem_size(dt) : NULL;
-        int64_t rows = e->window_rows ? t->ext[d - 3] : 1;
+        int64_t rows = 1, wins = 1;
+        for (int j = fa; e->fold_windows && j < d - 1; j++)
+            *(j < e->window_kept ? &rows : &wins) *= t->ext[j];
         if (cnt && e->fold_windows && f64)
             fold_windows_count_f64(acc + at, cnt + at, (const double *)x, v->scalar, rows,
-                                   t->ext[d - 2], t->ext[d - 1]);
+                                   wins, t->ext[d - 1]);
         else if (cnt && e->fold_windows)
             fold_windows_count_f32(acc + at, cnt + at, (const float *)x, (float)v->scalar, rows,
-                                   t->ext[d - 2], t->ext[d - 1]);
+                                   wins, t->ext[d - 1]);
         else if (cnt && f64)
             fold_run_count_f64(reduced, acc + at, cnt + at, (const double *)x, v->scalar, n);
         else if (cnt)
             fold_run_count_f32(reduced, acc + at, cnt + at, (const float *)x, (float)v->scalar,
                                n);
         else if (e->fold_windows && f64)
-            fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar, rows,
-                             t->ext[d - 2], t->ext[d - 1]);
+            fold_windows_f64(p->reduce_op, acc + at, (const double *)x, v->scalar, rows, wins,
+                             t->ext[d - 1]);
         else if (e->fold_windows)
             fold_windows_f32(p->reduce_op, acc + at, (const float *)x, (float)v->scalar, rows,
-                             t->ext[d - 2], t->ext[d - 1]);
+                             wins, t->ext[d - 1]);
         else if (f64)
             fold_run_f64(p->reduce_op, reduced, acc + at, (const double *)x, v->scalar, n);
         else

@@ -303,16 +303,19 @@ static inline void merge_count(double *acc, double *cnt, double d, double c)
 
 /* Folding a tile into its accumulators. The tile is cut into runs over axes fold_axis ..
  * d-1 (all reduced, or all kept, like the innermost axis): a reduced run folds into one
- * accumulator, a kept run into as many consecutive ones. Sums of a run go in eight lanes in
- * a fixed order, as the eager reduction: vectorizable and deterministic. */
+ * accumulator, a kept run into as many consecutive ones. Sums of a run go in sixteen lanes in
+ * a fixed order: vectorizable and deterministic. */
 #define FOLD(T, S)                                                                              \
+    /* Sixteen lanes: enough independent additions in flight to hide their latency. */      \
     static double run_sum_##S(const T *x, int64_t n)                                            \
     {                                                                                           \
-        double lane[8] = {0};                                                                   \
+        double lane[16] = {0};                                                                  \
         int64_t i = 0;                                                                          \
-        for (; i + 8 <= n; i += 8)                                                              \
-            for (int l = 0; l < 8; l++)                                                         \
+        for (; i + 16 <= n; i += 16)                                                            \
+            for (int l = 0; l < 16; l++)                                                        \
                 lane[l] += x[i + l];                                                            \
+        for (int l = 0; l < 8; l++)                                                             \
+            lane[l] += lane[l + 8];                                                             \
         double acc = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +                              \
                      ((lane[4] + lane[5]) + (lane[6] + lane[7]));                               \
         for (; i < n; i++)                                                                      \
@@ -1266,8 +1269,13 @@ static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, con
         return;
     }
     ref args[4];
-    for (int a = 0; a < s->n_args; a++)
-        args[a] = val[s->arg[a]];
+    for (int a = 0; a < s->n_args; a++) { /* field by field: each load then meets the one
+                                               store that wrote it (a whole-struct copy
+                                               stalls on store forwarding, every op of
+                                               every tile) */
+        args[a].ptr = val[s->arg[a]].ptr;
+        args[a].scalar = val[s->arg[a]].scalar;
+    }
     void *y = kind == V_OUT ? out : scratch + (size_t)e->slot[s->value] * e->slot_bytes;
     s->fn(y, args, t->count);
     r->ptr = y;

@@ -1230,12 +1230,14 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
         v->scalar = ld->dtype == TG_F64 ? *(const double *)base : *(const float *)base;
     } else if (e->kind[l] == V_IN_PLACE) {
         v->ptr = base;
-        /* Ask for the next tile's points now, so that they arrive while this tile computes
-         * (every other line: the hardware fetches line pairs). The next tile need not read
-         * on from here: a reduction over the batch jumps a whole image per tile, where the
-         * hardware's own prefetcher has nothing to follow. */
-        if (next) {
-            const char *ahead = (const char *)in[ld->input] + load_offset(ld, e, l, next) * size;
+        /* Where the next tile does not read on from here (a reduction over the batch jumps
+         * a whole image per tile), the hardware's prefetcher has nothing to follow: ask for
+         * its points now, so that they arrive while this tile computes (every other line:
+         * the hardware fetches line pairs). Where it does read on, the hardware keeps up,
+         * and asking as well only fills the queue of outstanding requests. */
+        const char *ahead = next ? (const char *)in[ld->input] + load_offset(ld, e, l, next) * size
+                                 : NULL;
+        if (ahead && ahead != base + t->count * size) {
             int64_t bytes = next->count * size;
             for (int64_t b = 0; b < bytes; b += 128)
                 __builtin_prefetch(ahead + b, 0, 2);

@@ -15,7 +15,10 @@
  * A tile then runs its steps in order, each one loop over contiguous buffers that the
  * compiler vectorizes, chosen when the program was prepared. Reductions fold each tile into
  * double accumulators (exact for max, more precise for sums) and store them once every tile
- * of an output element is folded. */
+ * of an output element is folded; a max may count its ties as it folds (count_ties). Pooling
+ * windows are tiled as planes of whole rows of windows ([a, i, j, b], order_windows), and
+ * reductions over the batch may visit their tiles image by image with every channel's
+ * accumulators live (run_reduction_interleaved). */
 #include "fused.h"
 #include "../compile/plan_ops.h"
 #include "strided.h"

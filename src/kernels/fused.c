@@ -1432,6 +1432,33 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
     }
 }
 
+/* Folds a tile's results into their blocks of accumulators (acc: the first's). */
+static void fold_results(const tg_fused_program *p, const struct tg_fused_exec *e,
+                         const tile *t, double *acc, const ref *val)
+{
+    fold_tile(p, e, t, acc, p->count_ties ? acc + e->capacity : NULL, &val[p->result]);
+    for (int m = 0; m < p->n_more; m++)
+        fold_tile(p, e, t, acc + (1 + m) * e->capacity, NULL, &val[p->more[m]]);
+}
+
+/* Stores a unit's `outputs` accumulators of each block (acc: the first's) at `base` of the
+ * block's part of the output. */
+static void store_results(const tg_fused_program *p, const struct tg_fused_exec *e, void *out,
+                          int64_t base, int64_t block_numel, const double *acc, int64_t outputs)
+{
+    bool f64 = value_dtype(p, p->result) == TG_F64;
+    for (int m = 0; m < result_blocks(p); m++) {
+        const double *a = acc + m * e->capacity;
+        int64_t at = base + m * block_numel;
+        for (int64_t i = 0; i < outputs; i++) {
+            if (f64)
+                ((double *)out)[at + i] = a[i];
+            else
+                ((float *)out)[at + i] = (float)a[i];
+        }
+    }
+}
+
 /* Each unit is a box of output elements, contiguous in the output; its tiles are folded in
  * one fixed order. */
 static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec *e,
@@ -1442,7 +1469,6 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
     ref val[MAX_VALUES];
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
-    tg_dtype dt = value_dtype(p, p->result);
     int n_blocks = result_blocks(p);
     set_constants(p, e, val);
     decode(e, e->kept, e->n_kept, u0, idx);
@@ -1463,21 +1489,9 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
             if (more)
                 place_tile(e, idx, &next);
             run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
-            fold_tile(p, e, &t, acc, p->count_ties ? acc + e->capacity : NULL,
-                      &val[p->result]);
-            for (int m = 0; m < p->n_more; m++)
-                fold_tile(p, e, &t, acc + (1 + m) * e->capacity, NULL, &val[p->more[m]]);
+            fold_results(p, e, &t, acc, val);
         }
-        for (int m = 0; m < n_blocks; m++) { /* result m's block of the output */
-            const double *a = acc + m * e->capacity;
-            int64_t at = base + m * block_numel;
-            for (int64_t i = 0; i < outputs; i++) {
-                if (dt == TG_F64)
-                    ((double *)out)[at + i] = a[i];
-                else
-                    ((float *)out)[at + i] = (float)a[i];
-            }
-        }
+        store_results(p, e, out, base, block_numel, acc, outputs);
     }
 }
 
@@ -1503,7 +1517,6 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
     ref val[MAX_VALUES];
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
-    tg_dtype dt = value_dtype(p, p->result);
     int n_blocks = result_blocks(p);
     int64_t per_unit = e->unit_outputs, units = u1 - u0;
     set_constants(p, e, val);
@@ -1519,10 +1532,7 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
                 place_unit_tile(e, u + 1 < units ? u0 + u + 1 : u0, u + 1 < units ? r : r + 1,
                                 &next);
             run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
-            double *a = acc + u * per_unit;
-            fold_tile(p, e, &t, a, p->count_ties ? a + e->capacity : NULL, &val[p->result]);
-            for (int m = 0; m < p->n_more; m++)
-                fold_tile(p, e, &t, a + (1 + m) * e->capacity, NULL, &val[p->more[m]]);
+            fold_results(p, e, &t, acc + u * per_unit, val);
         }
     }
     for (int j = 0; j < e->n_red; j++)
@@ -1533,17 +1543,7 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
         int64_t outputs = 1;
         for (int j = e->first; j < e->ndim; j++)
             outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
-        int64_t base = out_offset(e, &t);
-        for (int m = 0; m < n_blocks; m++) { /* result m's block of the output */
-            const double *a = acc + m * e->capacity + u * per_unit;
-            int64_t at = base + m * block_numel;
-            for (int64_t i = 0; i < outputs; i++) {
-                if (dt == TG_F64)
-                    ((double *)out)[at + i] = a[i];
-                else
-                    ((float *)out)[at + i] = (float)a[i];
-            }
-        }
+        store_results(p, e, out, out_offset(e, &t), block_numel, acc + u * per_unit, outputs);
     }
 }
 

@@ -95,6 +95,60 @@ START_TEST(single_row_times_transpose)
 }
 END_TEST
 
+/* (x^T @ dy)^T, a linear layer's weight gradient in the weight's layout: simplify makes it
+ * dy^T @ x, so the plan copies the small dy^T, not x^T, and no kernel reads the product
+ * transposed. With simplify off the plan still computes the same values. */
+static int64_t largest_matmul_operand_copy(const tg_plan *plan)
+{
+    const tg_graph *g = tg_plan_graph(plan);
+    int64_t largest = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (g->nodes[i].op != TG_OP_MATMUL)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            const tg_ir_node *in = &g->nodes[g->nodes[i].in[k]];
+            if (in->op != TG_OP_LEAF && in->numel > largest)
+                largest = in->numel; /* a kernel's output: a copy of a transposed view */
+        }
+    }
+    return largest;
+}
+
+START_TEST(transpose_of_a_product)
+{
+    const char *configs[] = {"", "simplify"};
+    for (size_t c = 0; c < 2; c++) {
+        tg_tape *tape = tg_tape_new();
+        tg_rng rng;
+        tg_rng_seed(&rng, 3);
+        tg_tensor *ex = tg_rand_normal(tape, &rng, TG_F64, 2, SHAPE(6, 40), 0, 1);
+        tg_tensor *edy = tg_rand_normal(tape, &rng, TG_F64, 2, SHAPE(6, 3), 0, 1);
+        tg_tensor *ey = tg_transpose(tg_matmul(tg_transpose(ex, 0, 1), edy), 0, 1);
+        ck_assert_ptr_nonnull(ey);
+        ck_assert_int_eq(tg_tape_trace(tape, true), 0);
+        tg_tensor *px = tg_placeholder(tape, "x", TG_F64, 2, SHAPE(6, 40));
+        tg_tensor *pdy = tg_placeholder(tape, "dy", TG_F64, 2, SHAPE(6, 3));
+        tg_tensor *py = tg_mul_scalar(tg_transpose(tg_matmul(tg_transpose(px, 0, 1), pdy), 0, 1), 1.0);
+        ck_assert_int_eq(tg_tape_trace(tape, false), 0);
+        tg_compile_opts opts = {.disable = configs[c]};
+        tg_plan *plan = tg_compile(tape, 1, &py, &opts);
+        ck_assert_msg(plan != NULL, "%s", tg_last_error());
+        ck_assert_int_eq(tg_plan_set_input(plan, "x", tg_data(ex)), 0);
+        ck_assert_int_eq(tg_plan_set_input(plan, "dy", tg_data(edy)), 0);
+        ck_assert_int_eq(tg_plan_run(plan), 0);
+        const double *y = tg_plan_output(plan, 0);
+        for (int i = 0; i < 3 * 40; i++)
+            ck_assert_double_eq_tol(y[i], tg_get(ey, i), 1e-12 * (1 + fabs(tg_get(ey, i))));
+        int64_t copied = largest_matmul_operand_copy(plan);
+        ck_assert_msg(c == 0 ? copied == 3 * 6 : copied == 6 * 40,
+                      "with '%s' disabled the largest copied operand has %lld elements",
+                      configs[c], (long long)copied);
+        tg_plan_free(plan);
+        tg_tape_free(tape);
+    }
+}
+END_TEST
+
 /* Evaluation-mode conv -> batch norm -> relu -> linear -> batch norm: with fold_scale the
  * batch-norm scales move into the weights (no full-size multiply is left after a product),
  * and the result is the unfolded one up to rounding. */
@@ -374,6 +428,7 @@ int main(void)
     tcase_add_test(tc, compiled_matches_eager);
     tcase_add_test(tc, fold_scale_folds_batch_norm);
     tcase_add_test(tc, single_row_times_transpose);
+    tcase_add_test(tc, transpose_of_a_product);
     tcase_add_loop_test(tc, training_step_each_pass, 0, (int)N_PASSES + 2);
     tcase_add_test(tc, each_pass_changes_the_step);
     suite_add_tcase(s, tc);

@@ -221,7 +221,6 @@ static int windows_as_views(tg_graph *g, int i)
     return -1;
 }
 
-/* An op whose inputs are all constants: run its kernel now. */
 /* a @ permute(W) with a single row a [1, K] and W [N, K]: the same dot products as W @ a^T,
  * whose operands are already in memory order, and a^T and the [N, 1] result are reshapes.
  * Without this the transposed matrix is copied at every run: a linear layer at batch 1 (the
@@ -248,6 +247,57 @@ static int row_times_transpose(tg_graph *g, int i)
     return reshape_to(g, product, 2, (const int64_t[]){1, n});
 }
 
+static bool is_transpose(tg_graph *g, int v)
+{
+    return N(g, v)->op == TG_OP_PERMUTE && N(g, v)->ndim == 2 && N(g, v)->attr[0] == 1;
+}
+
+/* v^T: the source of a transpose, or a new transpose of v. */
+static int transposed(tg_graph *g, int v)
+{
+    if (is_transpose(g, v))
+        return N(g, v)->in[0];
+    const tg_ir_node *x = N(g, v);
+    tg_ir_node t = {.op = TG_OP_PERMUTE, .dtype = x->dtype, .ndim = 2, .n_in = 1, .in = {v},
+                    .shape = {x->shape[1], x->shape[0]}, .attr = {1, 0}, .label = x->label,
+                    .tape_id = SIZE_MAX};
+    return tg_graph_add(g, &t);
+}
+
+/* (a @ b)^T -> b^T @ a^T when a or b is itself a transpose, and the product is read only
+ * through this one: the transposes move from the product to the operands, where one
+ * cancels. A linear layer's weight gradient is written x^T @ dy and read transposed by the
+ * optimizer; this makes it dy^T @ x, which copies the small dy^T instead of x^T and writes the
+ * gradient in the weight's own layout. */
+static int transpose_of_product(tg_graph *g, int i)
+{
+    tg_ir_node *x = N(g, i);
+    if (!is_transpose(g, i) || N(g, x->in[0])->op != TG_OP_MATMUL || N(g, x->in[0])->ndim != 2)
+        return -1;
+    int m = x->in[0], a = N(g, m)->in[0], b = N(g, m)->in[1];
+    if (!is_transpose(g, a) && !is_transpose(g, b))
+        return -1;
+    int readers = 0;
+    for (int u = 0; u < g->n && readers < 2; u++)
+        for (int k = 0; k < N(g, u)->n_in; k++)
+            readers += N(g, u)->in[k] == m;
+    for (int o = 0; o < g->n_outputs; o++)
+        readers += g->outputs[o] == m;
+    for (int o = 0; o < g->n_updates; o++)
+        readers += g->update_value[o] == m;
+    if (readers != 1)
+        return -1;
+    int64_t rows = x->shape[0], cols = x->shape[1];
+    tg_dtype dt = x->dtype;
+    int tb = transposed(g, b);
+    int ta = tb < 0 ? -1 : transposed(g, a);
+    if (ta < 0)
+        return -1;
+    return tg_graph_add_op(g, TG_OP_MATMUL, dt, 2, (const int64_t[]){rows, cols}, 2,
+                           (const int[]){tb, ta});
+}
+
+/* An op whose inputs are all constants: run its kernel now. */
 static int fold_constants(tg_graph *g, int i)
 {
     tg_ir_node *x = N(g, i);
@@ -285,7 +335,8 @@ static int fold_constants(tg_graph *g, int i)
 
 static const rewrite_fn rewrites[] = {
     identity_operand, chained_movement, sum_of_expand, constant_condition,
-    mask_product,     windows_as_views, row_times_transpose, fold_constants,
+    mask_product,     windows_as_views, row_times_transpose, transpose_of_product,
+    fold_constants,
 };
 
 int tg_pass_simplify(tg_graph *g, const tg_pass_ctx *ctx)

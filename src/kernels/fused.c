@@ -836,7 +836,8 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
     } else if (k == d - 1) {
         int64_t pieces = (e->shape[k] + TILE - 1) / TILE;
         e->chunk = (e->shape[k] + pieces - 1) / pieces;
-    } else if (inner >= TILE / 8 && (scalar_below(e, n_loads, k) || in_place_below(e, n_loads, k))) {
+    } else if (inner >= TILE / 8 &&
+               (scalar_below(e, n_loads, k) || in_place_below(e, n_loads, k))) {
         e->chunk = 1;
     } else {
         e->chunk = TILE / inner;

@@ -184,7 +184,8 @@ static int join(tg_graph *g, int m, int c)
             }
             if (copy < 0 && (copy = copy_of_block(g, joined, m)) < 0)
                 return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
-            g->nodes[u].in[k] = copy; /* the array may have moved */
+            n = &g->nodes[u]; /* adding the copy may have moved the array */
+            n->in[k] = copy;
         }
     }
     tg_fuse_redirect_readers(g, c, joined, numel);

@@ -49,6 +49,25 @@ START_TEST(compiled_matches_eager)
 }
 END_TEST
 
+/* Ends the trace and compiles `out` with the passes in `disable` off. */
+static tg_plan *compile_traced(tg_tape *tape, tg_tensor *out, const char *disable)
+{
+    ck_assert_int_eq(tg_tape_trace(tape, false), 0);
+    tg_compile_opts opts = {.disable = disable};
+    tg_plan *plan = tg_compile(tape, 1, &out, &opts);
+    ck_assert_msg(plan != NULL, "%s", tg_last_error());
+    return plan;
+}
+
+/* Runs the plan (its inputs set) and checks its f64 output against eager's values. */
+static void run_and_compare(tg_plan *plan, const tg_tensor *eager, int64_t n)
+{
+    ck_assert_int_eq(tg_plan_run(plan), 0);
+    const double *y = tg_plan_output(plan, 0);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_double_eq_tol(y[i], tg_get(eager, i), 1e-12 * (1 + fabs(tg_get(eager, i))));
+}
+
 /* One row times a transposed matrix, x W^T with x [1, K] (a linear layer at batch 1):
  * simplify turns it into W x^T, which reads W where it is instead of copying its transpose
  * at every run, and the result is eager's. With simplify off the product reads a copy. */
@@ -76,16 +95,9 @@ START_TEST(single_row_times_transpose)
         ck_assert_ptr_nonnull(ey);
         ck_assert_int_eq(tg_tape_trace(tape, true), 0);
         tg_tensor *px = tg_placeholder(tape, "x", TG_F64, 2, SHAPE(1, 37));
-        tg_tensor *py = tg_matmul(px, tg_transpose(w, 0, 1));
-        ck_assert_int_eq(tg_tape_trace(tape, false), 0);
-        tg_compile_opts opts = {.disable = configs[c]};
-        tg_plan *plan = tg_compile(tape, 1, &py, &opts);
-        ck_assert_msg(plan != NULL, "%s", tg_last_error());
+        tg_plan *plan = compile_traced(tape, tg_matmul(px, tg_transpose(w, 0, 1)), configs[c]);
         ck_assert_int_eq(tg_plan_set_input(plan, "x", tg_data(ex)), 0);
-        ck_assert_int_eq(tg_plan_run(plan), 0);
-        const double *y = tg_plan_output(plan, 0);
-        for (int i = 0; i < 5; i++)
-            ck_assert_double_eq_tol(y[i], tg_get(ey, i), 1e-12 * (1 + fabs(tg_get(ey, i))));
+        run_and_compare(plan, ey, 5);
         ck_assert_msg(product_reads_weight_in_place(plan) == (c == 0),
                       "with '%s' disabled the product %s the weight in place", configs[c],
                       c == 0 ? "does not read" : "reads");
@@ -128,17 +140,11 @@ START_TEST(transpose_of_a_product)
         ck_assert_int_eq(tg_tape_trace(tape, true), 0);
         tg_tensor *px = tg_placeholder(tape, "x", TG_F64, 2, SHAPE(6, 40));
         tg_tensor *pdy = tg_placeholder(tape, "dy", TG_F64, 2, SHAPE(6, 3));
-        tg_tensor *py = tg_mul_scalar(tg_transpose(tg_matmul(tg_transpose(px, 0, 1), pdy), 0, 1), 1.0);
-        ck_assert_int_eq(tg_tape_trace(tape, false), 0);
-        tg_compile_opts opts = {.disable = configs[c]};
-        tg_plan *plan = tg_compile(tape, 1, &py, &opts);
-        ck_assert_msg(plan != NULL, "%s", tg_last_error());
+        tg_tensor *py = tg_transpose(tg_matmul(tg_transpose(px, 0, 1), pdy), 0, 1);
+        tg_plan *plan = compile_traced(tape, tg_mul_scalar(py, 1.0), configs[c]);
         ck_assert_int_eq(tg_plan_set_input(plan, "x", tg_data(ex)), 0);
         ck_assert_int_eq(tg_plan_set_input(plan, "dy", tg_data(edy)), 0);
-        ck_assert_int_eq(tg_plan_run(plan), 0);
-        const double *y = tg_plan_output(plan, 0);
-        for (int i = 0; i < 3 * 40; i++)
-            ck_assert_double_eq_tol(y[i], tg_get(ey, i), 1e-12 * (1 + fabs(tg_get(ey, i))));
+        run_and_compare(plan, ey, 3 * 40);
         int64_t copied = largest_matmul_operand_copy(plan);
         ck_assert_msg(c == 0 ? copied == 3 * 6 : copied == 6 * 40,
                       "with '%s' disabled the largest copied operand has %lld elements",

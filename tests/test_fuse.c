@@ -402,6 +402,18 @@ START_TEST(sums_of_linear_combinations)
 END_TEST
 
 /* ---- max: ties and NaN ------------------------------------------------------------------------ */
+/* Multiples of 0.5 in a pattern with ties everywhere, NaN at point 17 and at `nan_too`. */
+static void fill_ties(void *data, tg_dtype dt, int64_t n, int64_t nan_too)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double v = i == 17 || i == nan_too ? NAN : floor((i * 37 % 11) / 4.0) * 0.5;
+        if (dt == TG_F64)
+            ((double *)data)[i] = v;
+        else
+            ((float *)data)[i] = (float)v;
+    }
+}
+
 static int build_max(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
 {
     (void)c, (void)tape;
@@ -427,15 +439,7 @@ START_TEST(max_ties_and_nan)
         c.tol = tol_for(c.dt, true);
         traced t;
         trace_case(&t, &c, 3);
-        for (int64_t i = 0; i < 5 * 7 * 3; i++) { /* ties everywhere, a NaN in two rows */
-            double v = floor((i * 37 % 11) / 4.0) * 0.5;
-            if (i == 17 || i == 64)
-                v = NAN;
-            if (c.dt == TG_F64)
-                ((double *)t.data[0])[i] = v;
-            else
-                ((float *)t.data[0])[i] = (float)v;
-        }
+        fill_ties(t.data[0], c.dt, 5 * 7 * 3, 64); /* NaN in two rows */
         compare_case(&c, &t, false);
         traced_free(&t);
     }
@@ -478,15 +482,8 @@ START_TEST(max_tie_counts)
             traced t;
             trace_case(&t, &c, 5);
             int64_t n = x_shape[mode][0] * x_shape[mode][1];
-            for (int64_t i = 0; i < n && mode < 2; i++) { /* ties everywhere, NaN in a row */
-                double v = floor((i * 37 % 11) / 4.0) * 0.5;
-                if (i == 17)
-                    v = NAN;
-                if (c.dt == TG_F64)
-                    ((double *)t.data[0])[i] = v;
-                else
-                    ((float *)t.data[0])[i] = (float)v;
-            }
+            if (mode < 2)
+                fill_ties(t.data[0], c.dt, n, -1);
             tg_plan *fused = compare_case(&c, &t, true);
             const tg_graph *g = tg_plan_graph(fused);
             if (!has_kernel(g, "with tie counts"))

@@ -32,7 +32,6 @@ static int value_arity(const tg_fused_program *p, int v)
 
 /* Memoized structural equality of value a of program p (node x) and value b of q (node y). */
 typedef struct {
-    const tg_graph *g;
     const tg_ir_node *x, *y;
     const tg_fused_program *p, *q;
     signed char memo[MAX_VALUES][MAX_VALUES]; /* 0 unknown, 1 equal, -1 different */
@@ -117,7 +116,6 @@ static int counted_max(const tg_graph *g, int c, comparison *cmp)
             !loads_result(p, l, q))
             continue;
         memset(cmp->memo, 0, sizeof cmp->memo);
-        cmp->g = g;
         cmp->x = &g->nodes[c];
         cmp->y = &g->nodes[m];
         cmp->p = p;

@@ -221,6 +221,11 @@ static int windows_as_views(tg_graph *g, int i)
     return -1;
 }
 
+static bool is_transpose(tg_graph *g, int v)
+{
+    return N(g, v)->op == TG_OP_PERMUTE && N(g, v)->ndim == 2 && N(g, v)->attr[0] == 1;
+}
+
 /* a @ permute(W) with a single row a [1, K] and W [N, K]: the same dot products as W @ a^T,
  * whose operands are already in memory order, and a^T and the [N, 1] result are reshapes.
  * Without this the transposed matrix is copied at every run: a linear layer at batch 1 (the
@@ -231,8 +236,7 @@ static int row_times_transpose(tg_graph *g, int i)
     if (x->op != TG_OP_MATMUL || x->ndim != 2 || x->shape[0] != 1)
         return -1;
     int a = x->in[0], t = x->in[1];
-    if (N(g, a)->ndim != 2 || N(g, t)->op != TG_OP_PERMUTE || N(g, t)->ndim != 2 ||
-        N(g, t)->attr[0] != 1)
+    if (N(g, a)->ndim != 2 || !is_transpose(g, t))
         return -1;
     int w = N(g, t)->in[0];
     int64_t k = N(g, a)->shape[1], n = x->shape[1];
@@ -245,11 +249,6 @@ static int row_times_transpose(tg_graph *g, int i)
     if (product < 0)
         return -1;
     return reshape_to(g, product, 2, (const int64_t[]){1, n});
-}
-
-static bool is_transpose(tg_graph *g, int v)
-{
-    return N(g, v)->op == TG_OP_PERMUTE && N(g, v)->ndim == 2 && N(g, v)->attr[0] == 1;
 }
 
 /* v^T: the source of a transpose, or a new transpose of v. */
@@ -277,15 +276,10 @@ static int transpose_of_product(tg_graph *g, int i)
     int m = x->in[0], a = N(g, m)->in[0], b = N(g, m)->in[1];
     if (!is_transpose(g, a) && !is_transpose(g, b))
         return -1;
-    int readers = 0;
-    for (int u = 0; u < g->n && readers < 2; u++)
-        for (int k = 0; k < N(g, u)->n_in; k++)
-            readers += N(g, u)->in[k] == m;
-    for (int o = 0; o < g->n_outputs; o++)
-        readers += g->outputs[o] == m;
-    for (int o = 0; o < g->n_updates; o++)
-        readers += g->update_value[o] == m;
-    if (readers != 1)
+    int *uses = tg_graph_use_counts(g);
+    bool alone = uses && uses[m] == 1;
+    free(uses);
+    if (!alone)
         return -1;
     int64_t rows = x->shape[0], cols = x->shape[1];
     tg_dtype dt = x->dtype;

@@ -395,8 +395,8 @@ static inline void merge_count(double *acc, double *cnt, double d, double c)
             for (int64_t j = 0; j < J; j++)                                                     \
                 merge_count(&acc[j], &cnt[j], xs, xs == xs ? (double)(A * B) : 0.0);           \
         } else if (A == 2 && B == 2) {                                                          \
-            /* Windows first, in T alone (that loop vectorizes), then merge_count written out   \
-             * on doubles; a chunk of windows at a time. */                                     \
+            /* Windows first, in T alone, then their merges on doubles: two loops that         \
+             * vectorize; a chunk of windows at a time. */                                      \
             const T *y = x + row;                                                               \
             T v[64], c[64];                                                                     \
             for (int64_t j0 = 0; j0 < J; j0 += 64) {                                            \
@@ -412,14 +412,8 @@ static inline void merge_count(double *acc, double *cnt, double d, double c)
                     T s = u0 + u1 + u2 + u3; /* NaN exactly when some point is */               \
                     v[k] = s != s ? s : m;                                                      \
                 }                                                                               \
-                SIMD for (int64_t k = 0; k < n; k++) {                                          \
-                    double d = (double)v[k], old = acc[j0 + k], oc = cnt[j0 + k];               \
-                    double r = d > old ? d : old;                                               \
-                    r = d != d ? d : r;                                                         \
-                    r = old != old ? old : r;                                                   \
-                    cnt[j0 + k] = (old == r ? oc : 0.0) + (d == r ? (double)c[k] : 0.0);        \
-                    acc[j0 + k] = r;                                                            \
-                }                                                                               \
+                SIMD for (int64_t k = 0; k < n; k++)                                            \
+                    merge_count(&acc[j0 + k], &cnt[j0 + k], (double)v[k], (double)c[k]);        \
             }                                                                                   \
         } else {                                                                                \
             for (int64_t a = 0; a < A; a++)                                                     \
@@ -874,7 +868,7 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
     while (rows_from - 1 >= k && ((e->reduced >> (rows_from - 1)) & 1))
         rows_from--;
     e->fold_windows = last_red && kept_from < d - 1 &&
-                      e->shape[d - 1] <= 8; /* longer rows: eight lanes (fold_run) */
+                      e->shape[d - 1] <= 8; /* longer rows: sixteen lanes (fold_run) */
     if (e->fold_windows) {
         e->window_kept = kept_from;
         e->fold_axis = rows_from;
@@ -1433,6 +1427,15 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
     }
 }
 
+/* The outputs tile t contributes to: its extent along the kept axes. */
+static int64_t tile_outputs(const struct tg_fused_exec *e, const tile *t)
+{
+    int64_t outputs = 1;
+    for (int j = e->first; j < e->ndim; j++)
+        outputs *= (e->reduced >> j) & 1 ? 1 : t->ext[j];
+    return outputs;
+}
+
 /* Folds a tile's results into their blocks of accumulators (acc: the first's). */
 static void fold_results(const tg_fused_program *p, const struct tg_fused_exec *e,
                          const tile *t, double *acc, const ref *val)
@@ -1475,9 +1478,7 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
     decode(e, e->kept, e->n_kept, u0, idx);
     for (int64_t u = u0; u < u1; u++, advance(e, e->kept, e->n_kept, idx)) {
         place_tile(e, idx, &t); /* reduced axes at 0: the unit's outputs */
-        int64_t outputs = 1;
-        for (int j = e->first; j < e->ndim; j++)
-            outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
+        int64_t outputs = tile_outputs(e, &t);
         for (int m = 0; m < n_blocks; m++)
             for (int64_t i = 0; i < outputs; i++)
                 acc[m * e->capacity + i] = block_init(p, m);
@@ -1536,15 +1537,11 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
             fold_results(p, e, &t, acc + u * per_unit, val);
         }
     }
-    for (int j = 0; j < e->n_red; j++)
-        idx[e->red[j]] = 0;
-    decode(e, e->kept, e->n_kept, u0, idx);
+    decode(e, e->kept, e->n_kept, u0, idx); /* reduced axes at 0: the units' outputs */
     for (int64_t u = 0; u < units; u++, advance(e, e->kept, e->n_kept, idx)) {
-        place_tile(e, idx, &t); /* reduced axes at 0: the unit's outputs */
-        int64_t outputs = 1;
-        for (int j = e->first; j < e->ndim; j++)
-            outputs *= (e->reduced >> j) & 1 ? 1 : t.ext[j];
-        store_results(p, e, out, out_offset(e, &t), block_numel, acc + u * per_unit, outputs);
+        place_tile(e, idx, &t);
+        store_results(p, e, out, out_offset(e, &t), block_numel, acc + u * per_unit,
+                      tile_outputs(e, &t));
     }
 }
 

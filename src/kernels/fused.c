@@ -233,30 +233,87 @@ typedef struct {
     int64_t count;
 } tile;
 
-/* A strided view over the box ext[j .. d-1] (block[j] points per index of axis j), packed.
- * An axis the view does not move along (stride 0) is gathered once and copied; the two
- * innermost axes run as plain loops, the longer one inside. */
-#define GATHER(T, S)                                                                            \
-    static void gather_##S(T *y, const T *src, int j, int d, const int64_t *ext,                \
-                           const int64_t *block, const int64_t *stride)                         \
+/* ---- gathers ------------------------------------------------------------------------------ */
+/* Copies n bytes between buffers that do not overlap. The rows a tile gathers are often a
+ * few dozen bytes (a 14- or 28-point image row), where a call to memcpy costs more than the
+ * copy: these go as 32-byte pieces the compiler emits as vector moves, the last piece
+ * overlapping the one before instead of a scalar tail. */
+static inline void copy_row(void *y, const void *x, size_t n)
+{
+    char *d = y;
+    const char *s = x;
+    if (n < 32 || n >= 256) {
+        memcpy(d, s, n);
+        return;
+    }
+    size_t k = 0;
+    for (; k + 32 <= n; k += 32)
+        memcpy(d + k, s + k, 32);
+    if (k < n)
+        memcpy(d + n - 32, s + n - 32, 32);
+}
+
+/* y[2 i] = y[2 i + 1] = x[i] for i < n: a pool's gradient or max spread back over its 2-wide
+ * windows. Rows are short (7 or 14 windows), too short for a vectorized loop's main body, so
+ * eight points go at a time as one vector and its two interleavings, the last eight
+ * overlapping the ones before. */
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+
+static inline void twice_f32(float *y, const float *x, int64_t n)
+{
+    if (n < 8) {
+        for (int64_t i = 0; i < n; i++)
+            y[2 * i] = y[2 * i + 1] = x[i];
+        return;
+    }
+    for (int64_t i = 0;; i += 8) {
+        if (i + 8 > n)
+            i = n - 8;
+        f32x8 v, lo, hi;
+        memcpy(&v, x + i, sizeof v);
+        lo = __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);
+        hi = __builtin_shufflevector(v, v, 4, 4, 5, 5, 6, 6, 7, 7);
+        memcpy(y + 2 * i, &lo, sizeof lo);
+        memcpy(y + 2 * i + 8, &hi, sizeof hi);
+        if (i + 8 == n)
+            return;
+    }
+}
+
+static inline void twice_f64(double *y, const double *x, int64_t n)
+{
+    if (n < 4) {
+        for (int64_t i = 0; i < n; i++)
+            y[2 * i] = y[2 * i + 1] = x[i];
+        return;
+    }
+    for (int64_t i = 0;; i += 4) {
+        if (i + 4 > n)
+            i = n - 4;
+        f64x4 v, lo, hi;
+        memcpy(&v, x + i, sizeof v);
+        lo = __builtin_shufflevector(v, v, 0, 0, 1, 1);
+        hi = __builtin_shufflevector(v, v, 2, 2, 3, 3);
+        memcpy(y + 2 * i, &lo, sizeof lo);
+        memcpy(y + 2 * i + 4, &hi, sizeof hi);
+        if (i + 4 == n)
+            return;
+    }
+}
+
+/* The two innermost axes of a gathered box, n2 rows of n1 points, packed into y: plain loops
+ * with the longer axis inside, and the patterns the kernels meet written so the compiler
+ * vectorizes them. */
+#define GATHER_PLANE(T, S)                                                                      \
+    static inline void gather_plane_##S(T *y, const T *src, int64_t n1, int64_t s1, int64_t n2, \
+                                        int64_t s2)                                             \
     {                                                                                           \
-        if (j < d - 2) {                                                                        \
-            int64_t n = stride[j] == 0 ? 1 : ext[j];                                            \
-            for (int64_t a = 0; a < n; a++)                                                     \
-                gather_##S(y + a * block[j], src + a * stride[j], j + 1, d, ext, block, stride);\
-            for (int64_t a = n; a < ext[j]; a++)                                                \
-                memcpy(y + a * block[j], y, (size_t)block[j] * sizeof *y);                      \
-            return;                                                                             \
-        }                                                                                       \
-        int64_t n1 = ext[d - 1], s1 = stride[d - 1];                                            \
-        int64_t n2 = j == d - 2 ? ext[d - 2] : 1, s2 = j == d - 2 ? stride[d - 2] : 0;          \
         if (n1 >= n2 || s2 == 0) {                                                              \
             for (int64_t a = 0; a < n2; a++) {                                                  \
                 T *row = y + a * n1;                                                            \
-                if (a > 0 && s2 == 0)                                                           \
-                    memcpy(row, y, (size_t)n1 * sizeof *y);                                     \
-                else if (s1 == 1)                                                               \
-                    memcpy(row, src + a * s2, (size_t)n1 * sizeof *y);                          \
+                if (s1 == 1)                                                                    \
+                    copy_row(row, src + a * s2, (size_t)n1 * sizeof *y);                        \
                 else if (s1 == 2) /* windows of stride 2: a constant stride vectorizes */       \
                     for (int64_t c = 0; c < n1; c++)                                            \
                         row[c] = src[a * s2 + 2 * c];                                           \
@@ -264,18 +321,11 @@ typedef struct {
                     for (int64_t c = 0; c < n1; c++)                                            \
                         row[c] = src[a * s2 + c * s1];                                          \
             }                                                                                   \
-        } else if (s1 == 0 && n1 == 2 && s2 == 1) { /* the same, from a contiguous row */      \
-            SIMD for (int64_t a = 0; a < n2; a++) {                                             \
-                T v = src[a];                                                                   \
-                y[a * 2] = v;                                                                   \
-                y[a * 2 + 1] = v;                                                               \
-            }                                                                                   \
-        } else if (s1 == 0 && n1 == 2) { /* each element twice: a pool's backward, 2 wide */    \
-            for (int64_t a = 0; a < n2; a++) {                                                  \
-                T v = src[a * s2];                                                              \
-                y[a * 2] = v;                                                                   \
-                y[a * 2 + 1] = v;                                                               \
-            }                                                                                   \
+        } else if (s1 == 0 && n1 == 2 && s2 == 1) { /* each element twice: a pool's backward */ \
+            twice_##S(y, src, n2);                                                              \
+        } else if (s1 == 0 && n1 == 2) {                                                        \
+            for (int64_t a = 0; a < n2; a++)                                                    \
+                y[a * 2] = y[a * 2 + 1] = src[a * s2];                                          \
         } else if (s1 == 0) { /* each element n1 times: no multiply by a zero stride */         \
             for (int64_t a = 0; a < n2; a++)                                                    \
                 for (int64_t c = 0; c < n1; c++)                                                \
@@ -288,6 +338,36 @@ typedef struct {
             for (int64_t c = 0; c < n1; c++)                                                    \
                 for (int64_t a = 0; a < n2; a++)                                                \
                     y[a * n1 + c] = src[a * s2 + c * s1];                                       \
+        }                                                                                       \
+    }
+
+/* A strided view over the box ext[j .. d-1] (d - j >= 2 axes), packed row-major: one plane of
+ * the two innermost axes per position of the outer ones, which an odometer walks. An axis
+ * the view does not move along (stride 0) is gathered again at each of its positions rather
+ * than copied from the first: the rows are short, and a copy of rows just written would
+ * wait on store forwarding (the stores narrower than the loads). No recursion and no call
+ * per row: a pooled tile is 14 or 28 rows of 7 to 28 points. */
+#define GATHER(T, S)                                                                            \
+    GATHER_PLANE(T, S)                                                                          \
+    static __attribute__((noinline)) void gather_##S(T *y, const T *src, int j, int d,          \
+                                                     const int64_t *ext,                        \
+                           const int64_t *stride)                                               \
+    {                                                                                           \
+        int64_t n1 = ext[d - 1], s1 = stride[d - 1], n2 = ext[d - 2], s2 = stride[d - 2];       \
+        int64_t pos[TG_FUSED_MAX_DIMS] = {0};                                                   \
+        for (;;) {                                                                              \
+            gather_plane_##S(y, src, n1, s1, n2, s2);                                           \
+            y += n1 * n2;                                                                       \
+            int k = d - 3;                                                                      \
+            for (; k >= j; k--) {                                                               \
+                src += stride[k];                                                               \
+                if (++pos[k] < ext[k])                                                          \
+                    break;                                                                      \
+                src -= stride[k] * ext[k];                                                      \
+                pos[k] = 0;                                                                     \
+            }                                                                                   \
+            if (k < j)                                                                          \
+                return;                                                                         \
         }                                                                                       \
     }
 
@@ -1191,24 +1271,21 @@ static int64_t load_offset(const tg_fused_load *ld, const struct tg_fused_exec *
  * steps through as through one ([.., j, b] of a window row, two axes a broadcast repeats)
  * merged, so that gathers copy long rows. Returns the merged box's axis count. */
 static int merge_box(const tile *t, int j0, int d, const int64_t *stride, int64_t *ext,
-                     int64_t *block, int64_t *mstride)
+                     int64_t *mstride)
 {
     int n = j0;
     for (int k = j0; k < d; k++) {
         if (n > j0 && mstride[n - 1] == stride[k] * t->ext[k]) {
             ext[n - 1] *= t->ext[k];
-            block[n - 1] = t->block[k];
             mstride[n - 1] = stride[k];
             continue;
         }
         ext[n] = t->ext[k];
-        block[n] = t->block[k];
         mstride[n] = stride[k];
         n++;
     }
     if (n - j0 < 2) { /* gather walks at least two axes */
         ext[n] = 1;
-        block[n] = 1;
         mstride[n] = 0;
         n++;
     }
@@ -1247,12 +1324,12 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
         else if (e->index[l])
             gather_indexed_f32(y, (const float *)base, e->index[l], t->count);
         else {
-            int64_t ext[TG_FUSED_MAX_DIMS], block[TG_FUSED_MAX_DIMS], stride[TG_FUSED_MAX_DIMS];
-            int d = merge_box(t, e->first, e->ndim, e->stride[l], ext, block, stride);
+            int64_t ext[TG_FUSED_MAX_DIMS], stride[TG_FUSED_MAX_DIMS];
+            int d = merge_box(t, e->first, e->ndim, e->stride[l], ext, stride);
             if (ld->dtype == TG_F64)
-                gather_f64(y, (const double *)base, e->first, d, ext, block, stride);
+                gather_f64(y, (const double *)base, e->first, d, ext, stride);
             else
-                gather_f32(y, (const float *)base, e->first, d, ext, block, stride);
+                gather_f32(y, (const float *)base, e->first, d, ext, stride);
         }
         v->ptr = y;
     }

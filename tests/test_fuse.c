@@ -297,12 +297,17 @@ static int build_batchnorm(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg
 
 START_TEST(batchnorm_statistics_and_normalize)
 {
-    for (int d = 0; d < 2; d++) {
-        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 4, .build = build_batchnorm};
-        c.in[0] = (input_spec){"x", 4, {6, 3, 7, 9}, -1, 3, false};
-        c.in[1] = (input_spec){"w", 4, {6, 3, 7, 9}, -1, 1, false};
-        c.in[2] = (input_spec){"gamma", 1, {3}, 0.5, 1.5, false};
-        c.in[3] = (input_spec){"beta", 1, {3}, -0.5, 0.5, false};
+    /* planes of 63 points (tiles span channels: the statistics are gathered) and of 576
+     * (a tile is one plane, as two do not fit: the statistics are one value per tile, and
+     * (x - mean) * scale + shift is one loop, sub_mul_add) */
+    const int64_t shapes[][4] = {{6, 3, 7, 9}, {2, 3, 24, 24}};
+    for (int d = 0; d < 4; d++) {
+        const int64_t *sh = shapes[d / 2];
+        fuse_case c = {.dt = d % 2 ? TG_F64 : TG_F32, .n_in = 4, .build = build_batchnorm};
+        c.in[0] = (input_spec){"x", 4, {sh[0], sh[1], sh[2], sh[3]}, -1, 3, false};
+        c.in[1] = (input_spec){"w", 4, {sh[0], sh[1], sh[2], sh[3]}, -1, 1, false};
+        c.in[2] = (input_spec){"gamma", 1, {sh[1]}, 0.5, 1.5, false};
+        c.in[3] = (input_spec){"beta", 1, {sh[1]}, -0.5, 0.5, false};
         c.tol = tol_for(c.dt, false);
         traced t;
         trace_case(&t, &c, 7);
@@ -323,6 +328,41 @@ START_TEST(batchnorm_statistics_and_normalize)
         ck_assert_msg(passes == 3, "%d passes of sums over (N, H, W), not 3", passes);
         tg_plan_free(fused);
         traced_free(&t);
+    }
+}
+END_TEST
+
+/* ---- scaled differences ------------------------------------------------------------------- */
+/* (x - m) s and (x - m) s + b, m, s, b one value per plane of x (600 points: a tile is one
+ * plane, as two do not fit), written every way round:
+ * each is one loop when the difference and the product have no other reader, and the
+ * values are those of the separate operations. (m - x) s, a difference read twice, and
+ * x - m scaled by a buffer stay separate steps. */
+static int build_scaled(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0], *m = in[1], *s = in[2], *b = in[3];
+    out[0] = tg_add(tg_mul(tg_sub(x, m), s), b);
+    out[1] = tg_add(b, tg_mul(s, tg_sub(x, m)));
+    out[2] = tg_exp(tg_mul(tg_sub(x, m), s));
+    out[3] = tg_sum(tg_mul(s, tg_sub(x, m)), 3, (const int[]){0, 2, 3}, false);
+    out[4] = tg_add(tg_mul(tg_sub(m, x), s), b);
+    tg_tensor *d = tg_sub(x, m);
+    out[5] = tg_add(tg_mul(tg_mul(d, s), d), b);
+    out[6] = tg_add(tg_mul(tg_sub(x, m), x), b);
+    return out[6] ? 7 : -1;
+}
+
+START_TEST(scaled_differences)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 4, .build = build_scaled};
+        c.in[0] = (input_spec){"x", 4, {2, 3, 20, 30}, -2, 2, false};
+        c.in[1] = (input_spec){"m", 4, {1, 3, 1, 1}, -1, 1, false};
+        c.in[2] = (input_spec){"s", 4, {1, 3, 1, 1}, 0.5, 2, false};
+        c.in[3] = (input_spec){"b", 4, {1, 3, 1, 1}, -1, 1, false};
+        c.tol = tol_for(c.dt, false);
+        check_case(&c);
     }
 }
 END_TEST
@@ -895,6 +935,7 @@ int main(void)
     tcase_add_test(tc, pooling_windows);
     tcase_add_test(tc, sums_of_linear_combinations);
     tcase_add_test(tc, movement_views);
+    tcase_add_test(tc, scaled_differences);
     tcase_add_test(tc, where_lt_eq_cast);
     tcase_add_test(tc, empty_and_single_values);
     tcase_add_test(tc, training_step);

@@ -144,6 +144,34 @@ typedef void (*op_fn)(void *y, const ref *r, int64_t n);
             CHOOSE(as CMP b[i]);                                                                \
     }
 
+/* (a - b) c and (a - b) c + d with b, c, d one value over the tile (batch norm's normalizing,
+ * the commonest chain in the kernels): one loop instead of two or three, rounding after each
+ * operation as the separate loops do (no contraction into a fused multiply-add: C11 mode). */
+#define SCALED(T, S)                                                                            \
+    static void sub_mul_##S(void *yv, const ref *r, int64_t n)                                  \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *a = r[0].ptr;                                                                  \
+        T b = (T)r[1].scalar, c = (T)r[2].scalar;                                               \
+        SIMD for (int64_t i = 0; i < n; i++)                                                    \
+        {                                                                                       \
+            T t = a[i] - b;                                                                     \
+            y[i] = t * c;                                                                       \
+        }                                                                                       \
+    }                                                                                           \
+    static void sub_mul_add_##S(void *yv, const ref *r, int64_t n)                              \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *a = r[0].ptr;                                                                  \
+        T b = (T)r[1].scalar, c = (T)r[2].scalar, d = (T)r[3].scalar;                           \
+        SIMD for (int64_t i = 0; i < n; i++)                                                    \
+        {                                                                                       \
+            T t = a[i] - b;                                                                     \
+            t = t * c;                                                                          \
+            y[i] = t + d;                                                                       \
+        }                                                                                       \
+    }
+
 #define COPY(T, S)                                                                              \
     static void copy_##S(void *y, const ref *r, int64_t n)                                      \
     {                                                                                           \
@@ -176,6 +204,7 @@ typedef void (*op_fn)(void *y, const ref *r, int64_t n);
     WHERE(T, S)                                                                                 \
     SELECT(select_lt, T, S, <)                                                                  \
     SELECT(select_eq, T, S, ==)                                                                 \
+    SCALED(T, S)                                                                                \
     COPY(T, S)
 OPS(float, f32, expf, logf, sqrtf)
 OPS(double, f64, exp, log, sqrt)
@@ -185,7 +214,8 @@ CAST(double, float, narrow)
 #define PICK(name) (dt == TG_F64 ? name##_f64 : name##_f32)
 
 /* The loop of instruction op with result dtype dt (from: its operand's, for a cast); with
- * folded set, the where that also computes its comparison `folded`. */
+ * folded set, the where that also computes its comparison `folded`, or the multiply (add)
+ * that also computes the difference (scaled difference) it reads. */
 static op_fn op_function(int op, tg_dtype dt, tg_dtype from, int folded)
 {
     switch (op) {
@@ -194,9 +224,9 @@ static op_fn op_function(int op, tg_dtype dt, tg_dtype from, int folded)
     case TG_OP_LOG: return PICK(log);
     case TG_OP_SQRT: return PICK(sqrt);
     case TG_OP_RECIP: return PICK(recip);
-    case TG_OP_ADD: return PICK(add);
+    case TG_OP_ADD: return folded == TG_OP_MUL ? PICK(sub_mul_add) : PICK(add);
     case TG_OP_SUB: return PICK(sub);
-    case TG_OP_MUL: return PICK(mul);
+    case TG_OP_MUL: return folded == TG_OP_SUB ? PICK(sub_mul) : PICK(mul);
     case TG_OP_DIV: return PICK(div);
     case TG_OP_MAXIMUM: return PICK(maximum);
     case TG_OP_LT: return PICK(lt);
@@ -572,7 +602,8 @@ enum {
     V_IN_PLACE, /* read where it lies: contiguous over the tile */
     V_SLOT,     /* a buffer in the thread's scratch */
     V_OUT,      /* the kernel's result, written straight into the output */
-    V_FOLDED,   /* a comparison computed by the where that reads it */
+    V_FOLDED,   /* computed by the step that reads it: a comparison by its where, a
+                   difference by its multiply, a scaled difference by its add */
 };
 
 /* What a tile does to make one value: fill a load, or run fn on the operands. */
@@ -959,6 +990,60 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
 }
 
 /* ---- values in a tile --------------------------------------------------------------------- */
+static bool uniform(const struct tg_fused_exec *e, int v)
+{
+    return e->kind[v] == V_SCALAR || e->kind[v] == V_CONST;
+}
+
+/* Which operand of instruction i, a MUL, is a folded difference; -1 if none. */
+static int folded_difference(const tg_fused_program *p, const struct tg_fused_exec *e, int i)
+{
+    for (int side = 0; side < 2; side++) {
+        int v = p->instr[i].arg[side];
+        if (v >= p->n_loads && e->kind[v] == V_FOLDED && p->instr[v - p->n_loads].op == TG_OP_SUB)
+            return side;
+    }
+    return -1;
+}
+
+/* Which operand of instruction i, a MUL (ADD), is a buffer made by a SUB (a MUL that reads
+ * a folded difference) read by nothing else, the other operand being uniform over the tile;
+ * -1 if none. A difference folds only as buffer - uniform, in the instruction's dtype. */
+static int scaled_operand(const tg_fused_program *p, const struct tg_fused_exec *e,
+                          const int *uses, int i, int inner_op)
+{
+    const tg_fused_instr *in = &p->instr[i];
+    for (int side = 0; side < 2; side++) {
+        int v = in->arg[side], w = v - p->n_loads;
+        if (w < 0 || !uniform(e, in->arg[1 - side]) || uses[v] != 1 || e->kind[v] != V_SLOT ||
+            p->instr[w].op != inner_op || p->instr[w].dtype != in->dtype)
+            continue;
+        const tg_fused_instr *inner = &p->instr[w];
+        if (inner_op == TG_OP_SUB && !uniform(e, inner->arg[1]))
+            continue;
+        if (inner_op == TG_OP_MUL && folded_difference(p, e, w) < 0)
+            continue;
+        return side;
+    }
+    return -1;
+}
+
+/* (a - b) c and then (a - b) c + d, with b, c, d uniform, become one step each (the
+ * sub_mul loops); the inner values are folded. Multiplies first, so that an add sees them. */
+static void fold_scaled_differences(const tg_fused_program *p, struct tg_fused_exec *e,
+                                    const int *uses)
+{
+    for (int op = 0; op < 2; op++)
+        for (int i = 0; i < p->n_instrs; i++) {
+            int target = op == 0 ? TG_OP_MUL : TG_OP_ADD;
+            if (p->instr[i].op != target || e->kind[p->n_loads + i] == V_FOLDED)
+                continue;
+            int side = scaled_operand(p, e, uses, i, op == 0 ? TG_OP_SUB : TG_OP_MUL);
+            if (side >= 0)
+                e->kind[p->instr[i].arg[side]] = V_FOLDED;
+        }
+}
+
 static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
 {
     int uses[MAX_VALUES] = {0};
@@ -999,6 +1084,7 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
             (p->instr[c - p->n_loads].op == TG_OP_LT || p->instr[c - p->n_loads].op == TG_OP_EQ))
             e->kind[c] = V_FOLDED;
     }
+    fold_scaled_differences(p, e, uses);
     /* Without a reduction, a result made into a buffer goes to the output directly. */
     if (p->reduce_op == TG_OP_LEAF && e->kind[p->result] == V_SLOT)
         e->kind[p->result] = V_OUT;
@@ -1016,6 +1102,23 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
         folded = cmp->op;
         s = (step){.value = s.value, .n_args = 4,
                    .arg = {cmp->arg[0], cmp->arg[1], in->arg[1], in->arg[2]}};
+    } else if (in->op == TG_OP_MUL && folded_difference(p, e, i) >= 0) {
+        int side = folded_difference(p, e, i);
+        const tg_fused_instr *sub = &p->instr[in->arg[side] - p->n_loads];
+        folded = TG_OP_SUB;
+        s = (step){.value = s.value, .n_args = 3,
+                   .arg = {sub->arg[0], sub->arg[1], in->arg[1 - side]}};
+    } else if (in->op == TG_OP_ADD) {
+        for (int side = 0; side < 2 && !folded; side++) {
+            int v = in->arg[side], w = v - p->n_loads;
+            if (w < 0 || e->kind[v] != V_FOLDED || p->instr[w].op != TG_OP_MUL)
+                continue;
+            int inner = folded_difference(p, e, w);
+            const tg_fused_instr *mul = &p->instr[w], *sub = &p->instr[mul->arg[inner] - p->n_loads];
+            folded = TG_OP_MUL;
+            s = (step){.value = s.value, .n_args = 4,
+                       .arg = {sub->arg[0], sub->arg[1], mul->arg[1 - inner], in->arg[1 - side]}};
+        }
     }
     s.fn = in->op == TG_OP_LEAF ? NULL
                                 : op_function(in->op, in->dtype, value_dtype(p, in->arg[0]), folded);

@@ -336,8 +336,9 @@ END_TEST
 /* (x - m) s and (x - m) s + b, m, s, b one value per plane of x (600 points: a tile is one
  * plane, as two do not fit), written every way round:
  * each is one loop when the difference and the product have no other reader, and the
- * values are those of the separate operations. (m - x) s, a difference read twice, and
- * x - m scaled by a buffer stay separate steps. */
+ * values are those of the separate operations. (x - m) scaled by a buffer (x itself, exp(x)
+ * summed as batch norm's backward sums (x - mean) g) is one loop, and an add after it
+ * another; (m - x) s and a difference read twice stay separate steps. */
 static int build_scaled(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
 {
     (void)c, (void)tape;
@@ -350,7 +351,8 @@ static int build_scaled(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_te
     tg_tensor *d = tg_sub(x, m);
     out[5] = tg_add(tg_mul(tg_mul(d, s), d), b);
     out[6] = tg_add(tg_mul(tg_sub(x, m), x), b);
-    return out[6] ? 7 : -1;
+    out[7] = tg_sum(tg_mul(tg_exp(x), tg_sub(x, m)), 3, (const int[]){0, 2, 3}, false);
+    return out[7] ? 8 : -1;
 }
 
 START_TEST(scaled_differences)

@@ -144,20 +144,26 @@ typedef void (*op_fn)(void *y, const ref *r, int64_t n);
             CHOOSE(as CMP b[i]);                                                                \
     }
 
-/* (a - b) c and (a - b) c + d with b, c, d one value over the tile (batch norm's normalizing,
- * the commonest chain in the kernels): one loop instead of two or three, rounding after each
+/* (a - b) c and (a - b) c + d with b, d one value over the tile and c one value or (in
+ * (a - b) c) a buffer: batch norm's normalizing and its backward's (x - mean) g, the
+ * commonest chains in the kernels. One loop instead of two or three, rounding after each
  * operation as the separate loops do (no contraction into a fused multiply-add: C11 mode). */
 #define SCALED(T, S)                                                                            \
     static void sub_mul_##S(void *yv, const ref *r, int64_t n)                                  \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *a = r[0].ptr;                                                                  \
+        const T *a = r[0].ptr, *cp = r[2].ptr;                                                  \
         T b = (T)r[1].scalar, c = (T)r[2].scalar;                                               \
-        SIMD for (int64_t i = 0; i < n; i++)                                                    \
-        {                                                                                       \
-            T t = a[i] - b;                                                                     \
-            y[i] = t * c;                                                                       \
-        }                                                                                       \
+        if (cp)                                                                                 \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T t = a[i] - b;                                                                 \
+                y[i] = t * cp[i];                                                               \
+            }                                                                                   \
+        else                                                                                    \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T t = a[i] - b;                                                                 \
+                y[i] = t * c;                                                                   \
+            }                                                                                   \
     }                                                                                           \
     static void sub_mul_add_##S(void *yv, const ref *r, int64_t n)                              \
     {                                                                                           \
@@ -1007,29 +1013,33 @@ static int folded_difference(const tg_fused_program *p, const struct tg_fused_ex
 }
 
 /* Which operand of instruction i, a MUL (ADD), is a buffer made by a SUB (a MUL that reads
- * a folded difference) read by nothing else, the other operand being uniform over the tile;
- * -1 if none. A difference folds only as buffer - uniform, in the instruction's dtype. */
+ * a folded difference) read by nothing else; -1 if none. A difference folds as buffer -
+ * uniform, into a product by anything; a product folds into a sum only when its factor and
+ * the added value are uniform over the tile. All in the instruction's dtype. */
 static int scaled_operand(const tg_fused_program *p, const struct tg_fused_exec *e,
                           const int *uses, int i, int inner_op)
 {
     const tg_fused_instr *in = &p->instr[i];
     for (int side = 0; side < 2; side++) {
         int v = in->arg[side], w = v - p->n_loads;
-        if (w < 0 || !uniform(e, in->arg[1 - side]) || uses[v] != 1 || e->kind[v] != V_SLOT ||
-            p->instr[w].op != inner_op || p->instr[w].dtype != in->dtype)
+        if (w < 0 || uses[v] != 1 || e->kind[v] != V_SLOT || p->instr[w].op != inner_op ||
+            p->instr[w].dtype != in->dtype)
             continue;
         const tg_fused_instr *inner = &p->instr[w];
         if (inner_op == TG_OP_SUB && !uniform(e, inner->arg[1]))
             continue;
-        if (inner_op == TG_OP_MUL && folded_difference(p, e, w) < 0)
+        if (inner_op == TG_OP_MUL && (!uniform(e, in->arg[1 - side]) ||
+                                      folded_difference(p, e, w) < 0 ||
+                                      !uniform(e, inner->arg[1 - folded_difference(p, e, w)])))
             continue;
         return side;
     }
     return -1;
 }
 
-/* (a - b) c and then (a - b) c + d, with b, c, d uniform, become one step each (the
- * sub_mul loops); the inner values are folded. Multiplies first, so that an add sees them. */
+/* (a - b) c and then (a - b) c + d become one step each (the sub_mul loops; see
+ * scaled_operand for which operands may be buffers); the inner values are folded.
+ * Multiplies first, so that an add sees them. */
 static void fold_scaled_differences(const tg_fused_program *p, struct tg_fused_exec *e,
                                     const int *uses)
 {

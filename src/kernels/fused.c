@@ -1405,6 +1405,29 @@ static int merge_box(const tile *t, int j0, int d, const int64_t *stride, int64_
     return n;
 }
 
+/* Load l of tile t, from base on, gathered into its buffer; returns the buffer. Apart from
+ * run_load, whose other cases (a scalar, a pointer) then need no room for a merged box. */
+static __attribute__((noinline)) void *gather_load(const tg_fused_program *p,
+                                                   const struct tg_fused_exec *e, int l,
+                                                   const char *base, char *scratch, void *out,
+                                                   const tile *t)
+{
+    void *y = e->kind[l] == V_OUT ? out : scratch + (size_t)e->slot[l] * e->slot_bytes;
+    if (e->index[l] && p->load[l].dtype == TG_F64)
+        gather_indexed_f64(y, (const double *)base, e->index[l], t->count);
+    else if (e->index[l])
+        gather_indexed_f32(y, (const float *)base, e->index[l], t->count);
+    else {
+        int64_t ext[TG_FUSED_MAX_DIMS], stride[TG_FUSED_MAX_DIMS];
+        int d = merge_box(t, e->first, e->ndim, e->stride[l], ext, stride);
+        if (p->load[l].dtype == TG_F64)
+            gather_f64(y, (const double *)base, e->first, d, ext, stride);
+        else
+            gather_f32(y, (const float *)base, e->first, d, ext, stride);
+    }
+    return y;
+}
+
 static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, int l,
                      const void *const *in, char *scratch, void *out, const tile *t,
                      const tile *next, ref *val)
@@ -1431,20 +1454,7 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
                 __builtin_prefetch(ahead + b, 0, 2);
         }
     } else {
-        void *y = e->kind[l] == V_OUT ? out : scratch + (size_t)e->slot[l] * e->slot_bytes;
-        if (e->index[l] && ld->dtype == TG_F64)
-            gather_indexed_f64(y, (const double *)base, e->index[l], t->count);
-        else if (e->index[l])
-            gather_indexed_f32(y, (const float *)base, e->index[l], t->count);
-        else {
-            int64_t ext[TG_FUSED_MAX_DIMS], stride[TG_FUSED_MAX_DIMS];
-            int d = merge_box(t, e->first, e->ndim, e->stride[l], ext, stride);
-            if (ld->dtype == TG_F64)
-                gather_f64(y, (const double *)base, e->first, d, ext, stride);
-            else
-                gather_f32(y, (const float *)base, e->first, d, ext, stride);
-        }
-        v->ptr = y;
+        v->ptr = gather_load(p, e, l, base, scratch, out, t);
     }
 }
 

@@ -293,50 +293,30 @@ static inline void copy_row(void *y, const void *x, size_t n)
  * windows. Rows are short (7 or 14 windows), too short for a vectorized loop's main body, so
  * eight points go at a time as one vector and its two interleavings, the last eight
  * overlapping the ones before. */
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef double f64x4 __attribute__((vector_size(32)));
-
-static inline void twice_f32(float *y, const float *x, int64_t n)
-{
-    if (n < 8) {
-        for (int64_t i = 0; i < n; i++)
-            y[2 * i] = y[2 * i + 1] = x[i];
-        return;
+#define TWICE(T, S)                                                                             \
+    typedef T S##x8 __attribute__((vector_size(8 * sizeof(T))));                              \
+    static inline void twice_##S(T *y, const T *x, int64_t n)                                  \
+    {                                                                                           \
+        if (n < 8) {                                                                            \
+            for (int64_t i = 0; i < n; i++)                                                     \
+                y[2 * i] = y[2 * i + 1] = x[i];                                                 \
+            return;                                                                             \
+        }                                                                                       \
+        for (int64_t i = 0;; i += 8) {                                                          \
+            if (i + 8 > n)                                                                      \
+                i = n - 8;                                                                      \
+            S##x8 v, lo, hi;                                                                    \
+            memcpy(&v, x + i, sizeof v);                                                        \
+            lo = __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);                         \
+            hi = __builtin_shufflevector(v, v, 4, 4, 5, 5, 6, 6, 7, 7);                         \
+            memcpy(y + 2 * i, &lo, sizeof lo);                                                  \
+            memcpy(y + 2 * i + 8, &hi, sizeof hi);                                              \
+            if (i + 8 == n)                                                                     \
+                return;                                                                         \
+        }                                                                                       \
     }
-    for (int64_t i = 0;; i += 8) {
-        if (i + 8 > n)
-            i = n - 8;
-        f32x8 v, lo, hi;
-        memcpy(&v, x + i, sizeof v);
-        lo = __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);
-        hi = __builtin_shufflevector(v, v, 4, 4, 5, 5, 6, 6, 7, 7);
-        memcpy(y + 2 * i, &lo, sizeof lo);
-        memcpy(y + 2 * i + 8, &hi, sizeof hi);
-        if (i + 8 == n)
-            return;
-    }
-}
-
-static inline void twice_f64(double *y, const double *x, int64_t n)
-{
-    if (n < 4) {
-        for (int64_t i = 0; i < n; i++)
-            y[2 * i] = y[2 * i + 1] = x[i];
-        return;
-    }
-    for (int64_t i = 0;; i += 4) {
-        if (i + 4 > n)
-            i = n - 4;
-        f64x4 v, lo, hi;
-        memcpy(&v, x + i, sizeof v);
-        lo = __builtin_shufflevector(v, v, 0, 0, 1, 1);
-        hi = __builtin_shufflevector(v, v, 2, 2, 3, 3);
-        memcpy(y + 2 * i, &lo, sizeof lo);
-        memcpy(y + 2 * i + 4, &hi, sizeof hi);
-        if (i + 4 == n)
-            return;
-    }
-}
+TWICE(float, f32)
+TWICE(double, f64)
 
 /* The two innermost axes of a gathered box, n2 rows of n1 points, packed into y: plain loops
  * with the longer axis inside, and the patterns the kernels meet written so the compiler

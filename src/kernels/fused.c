@@ -366,8 +366,7 @@ TWICE(double, f64)
 #define GATHER(T, S)                                                                            \
     GATHER_PLANE(T, S)                                                                          \
     static __attribute__((noinline)) void gather_##S(T *y, const T *src, int j, int d,          \
-                                                     const int64_t *ext,                        \
-                           const int64_t *stride)                                               \
+                                                     const int64_t *ext, const int64_t *stride) \
     {                                                                                           \
         int64_t n1 = ext[d - 1], s1 = stride[d - 1], n2 = ext[d - 2], s2 = stride[d - 2];       \
         int64_t pos[TG_FUSED_MAX_DIMS] = {0};                                                   \

@@ -10,8 +10,10 @@
  *   - a value is a constant (computed once), a scalar over the tile (a broadcast load, an op
  *     on scalars: computed once per tile), read in place (a load contiguous over the tile),
  *     or a buffer in the thread's scratch (a gathered or broadcast load, an op's result).
- *     The result of a kernel without a reduction is written straight into the output, and a
- *     comparison read only by a where is computed inside the where's loop.
+ *     The result of a kernel without a reduction is written straight into the output, a
+ *     comparison read only by a where is computed inside the where's loop, and (a - b) c
+ *     and (a - b) c + d inside one loop (sub_mul, sub_mul_add) when b and d are one value
+ *     per tile (c too, where d is added).
  * A tile then runs its steps in order, each one loop over contiguous buffers that the
  * compiler vectorizes, chosen when the program was prepared. Reductions fold each tile into
  * double accumulators (exact for max, more precise for sums) and store them once every tile
@@ -365,8 +367,8 @@ TWICE(double, f64)
  * per row: a pooled tile is 14 or 28 rows of 7 to 28 points. */
 #define GATHER(T, S)                                                                            \
     GATHER_PLANE(T, S)                                                                          \
-    static __attribute__((noinline)) void gather_##S(T *y, const T *src, int j, int d,          \
-                                                     const int64_t *ext, const int64_t *stride) \
+    static void gather_##S(T *y, const T *src, int j, int d, const int64_t *ext,                \
+                           const int64_t *stride)                                               \
     {                                                                                           \
         int64_t n1 = ext[d - 1], s1 = stride[d - 1], n2 = ext[d - 2], s2 = stride[d - 2];       \
         int64_t pos[TG_FUSED_MAX_DIMS] = {0};                                                   \
@@ -1085,20 +1087,19 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
     const tg_fused_instr *in = &p->instr[i];
     step s = {.value = p->n_loads + i, .n_args = arity(in->op)};
     memcpy(s.arg, in->arg, sizeof in->arg);
-    int folded = 0;
+    int folded = 0, side;
     if (in->op == TG_OP_WHERE && e->kind[in->arg[0]] == V_FOLDED) {
         const tg_fused_instr *cmp = &p->instr[in->arg[0] - p->n_loads];
         folded = cmp->op;
         s = (step){.value = s.value, .n_args = 4,
                    .arg = {cmp->arg[0], cmp->arg[1], in->arg[1], in->arg[2]}};
-    } else if (in->op == TG_OP_MUL && folded_difference(p, e, i) >= 0) {
-        int side = folded_difference(p, e, i);
+    } else if (in->op == TG_OP_MUL && (side = folded_difference(p, e, i)) >= 0) {
         const tg_fused_instr *sub = &p->instr[in->arg[side] - p->n_loads];
         folded = TG_OP_SUB;
         s = (step){.value = s.value, .n_args = 3,
                    .arg = {sub->arg[0], sub->arg[1], in->arg[1 - side]}};
     } else if (in->op == TG_OP_ADD) {
-        for (int side = 0; side < 2 && !folded; side++) {
+        for (side = 0; side < 2 && !folded; side++) {
             int v = in->arg[side], w = v - p->n_loads;
             if (w < 0 || e->kind[v] != V_FOLDED || p->instr[w].op != TG_OP_MUL)
                 continue;
@@ -1647,8 +1648,10 @@ static void store_results(const tg_fused_program *p, const struct tg_fused_exec 
         int64_t at = base + m * block_numel;
         if (f64)
             memcpy((double *)out + at, a, (size_t)outputs * sizeof *a);
-        else
-            SIMD for (int64_t i = 0; i < outputs; i++)((float *)out)[at + i] = (float)a[i];
+        else {
+            float *y = (float *)out + at;
+            SIMD for (int64_t i = 0; i < outputs; i++) y[i] = (float)a[i];
+        }
     }
 }
 

@@ -318,8 +318,8 @@ static void expect_same_state(cnn *a, cnn *b, double tol, const char *what)
     }
 }
 
-static const char *const all_passes[] = {"dce", "simplify", "cse", "fold_scale", "lower_conv",
-                                         "fuse", "memplan"};
+static const char *const all_passes[] = {"dce",  "simplify",    "cse",    "fold_scale",
+                                         "lower_conv", "fuse", "fuse_stores", "memplan"};
 #define N_PASSES (sizeof all_passes / sizeof *all_passes)
 
 /* config < N_PASSES: that pass alone; N_PASSES: none; N_PASSES + 1: all. */

@@ -200,8 +200,8 @@ static const int64_t input_shapes[N_INPUTS][4] = {{2, 3, 5, 4}, {3, 1, 4}, {1, 5
 static const int input_ndims[N_INPUTS] = {4, 3, 3};
 static const char *const input_names[N_INPUTS] = {"a", "b", "c"};
 
-static const char *const pass_names[] = {"dce", "simplify", "cse", "lower_conv",
-                                         "fold_scale", "fuse", "memplan"};
+static const char *const pass_names[] = {"dce",  "simplify", "cse",         "lower_conv",
+                                         "fold_scale", "fuse", "fuse_stores", "memplan"};
 
 static double rel_err(double got, double want) { return fabs(got - want) / fmax(1.0, fabs(want)); }
 

@@ -369,6 +369,100 @@ START_TEST(scaled_differences)
 }
 END_TEST
 
+/* ---- stores fused into reductions (compile/pass_fuse_stores.c) ----------------------------- */
+static void check_threads(fuse_case *c);
+
+/* A value written once (a chain too long to recompute in each reader), read by sums over its
+ * own points and by an elementwise kernel: the shape of batch norm's backward, whose dz feeds
+ * the sums and the input gradient. The sums are read by kernels (not outputs themselves), so
+ * the merge applies. param 0: sums over (N, H, W), sibling sums; 1: over the rows (W); 2:
+ * 2x2 pools, which read e out of its order, and 3: a sum that also needs e's total (one
+ * value: its kernel takes no store), so that nothing merges. */
+static int build_stored(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)tape;
+    tg_tensor *x = in[0], *e = x;
+    for (int i = 0; i < 10; i++)
+        e = tg_add_scalar(tg_mul(e, in[1]), 0.125 * (i % 3) - 0.1);
+    e = tg_relu(e);
+    const int planes[3] = {0, 2, 3}, rows[1] = {3};
+    int n = c->param ? 1 : 3;
+    const int *axes = c->param ? rows : planes;
+    out[0] = tg_add_scalar(tg_sum(e, n, axes, true), 1.0);
+    out[1] = tg_mul_scalar(tg_sum(tg_mul(e, x), n, axes, true), 2.0);
+    if (c->param == 2) { /* pools read e window by window, not in its order: no merge */
+        out[0] = tg_add_scalar(tg_avg_pool2d(e, 2, 2, 0), 1.0);
+        out[1] = tg_mul_scalar(tg_max_pool2d(e, 2, 2, 0), 2.0);
+    }
+    if (c->param == 3) { /* the sums need e through its total too: no merge (a cycle) */
+        tg_tensor *total = tg_sum(e, 0, NULL, true);
+        out[0] = tg_add_scalar(tg_sum(tg_maximum(e, tg_mul_scalar(total, 1e-3)), n, axes, true),
+                               1.0);
+        out[1] = tg_mul_scalar(total, 2.0);
+    }
+    out[2] = tg_sub(tg_mul(e, x), x); /* the value's other reader */
+    return out[2] ? 3 : -1;
+}
+
+/* Compiled with every pass and with all but fuse_stores: the same bits, since the merged
+ * kernel folds in the reduction's own order. Returns how many kernels store as they fold. */
+static int check_store_bits(traced *t)
+{
+    tg_plan *plans[2];
+    results r[2] = {{0}, {0}};
+    for (int k = 0; k < 2; k++) {
+        tg_compile_opts opts = {.disable = k ? "fuse_stores" : NULL};
+        plans[k] = tg_compile(t->tape, t->n_out, t->out, &opts);
+        ck_assert_msg(plans[k] != NULL, "compile: %s", tg_last_error());
+        for (int i = 0; i < t->c->n_in; i++)
+            ck_assert_int_eq(tg_plan_set_input(plans[k], t->c->in[i].name, t->data[i]), 0);
+        run_case(t, plans[k], &r[k]);
+    }
+    for (int o = 0; o < r[0].n; o++)
+        ck_assert_msg(memcmp(r[0].value[o], r[1].value[o],
+                             (size_t)r[0].numel[o] * sizeof(double)) == 0,
+                      "result %d differs with fuse_stores", o);
+    int stores = count_kernels(tg_plan_graph(plans[0]), "+ store");
+    ck_assert_int_eq(count_kernels(tg_plan_graph(plans[1]), "+ store"), 0);
+    results_free(&r[0]);
+    results_free(&r[1]);
+    tg_plan_free(plans[0]);
+    tg_plan_free(plans[1]);
+    return stores;
+}
+
+START_TEST(stores_in_reductions)
+{
+    /* sums over (N, H, W) of planes of 600 points (a tile is a plane: the value is made
+     * where it is stored) and of 35 (a tile is a channel's planes of every image: the store
+     * scatters); sums over rows of 7 and of 3000 (cut into tiles); pools */
+    const int64_t shapes[][4] = {{2, 3, 20, 30}, {3, 4, 5, 7},  {3, 4, 5, 7},
+                                 {2, 2, 2, 3000}, {2, 3, 28, 28}, {2, 3, 20, 30}};
+    const int params[] = {0, 0, 1, 1, 2, 3};
+    for (int d = 0; d < 12; d++) {
+        const int64_t *sh = shapes[d / 2];
+        fuse_case c = {.dt = d % 2 ? TG_F64 : TG_F32, .n_in = 2, .build = build_stored,
+                       .param = params[d / 2]};
+        c.in[0] = (input_spec){"x", 4, {sh[0], sh[1], sh[2], sh[3]}, -2, 2, false};
+        c.in[1] = (input_spec){"w", 4, {1, sh[1], 1, 1}, 0.5, 1.25, false};
+        c.tol = tol_for(c.dt, false);
+        traced t;
+        trace_case(&t, &c, 13 + (uint64_t)d);
+        compare_case(&c, &t, false);
+        int stores = check_store_bits(&t), want = c.param >= 2 ? 0 : 1;
+        if (stores != want) {
+            tg_plan *plan = compile_case(&t, true);
+            print_kernels(tg_plan_graph(plan));
+            tg_plan_free(plan);
+        }
+        ck_assert_msg(stores == want, "case %d: %d kernels store as they fold, not %d", d, stores,
+                      want);
+        traced_free(&t);
+        check_threads(&c);
+    }
+}
+END_TEST
+
 /* ---- reductions over several axes ----------------------------------------------------------- */
 static int build_reduce(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
 {
@@ -938,6 +1032,7 @@ int main(void)
     tcase_add_test(tc, sums_of_linear_combinations);
     tcase_add_test(tc, movement_views);
     tcase_add_test(tc, scaled_differences);
+    tcase_add_test(tc, stores_in_reductions);
     tcase_add_test(tc, where_lt_eq_cast);
     tcase_add_test(tc, empty_and_single_values);
     tcase_add_test(tc, training_step);

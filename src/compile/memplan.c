@@ -5,7 +5,8 @@
  * and update values. Values whose lifetimes do not overlap may share memory; they are
  * placed greedily, largest first, at the lowest offset that overlaps nothing alive at the
  * same time (as ggml-alloc and TFLite's arena planner do). A kernel that may write over an
- * input (tg_ir_node.inplace_inputs) does so where that input dies at that kernel. */
+ * input (tg_ir_node.inplace_inputs) does so where that input dies at that kernel; the input
+ * may be larger (a merged kernel's first block: compile/pass_fuse_stores.c). */
 #include "pipeline.h"
 
 #include <stdlib.h>
@@ -113,7 +114,7 @@ int tg_memplan_build(const tg_graph *g, int threads, bool planned, tg_memplan *p
         for (int k = 0; k < x->n_in && buf_of[i] >= 0; k++) {
             int r = buf_of[root[x->in[k]]];
             if (!((x->inplace_inputs >> k) & 1) || r < 0 || b[r].last != i ||
-                b[r].bytes != b[buf_of[i]].bytes)
+                b[r].bytes < b[buf_of[i]].bytes)
                 continue;
             bool alone = true; /* no other slot reads that memory through another view */
             for (int j = 0; j < x->n_in; j++)

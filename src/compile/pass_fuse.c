@@ -994,7 +994,11 @@ void tg_fuse_redirect_readers(tg_graph *g, int old, int merged, int64_t block)
             }
             tg_fused_program *p = n->payload;
             n->in[k] = merged;
-            n->inplace_inputs &= ~(1u << k); /* the merged node is not its shape */
+            /* The merged node is not old's shape, but a kernel that wrote over old may write
+             * over the merged node's first block: its output is old's size, so it overwrites
+             * that block and nothing after it. */
+            if (block != 0)
+                n->inplace_inputs &= ~(1u << k);
             for (int l = 0; l < p->n_loads; l++)
                 if (p->load[l].input == k)
                     p->load[l].offset += block;

@@ -44,7 +44,8 @@ static int parse_disable(const char *list, uint32_t *mask)
         }
         if (!found && len > 0)
             return tg_fail(TG_ERR_ARG, "compile: no pass is called '%.*s' (passes: dce, "
-                           "simplify, cse, fold_scale, lower_conv, fuse, memplan, all)",
+                           "simplify, cse, fold_scale, lower_conv, fuse, fuse_stores, "
+                           "memplan, all)",
                            (int)len, list);
         list += len;
         if (*list == ',')

@@ -606,6 +606,10 @@ struct tg_fused_exec {
     int64_t shape[TG_FUSED_MAX_DIMS];
     int64_t stride[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
     int64_t out_stride[TG_FUSED_MAX_DIMS]; /* 0 along reduced axes */
+    /* A reduction that stores (tg_fused_program.stores): where its points go, and whether a
+     * tile's points are contiguous there (the stored value may then be made in place). */
+    int64_t store_stride[TG_FUSED_MAX_DIMS];
+    bool store_in_place;
     uint32_t reduced;                      /* reduced axes, in this order */
     int first;                             /* the tile: a chunk of axis first, all after it */
     int64_t chunk, capacity;               /* the chunk's length, the most points in a tile */
@@ -672,7 +676,12 @@ static int check_program(const tg_graph *g, const tg_ir_node *n, const tg_fused_
             return tg_fail(TG_ERR_ARG, "fused: result %d is value %d", r + 1, p->more[r]);
     if (p->count_ties && (p->reduce_op != TG_OP_MAX || p->n_more > 0))
         return tg_fail(TG_ERR_ARG, "fused: tie counts belong to a max with no more results");
+    if (p->stores && (!reduce || p->store < 0 || p->store >= p->n_loads + p->n_instrs ||
+                      value_dtype(p, p->store) != n->dtype))
+        return tg_fail(TG_ERR_ARG, "fused: the stored value is value %d%s", p->store,
+                       reduce ? "" : " without a reduction");
     outputs *= 1 + p->n_more + p->count_ties;
+    outputs += p->stores ? points : 0;
     if (outputs != n->numel)
         return tg_fail(TG_ERR_ARG, "fused: %lld outputs for a node of %lld elements",
                        (long long)outputs, (long long)n->numel);
@@ -711,23 +720,26 @@ static int check_program(const tg_graph *g, const tg_ir_node *n, const tg_fused_
 }
 
 /* ---- axes: reorder, merge, tile ----------------------------------------------------------- */
-/* Operand 0 is the output, 1 + l load l; strides over the program's own axes. */
+/* Operand 0 is the output, 1 + l load l, and 1 + n_loads the stored points of a reduction
+ * that stores; strides over the program's own axes. */
 typedef struct {
     int ndim, nops;
     int64_t shape[TG_FUSED_MAX_DIMS];
-    int64_t stride[TG_FUSED_MAX_LOADS + 1][TG_FUSED_MAX_DIMS];
+    int64_t stride[TG_FUSED_MAX_LOADS + 2][TG_FUSED_MAX_DIMS];
 } axes;
 
 static void program_axes(const tg_fused_program *p, axes *x)
 {
     x->ndim = p->ndim;
-    x->nops = p->n_loads + 1;
+    x->nops = p->n_loads + 1 + p->stores;
     memcpy(x->shape, p->shape, sizeof x->shape);
-    int64_t run = 1;
+    int64_t run = 1, points = 1;
     for (int k = p->ndim - 1; k >= 0; k--) {
         bool red = (p->reduce_mask >> k) & 1;
         x->stride[0][k] = red ? 0 : run;
         run *= red ? 1 : p->shape[k];
+        x->stride[1 + p->n_loads][k] = points;
+        points *= p->shape[k];
     }
     for (int l = 0; l < p->n_loads; l++)
         memcpy(x->stride[1 + l], p->load[l].stride, sizeof x->stride[1 + l]);
@@ -1035,22 +1047,28 @@ static void fold_scaled_differences(const tg_fused_program *p, struct tg_fused_e
         }
 }
 
+/* Whether strides step through a tile's box as through its own row-major order. */
+static bool box_in_place(const struct tg_fused_exec *e, const int64_t *stride)
+{
+    int64_t run = 1;
+    for (int j = e->ndim - 1; j >= e->first; j--) {
+        int64_t ext = j == e->first ? e->chunk : e->shape[j];
+        if (ext > 1 && stride[j] != run)
+            return false;
+        run *= ext;
+    }
+    return true;
+}
+
 static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
 {
     int uses[MAX_VALUES] = {0};
     for (int l = 0; l < p->n_loads; l++) {
         /* Over the tile's box: all zero strides, or the box's own row-major strides. */
-        bool scalar = true, in_place = true;
-        int64_t run = 1;
-        for (int j = e->ndim - 1; j >= e->first; j--) {
-            int64_t ext = j == e->first ? e->chunk : e->shape[j];
-            if (ext > 1) {
-                scalar &= e->stride[l][j] == 0;
-                in_place &= e->stride[l][j] == run;
-            }
-            run *= ext;
-        }
-        e->kind[l] = scalar ? V_SCALAR : in_place ? V_IN_PLACE : V_SLOT;
+        bool scalar = true;
+        for (int j = e->ndim - 1; j >= e->first; j--)
+            scalar &= e->stride[l][j] == 0 || (j == e->first ? e->chunk : e->shape[j]) == 1;
+        e->kind[l] = scalar ? V_SCALAR : box_in_place(e, e->stride[l]) ? V_IN_PLACE : V_SLOT;
     }
     for (int i = 0; i < p->n_instrs; i++) {
         const tg_fused_instr *in = &p->instr[i];
@@ -1068,6 +1086,8 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
     uses[p->result]++;
     for (int r = 0; r < p->n_more; r++)
         uses[p->more[r]]++;
+    if (p->stores)
+        uses[p->store]++;
     for (int i = 0; i < p->n_instrs; i++) {
         int c = p->instr[i].arg[0];
         if (p->instr[i].op == TG_OP_WHERE && c >= p->n_loads && uses[c] == 1 &&
@@ -1076,9 +1096,12 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
             e->kind[c] = V_FOLDED;
     }
     fold_scaled_differences(p, e, uses);
-    /* Without a reduction, a result made into a buffer goes to the output directly. */
+    /* Without a reduction, a result made into a buffer goes to the output directly; so
+     * does a stored value, where a tile's points lie contiguous in the output. */
     if (p->reduce_op == TG_OP_LEAF && e->kind[p->result] == V_SLOT)
         e->kind[p->result] = V_OUT;
+    if (p->stores && e->store_in_place && e->kind[p->store] == V_SLOT)
+        e->kind[p->store] = V_OUT;
 }
 
 /* The step that makes the value of instruction i. */
@@ -1171,14 +1194,18 @@ static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
     last_use[p->result] = n_values; /* alive until stored or folded */
     for (int r = 0; r < p->n_more; r++)
         last_use[p->more[r]] = n_values;
+    if (p->stores)
+        last_use[p->store] = n_values;
     e->n_steps = 0;
     /* Op i, then (at i == n_ops) the results. */
-    int results[1 + TG_FUSED_MAX_MORE] = {p->result};
+    int results[2 + TG_FUSED_MAX_MORE] = {p->result}, n_results = 1 + p->n_more;
     for (int r = 0; r < p->n_more; r++)
         results[1 + r] = p->more[r];
+    if (p->stores)
+        results[n_results++] = p->store;
     for (int i = 0; i <= n_ops; i++) {
         bool end = i == n_ops;
-        int n_args = end ? 1 + p->n_more : ops[i].n_args;
+        int n_args = end ? n_results : ops[i].n_args;
         const int *args = end ? results : ops[i].arg;
         for (int a = 0; a < n_args; a++) {
             int v = args[a];
@@ -1326,10 +1353,13 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     memcpy(e->out_stride, x.stride[0], sizeof e->out_stride);
     for (int l = 0; l < p->n_loads; l++)
         memcpy(e->stride[l], x.stride[1 + l], sizeof e->stride[l]);
+    if (p->stores)
+        memcpy(e->store_stride, x.stride[1 + p->n_loads], sizeof e->store_stride);
     for (int k = 0; k < e->ndim; k++)
         if (p->reduce_op != TG_OP_LEAF && e->out_stride[k] == 0 && e->shape[k] > 1)
             e->reduced |= 1u << k;
     choose_tile(e, p->n_loads);
+    e->store_in_place = p->stores && box_in_place(e, e->store_stride);
     classify(p, e);
     compute_constants(p, e);
     schedule(p, e);
@@ -1468,8 +1498,9 @@ static void set_constants(const tg_fused_program *p, const struct tg_fused_exec 
             val[v] = (ref){NULL, e->constant[v]};
 }
 
-/* Every value of tile t. out is where the tile's output starts (kernels without a
- * reduction): the result is stored there unless it was made there. */
+/* Every value of tile t. out is where the tile's stored value goes (the result of a kernel
+ * without a reduction; a reduction's stored value where the tile is contiguous there): it
+ * is stored there unless it was made there. */
 static void run_tile(const tg_fused_program *p, const struct tg_fused_exec *e,
                      const void *const *in, char *scratch, void *out, const tile *t,
                      const tile *next, ref *val)
@@ -1481,11 +1512,12 @@ static void run_tile(const tg_fused_program *p, const struct tg_fused_exec *e,
         else
             run_op(p, e, st, scratch, out, t, val);
     }
-    if (!out || e->kind[p->result] == V_OUT)
+    int stored = p->reduce_op == TG_OP_LEAF ? p->result : p->store;
+    if (!out || e->kind[stored] == V_OUT)
         return;
-    const ref *r = &val[p->result];
+    const ref *r = &val[stored];
     int64_t n = t->count;
-    tg_dtype dt = value_dtype(p, p->result);
+    tg_dtype dt = value_dtype(p, stored);
     if (r->ptr)
         memmove(out, r->ptr, (size_t)n * elem_size(dt));
     else
@@ -1561,6 +1593,66 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
     }
 }
 
+/* ---- a reduction's stored points ---------------------------------------------------------- */
+static int64_t store_offset(const struct tg_fused_exec *e, const tile *t)
+{
+    int64_t at = 0;
+    for (int k = 0; k < e->ndim; k++)
+        at += t->pos[k] * e->store_stride[k];
+    return at;
+}
+
+/* Where run_tile stores tile t's points: in the output's first block (`points`) when they
+ * are contiguous there, else nowhere (scatter_store puts them). */
+static void *store_at(const tg_fused_program *p, const struct tg_fused_exec *e, char *points,
+                      const tile *t)
+{
+    if (!points || !e->store_in_place)
+        return NULL;
+    return points + store_offset(e, t) * (int64_t)elem_size(value_dtype(p, p->store));
+}
+
+#define SCATTER_ROW(T)                                                                          \
+    static void scatter_row_##T(T *y, int64_t stride, const T *x, T scalar, int64_t n)         \
+    {                                                                                           \
+        for (int64_t i = 0; i < n; i++)                                                         \
+            y[i * stride] = x ? x[i] : scalar;                                                  \
+    }
+SCATTER_ROW(float)
+SCATTER_ROW(double)
+
+/* Tile t's stored value, packed row-major in its box, to its places among `points` where
+ * they are not contiguous (a reduction over pooling windows walks a tile's points in window
+ * order): row by row of the box as the output sees it. */
+static void scatter_store(const tg_fused_program *p, const struct tg_fused_exec *e,
+                          char *points, const tile *t, const ref *v)
+{
+    if (!points || e->store_in_place)
+        return;
+    tg_dtype dt = value_dtype(p, p->store);
+    size_t size = elem_size(dt);
+    int64_t ext[TG_FUSED_MAX_DIMS], stride[TG_FUSED_MAX_DIMS], idx[TG_FUSED_MAX_DIMS] = {0};
+    int d = merge_box(t, e->first, e->ndim, e->store_stride, ext, stride);
+    int64_t row = ext[d - 1], at = store_offset(e, t);
+    for (int64_t done = 0; done < t->count; done += row) {
+        char *y = points + at * (int64_t)size;
+        const char *x = v->ptr ? (const char *)v->ptr + done * (int64_t)size : NULL;
+        if (dt == TG_F64)
+            scatter_row_double((double *)y, stride[d - 1], (const double *)x, v->scalar, row);
+        else
+            scatter_row_float((float *)y, stride[d - 1], (const float *)x, (float)v->scalar,
+                              row);
+        for (int j = d - 2; j >= e->first; j--) { /* the next row */
+            at += stride[j];
+            if (++idx[j] < ext[j])
+                break;
+            at -= stride[j] * ext[j];
+            idx[j] = 0;
+        }
+    }
+}
+
+/* ---- reductions ---------------------------------------------------------------------------- */
 /* Folds tile t's result v (a buffer or a scalar) into acc, run by run. */
 static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, const tile *t,
                       double *acc, double *cnt, const ref *v)
@@ -1658,8 +1750,8 @@ static void store_results(const tg_fused_program *p, const struct tg_fused_exec 
 /* Each unit is a box of output elements, contiguous in the output; its tiles are folded in
  * one fixed order. */
 static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec *e,
-                          const void *const *in, char *scratch, void *out, int64_t block_numel,
-                          int64_t u0, int64_t u1)
+                          const void *const *in, char *scratch, void *out, char *points,
+                          int64_t block_numel, int64_t u0, int64_t u1)
 {
     tile t, next;
     ref val[MAX_VALUES];
@@ -1679,7 +1771,9 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
             bool more = r + 1 < e->n_red_tiles;
             if (more)
                 place_tile(e, idx, &next);
-            run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
+            run_tile(p, e, in, scratch, store_at(p, e, points, &t), &t, more ? &next : NULL,
+                     val);
+            scatter_store(p, e, points, &t, &val[p->store]);
             fold_results(p, e, &t, acc, val);
         }
         store_results(p, e, out, base, block_numel, acc, outputs);
@@ -1702,7 +1796,8 @@ static void place_unit_tile(const struct tg_fused_exec *e, int64_t unit, int64_t
  * unit's accumulators stay live at once (interleave_units says it fits). */
 static void run_reduction_interleaved(const tg_fused_program *p, const struct tg_fused_exec *e,
                                       const void *const *in, char *scratch, void *out,
-                                      int64_t block_numel, int64_t u0, int64_t u1)
+                                      char *points, int64_t block_numel, int64_t u0,
+                                      int64_t u1)
 {
     tile t, next;
     ref val[MAX_VALUES];
@@ -1719,7 +1814,9 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
             if (more)
                 place_unit_tile(e, u + 1 < units ? u0 + u + 1 : u0, u + 1 < units ? r : r + 1,
                                 &next);
-            run_tile(p, e, in, scratch, NULL, &t, more ? &next : NULL, val);
+            run_tile(p, e, in, scratch, store_at(p, e, points, &t), &t, more ? &next : NULL,
+                     val);
+            scatter_store(p, e, points, &t, &val[p->store]);
             fold_results(p, e, &t, acc + u * per_unit, val);
         }
     }
@@ -1740,7 +1837,7 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     for (int k = 0; k < e->ndim; k++)
         points *= e->shape[k];
     if (points == 0) { /* nothing to read: a reduction's outputs are its identity */
-        if (reduce)
+        if (reduce) /* (a reduction that stores has no points to store) */
             fill(n->dtype, out, p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY, n->numel);
         return;
     }
@@ -1748,14 +1845,18 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     if (threads > e->n_units)
         threads = (int)e->n_units;
     size_t block = n->scratch_bytes;
+    /* A reduction that stores: its points first, then its blocks. */
+    int64_t stored = p->stores ? points : 0, block_numel = (n->numel - stored) / result_blocks(p);
+    char *stores = p->stores ? out : NULL;
+    char *folds = (char *)out + stored * (int64_t)elem_size(n->dtype);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int th = 0; th < threads; th++) {
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
         char *mine = (char *)scratch + (size_t)th * block;
         if (reduce && e->interleave_units)
-            run_reduction_interleaved(p, e, in, mine, out, n->numel / result_blocks(p), u0, u1);
+            run_reduction_interleaved(p, e, in, mine, folds, stores, block_numel, u0, u1);
         else if (reduce)
-            run_reduction(p, e, in, mine, out, n->numel / result_blocks(p), u0, u1);
+            run_reduction(p, e, in, mine, folds, stores, block_numel, u0, u1);
         else
             run_elementwise(p, e, in, mine, out, u0, u1);
     }
@@ -1777,6 +1878,8 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
         used += (size_t)snprintf(buf + used, size - used, "copy");
     if (used < size)
         used += (size_t)snprintf(buf + used, size - used, "}");
+    if (p && p->stores && used < size)
+        used += (size_t)snprintf(buf + used, size - used, " + store");
     if (p && p->reduce_op != TG_OP_LEAF && used < size) {
         used += (size_t)snprintf(buf + used, size - used, " + %s(",
                                  tg_op_name((tg_op)p->reduce_op));

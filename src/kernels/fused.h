@@ -62,6 +62,11 @@ typedef struct {
      * piece's count survives only where its max is the running max), so they need not
      * wait for the final max; where the max is NaN the count is 0, as eq makes it. */
     bool count_ties;
+    /* A reduction may also store a value at every point of its iteration space, row-major
+     * (compile/pass_fuse_stores.c: an elementwise kernel that it reads, merged into it): the
+     * node's output is then that block of points first, the reduction's blocks after it. */
+    bool stores;
+    int store;
     struct tg_fused_exec *exec;
 } tg_fused_program;
 

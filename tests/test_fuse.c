@@ -377,7 +377,8 @@ static void check_threads(fuse_case *c);
  * the sums and the input gradient. The sums are read by kernels (not outputs themselves), so
  * the merge applies. param 0: sums over (N, H, W), sibling sums; 1: over the rows (W); 2:
  * 2x2 pools, which read e out of its order, and 3: a sum that also needs e's total (one
- * value: its kernel takes no store), so that nothing merges. */
+ * value: its kernel takes no store), so that nothing merges; 4: as 0, but the sums are
+ * outputs themselves (the merged kernel's blocks are copied out); 5: one sum, an output. */
 static int build_stored(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
 {
     (void)tape;
@@ -394,6 +395,14 @@ static int build_stored(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_te
         out[0] = tg_add_scalar(tg_avg_pool2d(e, 2, 2, 0), 1.0);
         out[1] = tg_mul_scalar(tg_max_pool2d(e, 2, 2, 0), 2.0);
     }
+    if (c->param == 4) { /* the sums are outputs (roots), one through a reshape */
+        out[0] = tg_sum(e, n, axes, false);
+        out[1] = tg_sum(tg_mul(e, x), n, axes, true);
+    }
+    if (c->param == 5) { /* one sum, an output: no sibling to merge it first */
+        out[0] = tg_sum(tg_mul(e, x), n, axes, false);
+        out[1] = tg_exp(x);
+    }
     if (c->param == 3) { /* the sums need e through its total too: no merge (a cycle) */
         tg_tensor *total = tg_sum(e, 0, NULL, true);
         out[0] = tg_add_scalar(tg_sum(tg_maximum(e, tg_mul_scalar(total, 1e-3)), n, axes, true),
@@ -405,8 +414,9 @@ static int build_stored(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_te
 }
 
 /* Compiled with every pass and with all but fuse_stores: the same bits, since the merged
- * kernel folds in the reduction's own order. Returns how many kernels store as they fold. */
-static int check_store_bits(traced *t)
+ * kernel folds in the reduction's own order. Returns how many kernels store as they fold;
+ * *sums: how many kernels sum. */
+static int check_store_bits(traced *t, int *sums)
 {
     tg_plan *plans[2];
     results r[2] = {{0}, {0}};
@@ -423,6 +433,7 @@ static int check_store_bits(traced *t)
                              (size_t)r[0].numel[o] * sizeof(double)) == 0,
                       "result %d differs with fuse_stores", o);
     int stores = count_kernels(tg_plan_graph(plans[0]), "+ store");
+    *sums = count_kernels(tg_plan_graph(plans[0]), "+ sum(");
     ck_assert_int_eq(count_kernels(tg_plan_graph(plans[1]), "+ store"), 0);
     results_free(&r[0]);
     results_free(&r[1]);
@@ -435,11 +446,13 @@ START_TEST(stores_in_reductions)
 {
     /* sums over (N, H, W) of planes of 600 points (a tile is a plane: the value is made
      * where it is stored) and of 35 (a tile is a channel's planes of every image: the store
-     * scatters); sums over rows of 7 and of 3000 (cut into tiles); pools */
+     * scatters); sums over rows of 7 and of 3000 (cut into tiles); pools; a total; sums
+     * that are outputs; one sum, an output */
     const int64_t shapes[][4] = {{2, 3, 20, 30}, {3, 4, 5, 7},  {3, 4, 5, 7},
-                                 {2, 2, 2, 3000}, {2, 3, 28, 28}, {2, 3, 20, 30}};
-    const int params[] = {0, 0, 1, 1, 2, 3};
-    for (int d = 0; d < 12; d++) {
+                                 {2, 2, 2, 3000}, {2, 3, 28, 28}, {2, 3, 20, 30},
+                                 {2, 3, 20, 30}, {3, 4, 5, 7}};
+    const int params[] = {0, 0, 1, 1, 2, 3, 4, 5};
+    for (int d = 0; d < 16; d++) {
         const int64_t *sh = shapes[d / 2];
         fuse_case c = {.dt = d % 2 ? TG_F64 : TG_F32, .n_in = 2, .build = build_stored,
                        .param = params[d / 2]};
@@ -449,14 +462,17 @@ START_TEST(stores_in_reductions)
         traced t;
         trace_case(&t, &c, 13 + (uint64_t)d);
         compare_case(&c, &t, false);
-        int stores = check_store_bits(&t), want = c.param >= 2 ? 0 : 1;
-        if (stores != want) {
+        int sums, stores = check_store_bits(&t, &sums), want = c.param == 2 || c.param == 3 ? 0 : 1;
+        /* Where it merges, the two sums and the value are one kernel: no sum is left
+         * behind (an output must not keep its own kernel beside the merged one). */
+        if (stores != want || (want && sums != 1)) {
             tg_plan *plan = compile_case(&t, true);
             print_kernels(tg_plan_graph(plan));
             tg_plan_free(plan);
         }
         ck_assert_msg(stores == want, "case %d: %d kernels store as they fold, not %d", d, stores,
                       want);
+        ck_assert_msg(!want || sums == 1, "case %d: %d kernels sum, not 1", d, sums);
         traced_free(&t);
         check_threads(&c);
     }

@@ -12,6 +12,13 @@ bool tg_fuse_is_root(const tg_graph *g, int v);
  * kernels. */
 bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v);
 
+/* Whether every reader of v (and of its reshapes) is a FUSED kernel, v and those reshapes
+ * being allowed to be roots: tg_fuse_copy_roots then gives each root a FUSED copy that is
+ * the root instead, so that every reader is a FUSED kernel (a merged node is no root's
+ * shape). Returns 0 or a negative status. */
+bool tg_fuse_read_by_kernels_or_roots(const tg_graph *g, int v);
+int tg_fuse_copy_roots(tg_graph *g, int v);
+
 /* Points every kernel that read `old` (directly or through a reshape) at `merged`, whose
  * output holds old's values from element `block` on. */
 void tg_fuse_redirect_readers(tg_graph *g, int old, int merged, int64_t block);

@@ -895,6 +895,77 @@ bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v)
     return true;
 }
 
+/* Whether every reader of v, and of a reshape of it, is a FUSED kernel, where v or the
+ * reshape is not itself a root (an output, an update's value): tg_fuse_copy_roots can
+ * then make every reader a FUSED kernel. */
+bool tg_fuse_read_by_kernels_or_roots(const tg_graph *g, int v)
+{
+    for (int u = 0; u < g->n; u++) {
+        const tg_ir_node *n = &g->nodes[u];
+        for (int k = 0; k < n->n_in; k++) {
+            if (n->in[k] != v)
+                continue;
+            if (n->op == TG_OP_RESHAPE && !tg_fuse_read_by_kernels_or_roots(g, u))
+                return false;
+            if (n->op != TG_OP_RESHAPE && n->op != TG_PLAN_OP_FUSED)
+                return false;
+        }
+    }
+    return true;
+}
+
+/* A FUSED copy of root v that becomes the root in its place (v is then read by kernels
+ * only, and may merge); the copy's index, or a negative status. */
+static int copy_root(tg_graph *g, int v)
+{
+    tg_fused_program *p = tg_fused_program_new();
+    if (!p)
+        return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+    const tg_ir_node *n = &g->nodes[v];
+    p->ndim = n->ndim;
+    p->reduce_op = TG_OP_LEAF;
+    p->n_loads = 1;
+    p->load[0] = (tg_fused_load){.input = 0, .dtype = n->dtype};
+    int64_t run = 1;
+    for (int k = n->ndim - 1; k >= 0; k--) {
+        p->shape[k] = n->shape[k];
+        p->load[0].stride[k] = run;
+        run *= n->shape[k];
+    }
+    tg_ir_node c = {.op = TG_PLAN_OP_FUSED, .dtype = n->dtype, .ndim = n->ndim, .n_in = 1,
+                    .in = {v}, .label = n->label, .tape_id = SIZE_MAX, .payload = p};
+    memcpy(c.shape, n->shape, sizeof c.shape);
+    int at = tg_graph_add(g, &c);
+    if (at < 0) {
+        tg_fused_release(p);
+        return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
+    }
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i] == v)
+            g->outputs[i] = at;
+    for (int i = 0; i < g->n_updates; i++)
+        if (g->update_value[i] == v)
+            g->update_value[i] = at;
+    return at;
+}
+
+int tg_fuse_copy_roots(tg_graph *g, int v)
+{
+    if (tg_fuse_is_root(g, v)) {
+        int status = copy_root(g, v);
+        if (status < 0)
+            return status;
+    }
+    for (int u = 0; u < g->n; u++)
+        for (int k = 0; k < g->nodes[u].n_in; k++)
+            if (g->nodes[u].in[k] == v && g->nodes[u].op == TG_OP_RESHAPE) {
+                int status = tg_fuse_copy_roots(g, u);
+                if (status < 0)
+                    return status;
+            }
+    return TG_OK;
+}
+
 /* Whether `a` is among the inputs of b, transitively (the graph is in topological order,
  * so only nodes after a can need it). */
 static bool needs(const tg_graph *g, int b, int a, char *seen)
@@ -1012,9 +1083,10 @@ static int merge_siblings(tg_graph *g)
     if (status != TG_OK || g->keep_dead) /* dead nodes would count as readers */
         return status;
     int n = g->n;
-    /* Merged nodes are appended (at most n / 2 of them), and readers already redirected to
-     * them lead the search for dependencies there: `seen` covers them too. */
-    char *seen = malloc(2 * (size_t)n + 2);
+    /* Merged nodes are appended (at most n / 2 of them) with copies of roots (at most one
+     * per node), and readers already redirected to them lead the search for dependencies
+     * there: `seen` covers them too. */
+    char *seen = malloc(3 * (size_t)n + 3);
     bool *taken = calloc((size_t)n + 1, sizeof *taken);
     if (!seen || !taken) {
         free(seen);
@@ -1022,7 +1094,7 @@ static int merge_siblings(tg_graph *g)
         return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
     }
     for (int a = 0; a < n && status == TG_OK; a++) {
-        if (taken[a] || !is_fused_reduction(g, a) || !tg_fuse_read_by_kernels_only(g, a))
+        if (taken[a] || !is_fused_reduction(g, a) || !tg_fuse_read_by_kernels_or_roots(g, a))
             continue;
         int group[MAX_SIBLINGS] = {a}, count = 1;
         tg_fused_program *p = tg_fused_program_new();
@@ -1036,7 +1108,7 @@ static int merge_siblings(tg_graph *g)
         memcpy(inputs, g->nodes[a].in, sizeof inputs);
         for (int b = a + 1; b < n && count < MAX_SIBLINGS; b++) {
             if (taken[b] || !is_fused_reduction(g, b) || !same_space(&g->nodes[a], &g->nodes[b]) ||
-                !tg_fuse_read_by_kernels_only(g, b))
+                !tg_fuse_read_by_kernels_or_roots(g, b))
                 continue;
             bool independent = true;
             for (int i = 0; i < count && independent; i++) {
@@ -1069,8 +1141,9 @@ static int merge_siblings(tg_graph *g)
             status = tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
             break;
         }
-        for (int i = 0; i < count; i++) {
+        for (int i = 0; i < count && status == TG_OK; i++) {
             taken[group[i]] = true;
+            status = tg_fuse_copy_roots(g, group[i]);
             tg_fuse_redirect_readers(g, group[i], merged, i * g->nodes[group[i]].numel);
         }
     }

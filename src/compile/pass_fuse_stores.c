@@ -10,8 +10,9 @@
  *
  * E and R merge when
  *   - E is a FUSED kernel without a reduction, R a FUSED reduction (with sibling sums or
- *     not, but no tie counts), of the same dtype, neither a root, every reader of each a
- *     FUSED kernel (their loads are moved to the merged node's blocks);
+ *     not, but no tie counts), of the same dtype, every reader of each a FUSED kernel
+ *     (their loads are moved to the merged node's blocks); E is no root, while R may be
+ *     one (a gradient the user reads): a FUSED copy of its few outputs becomes the root;
  *   - R reads E at the point it is at: offset 0 and the row-major strides of R's own
  *     iteration space, which covers E's elements exactly, so both walk E's elements in the
  *     same order (E's space and R's may split axes differently: the merged space is the
@@ -298,7 +299,7 @@ static bool reduction_takes_store(const tg_graph *g, int r)
 {
     const tg_fused_program *p = program(g, r);
     if (!p || p->reduce_op == TG_OP_LEAF || p->count_ties || p->stores ||
-        !tg_fuse_read_by_kernels_only(g, r))
+        !tg_fuse_read_by_kernels_or_roots(g, r))
         return false;
     return g->nodes[r].numel / (1 + p->n_more) >= MIN_OUTPUTS;
 }
@@ -309,11 +310,12 @@ int tg_pass_fuse_stores(tg_graph *g, const tg_pass_ctx *ctx)
     int status = tg_graph_compact(g);
     if (status != TG_OK || g->keep_dead) /* dead nodes would count as readers */
         return status;
-    /* Merged nodes are appended (at most n / 2 of them), and readers redirected to them
-     * lead the searches there: `seen` and `taken` cover them too. */
+    /* Merged nodes are appended (at most n / 2 of them) with copies of roots (at most one
+     * per node), and readers redirected to them lead the searches there: `seen` and
+     * `taken` cover them too. */
     int n = g->n;
-    char *seen = malloc(2 * (size_t)n + 2);
-    bool *taken = calloc(2 * (size_t)n + 2, sizeof *taken);
+    char *seen = malloc(3 * (size_t)n + 3);
+    bool *taken = calloc(3 * (size_t)n + 3, sizeof *taken);
     if (!seen || !taken) {
         status = tg_fail(TG_ERR_NOMEM, "fuse_stores: out of memory");
         goto done;
@@ -345,6 +347,9 @@ int tg_pass_fuse_stores(tg_graph *g, const tg_pass_ctx *ctx)
                 goto done;
             }
             taken[e] = taken[r] = true;
+            status = tg_fuse_copy_roots(g, r); /* (a gradient the user reads) */
+            if (status != TG_OK)
+                goto done;
             tg_fuse_redirect_readers(g, r, at, e_numel);
             tg_fuse_redirect_readers(g, e, at, 0);
             changed = true;

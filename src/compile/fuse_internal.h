@@ -19,6 +19,10 @@ bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v);
 bool tg_fuse_read_by_kernels_or_roots(const tg_graph *g, int v);
 int tg_fuse_copy_roots(tg_graph *g, int v);
 
+/* Whether `a` is among the inputs of b, transitively (the graph is in topological order,
+ * so only nodes after a can need it); seen: a zeroed mark per node. */
+bool tg_fuse_needs(const tg_graph *g, int b, int a, char *seen);
+
 /* Points every kernel that read `old` (directly or through a reshape) at `merged`, whose
  * output holds old's values from element `block` on. */
 void tg_fuse_redirect_readers(tg_graph *g, int old, int merged, int64_t block);

@@ -875,18 +875,18 @@ bool tg_fuse_is_root(const tg_graph *g, int v)
     return false;
 }
 
-/* Whether every reader of v is a FUSED kernel, or a reshape (not a root) read only by FUSED
- * kernels. */
-bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v)
+/* Whether every reader of v, and of a reshape of it, is a FUSED kernel; and, unless
+ * roots_allowed, v and those reshapes are no roots. */
+static bool read_by_kernels(const tg_graph *g, int v, bool roots_allowed)
 {
-    if (tg_fuse_is_root(g, v))
+    if (!roots_allowed && tg_fuse_is_root(g, v))
         return false;
     for (int u = 0; u < g->n; u++) {
         const tg_ir_node *n = &g->nodes[u];
         for (int k = 0; k < n->n_in; k++) {
             if (n->in[k] != v)
                 continue;
-            if (n->op == TG_OP_RESHAPE && !tg_fuse_read_by_kernels_only(g, u))
+            if (n->op == TG_OP_RESHAPE && !read_by_kernels(g, u, roots_allowed))
                 return false;
             if (n->op != TG_OP_RESHAPE && n->op != TG_PLAN_OP_FUSED)
                 return false;
@@ -895,23 +895,11 @@ bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v)
     return true;
 }
 
-/* Whether every reader of v, and of a reshape of it, is a FUSED kernel, where v or the
- * reshape is not itself a root (an output, an update's value): tg_fuse_copy_roots can
- * then make every reader a FUSED kernel. */
+bool tg_fuse_read_by_kernels_only(const tg_graph *g, int v) { return read_by_kernels(g, v, false); }
+
 bool tg_fuse_read_by_kernels_or_roots(const tg_graph *g, int v)
 {
-    for (int u = 0; u < g->n; u++) {
-        const tg_ir_node *n = &g->nodes[u];
-        for (int k = 0; k < n->n_in; k++) {
-            if (n->in[k] != v)
-                continue;
-            if (n->op == TG_OP_RESHAPE && !tg_fuse_read_by_kernels_or_roots(g, u))
-                return false;
-            if (n->op != TG_OP_RESHAPE && n->op != TG_PLAN_OP_FUSED)
-                return false;
-        }
-    }
-    return true;
+    return read_by_kernels(g, v, true);
 }
 
 /* A FUSED copy of root v that becomes the root in its place (v is then read by kernels
@@ -966,9 +954,7 @@ int tg_fuse_copy_roots(tg_graph *g, int v)
     return TG_OK;
 }
 
-/* Whether `a` is among the inputs of b, transitively (the graph is in topological order,
- * so only nodes after a can need it). */
-static bool needs(const tg_graph *g, int b, int a, char *seen)
+bool tg_fuse_needs(const tg_graph *g, int b, int a, char *seen)
 {
     if (b == a)
         return true;
@@ -976,7 +962,7 @@ static bool needs(const tg_graph *g, int b, int a, char *seen)
         return false;
     seen[b] = 1;
     for (int k = 0; k < g->nodes[b].n_in; k++)
-        if (needs(g, g->nodes[b].in[k], a, seen))
+        if (tg_fuse_needs(g, g->nodes[b].in[k], a, seen))
             return true;
     return false;
 }
@@ -1113,7 +1099,7 @@ static int merge_siblings(tg_graph *g)
             bool independent = true;
             for (int i = 0; i < count && independent; i++) {
                 memset(seen, 0, (size_t)g->n + 1);
-                independent = !needs(g, b, group[i], seen);
+                independent = !tg_fuse_needs(g, b, group[i], seen);
             }
             tg_fused_program trial = *p;
             int trial_inputs[TG_IR_MAX_IN], trial_n = n_inputs;

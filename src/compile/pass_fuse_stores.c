@@ -47,20 +47,6 @@ static int source(const tg_graph *g, int v)
     return v;
 }
 
-/* Whether b needs a, transitively (inputs come before their users: only b >= a can). */
-static bool needs(const tg_graph *g, int b, int a, char *seen)
-{
-    if (b == a)
-        return true;
-    if (b < a || seen[b])
-        return false;
-    seen[b] = 1;
-    for (int k = 0; k < g->nodes[b].n_in; k++)
-        if (needs(g, g->nodes[b].in[k], a, seen))
-            return true;
-    return false;
-}
-
 /* ---- iteration spaces --------------------------------------------------------------------- */
 /* A space's axes without the size-1 ones, each with the axis of the program it came from. */
 typedef struct {
@@ -288,7 +274,7 @@ static bool mergeable(const tg_graph *g, int e, int r, bool *reads_e, char *seen
         if (source(g, nr->in[k]) == e)
             continue;
         memset(seen, 0, (size_t)g->n + 1);
-        if (needs(g, nr->in[k], e, seen))
+        if (tg_fuse_needs(g, nr->in[k], e, seen))
             return false;
     }
     return any;

@@ -1,7 +1,8 @@
 /* Compiled plans against eager execution: tracing, the runner, updates, inputs, errors; each
  * pass alone (src/compile/pass_dce.c, pass_simplify.c, pass_cse.c, pass_fold_scale.c,
- * pass_lower_conv.c, pass_fuse.c) and all together on a CNN's training step, and each shown to
- * change the graph it is given. */
+ * pass_lower_conv.c, pass_fuse.c, pass_fuse_stores.c) and all together on a CNN's training
+ * step, and each shown to change the graph it is given (fuse_stores by tests/test_fuse.c,
+ * as it acts only on fuse's kernels). */
 #include "testing.h"
 #include "compile/graph.h"
 #include "tapegrad_nn.h"

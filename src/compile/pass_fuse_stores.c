@@ -261,7 +261,7 @@ static bool mergeable(const tg_graph *g, int e, int r, bool *reads_e, char *seen
     int64_t points = 1;
     for (int k = 0; k < pr->ndim; k++)
         points *= pr->shape[k];
-    if (points != ne->numel)
+    if (points != ne->numel || points == 0) /* (an empty space has no axes to match) */
         return false;
     bool any = false;
     for (int l = 0; l < pr->n_loads; l++) {

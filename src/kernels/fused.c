@@ -20,7 +20,9 @@
  * of an output element is folded; a max may count its ties as it folds (count_ties). Pooling
  * windows are tiled as planes of whole rows of windows ([a, i, j, b], order_windows), and
  * reductions over the batch may visit their tiles image by image with every channel's
- * accumulators live (run_reduction_interleaved). */
+ * accumulators live (run_reduction_interleaved). A reduction may also store a value at every
+ * point as it folds (tg_fused_program.stores: compile/pass_fuse_stores.c), made straight in
+ * the output where a tile's points are contiguous there, scattered back elsewhere. */
 #include "fused.h"
 #include "../compile/plan_ops.h"
 #include "strided.h"
@@ -1622,8 +1624,9 @@ SCATTER_ROW(float)
 SCATTER_ROW(double)
 
 /* Tile t's stored value, packed row-major in its box, to its places among `points` where
- * they are not contiguous (a reduction over pooling windows walks a tile's points in window
- * order): row by row of the box as the output sees it. */
+ * they are not contiguous (a sum over (N, H, W) of small planes tiles a channel's planes of
+ * several images, one image apart in the output): row by row of the box as the output sees
+ * it. */
 static void scatter_store(const tg_fused_program *p, const struct tg_fused_exec *e,
                           char *points, const tile *t, const ref *v)
 {

@@ -168,7 +168,8 @@ static int add_load(merged *m, const tg_fused_load *ld)
 }
 
 /* Adds program q's loads (of node y, over the finer space) to m; load_of[l] is load l's
- * value, or `replaced` where reads_e[l] (R's loads of E). False past a limit. */
+ * value, or -1 where reads_e[l] (R's loads of E: the caller points them at E's value).
+ * False past a limit. */
 static bool add_loads(merged *m, const tg_graph *g, const tg_fused_program *q, int y,
                       const axes *a, const refinement *r, const bool *reads_e, int *load_of)
 {
@@ -249,8 +250,8 @@ fail:
     return NULL;
 }
 
-/* Whether E (a kernel R reads through `slot`s) can merge into R; reads_e[l]: R's load l
- * reads E. */
+/* Whether E can merge into R; reads_e[l]: R's load l reads E (directly or through
+ * reshapes). */
 static bool mergeable(const tg_graph *g, int e, int r, bool *reads_e, char *seen)
 {
     const tg_fused_program *pe = program(g, e), *pr = program(g, r);
@@ -280,7 +281,8 @@ static bool mergeable(const tg_graph *g, int e, int r, bool *reads_e, char *seen
     return any;
 }
 
-/* R's outputs per block, and whether R may take a store at all. */
+/* Whether R may take a store at all: a FUSED reduction without tie counts or a store,
+ * read by kernels (or a root), with at least MIN_OUTPUTS outputs per block. */
 static bool reduction_takes_store(const tg_graph *g, int r)
 {
     const tg_fused_program *p = program(g, r);

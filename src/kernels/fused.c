@@ -1383,11 +1383,12 @@ void tg_fused_release(void *payload)
 }
 
 /* ---- running -------------------------------------------------------------------------------- */
+/* A tile's origin is 0 after axis `first` (place_tile), so only the axes up to it count. */
 static int64_t load_offset(const tg_fused_load *ld, const struct tg_fused_exec *e, int l,
                            const tile *t)
 {
     int64_t at = ld->offset;
-    for (int k = 0; k < e->ndim; k++)
+    for (int k = 0; k <= e->first; k++)
         at += t->pos[k] * e->stride[l][k];
     return at;
 }
@@ -1548,6 +1549,13 @@ static void advance(const struct tg_fused_exec *e, const int *list, int count, i
     }
 }
 
+static void swap_tiles(tile **a, tile **b)
+{
+    tile *c = *a;
+    *a = *b;
+    *b = c;
+}
+
 static void place_tile(const struct tg_fused_exec *e, const int64_t *idx, tile *t)
 {
     int d = e->ndim, f = e->first;
@@ -1567,7 +1575,7 @@ static void place_tile(const struct tg_fused_exec *e, const int64_t *idx, tile *
 static int64_t out_offset(const struct tg_fused_exec *e, const tile *t)
 {
     int64_t at = 0;
-    for (int k = 0; k < e->ndim; k++)
+    for (int k = 0; k <= e->first; k++)
         at += t->pos[k] * e->out_stride[k];
     return at;
 }
@@ -1576,22 +1584,23 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
                             const void *const *in, char *scratch, char *out, int64_t u0,
                             int64_t u1)
 {
-    tile t, next;
+    tile tiles[2], *t = &tiles[0], *next = &tiles[1]; /* swapped, not copied: a tile is
+                                                           hundreds of bytes */
     ref val[MAX_VALUES];
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     size_t elem = elem_size(value_dtype(p, p->result));
     set_constants(p, e, val);
     decode(e, e->kept, e->n_kept, u0, idx);
-    place_tile(e, idx, &next);
+    place_tile(e, idx, next);
     for (int64_t u = u0; u < u1; u++) {
-        t = next;
+        swap_tiles(&t, &next);
         bool more = u + 1 < u1;
         if (more) {
             advance(e, e->kept, e->n_kept, idx);
-            place_tile(e, idx, &next);
+            place_tile(e, idx, next);
         }
-        run_tile(p, e, in, scratch, out + out_offset(e, &t) * (int64_t)elem, &t,
-                 more ? &next : NULL, val);
+        run_tile(p, e, in, scratch, out + out_offset(e, t) * (int64_t)elem, t,
+                 more ? next : NULL, val);
     }
 }
 
@@ -1599,7 +1608,7 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
 static int64_t store_offset(const struct tg_fused_exec *e, const tile *t)
 {
     int64_t at = 0;
-    for (int k = 0; k < e->ndim; k++)
+    for (int k = 0; k <= e->first; k++)
         at += t->pos[k] * e->store_stride[k];
     return at;
 }
@@ -1663,7 +1672,9 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
     int d = e->ndim, fa = e->fold_axis;
     tg_dtype dt = value_dtype(p, p->result);
     bool reduced = (e->reduced >> (d - 1)) & 1, f64 = dt == TG_F64;
-    int64_t n = 1, idx[TG_FUSED_MAX_DIMS] = {0}, at = 0;
+    int64_t n = 1, idx[TG_FUSED_MAX_DIMS], at = 0;
+    for (int j = e->first; j < fa; j++) /* only these turn (a tile is often one run) */
+        idx[j] = 0;
     for (int j = fa; j < d; j++)
         n *= t->ext[j];
     for (int64_t done = 0; done < t->count; done += n) {
@@ -1756,40 +1767,30 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
                           const void *const *in, char *scratch, void *out, char *points,
                           int64_t block_numel, int64_t u0, int64_t u1)
 {
-    tile t, next;
+    tile tiles[2], *t = &tiles[0], *next = &tiles[1];
     ref val[MAX_VALUES];
     int64_t idx[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
     set_constants(p, e, val);
     decode(e, e->kept, e->n_kept, u0, idx);
     for (int64_t u = u0; u < u1; u++, advance(e, e->kept, e->n_kept, idx)) {
-        place_tile(e, idx, &t); /* reduced axes at 0: the unit's outputs */
-        int64_t outputs = tile_outputs(e, &t);
+        place_tile(e, idx, t); /* reduced axes at 0: the unit's outputs */
+        int64_t outputs = tile_outputs(e, t);
         init_blocks(p, e, acc, outputs);
-        int64_t base = out_offset(e, &t);
-        place_tile(e, idx, &next);
+        int64_t base = out_offset(e, t);
+        place_tile(e, idx, next);
         for (int64_t r = 0; r < e->n_red_tiles; r++) {
-            t = next;
+            swap_tiles(&t, &next);
             advance(e, e->red, e->n_red, idx); /* wraps to 0 after the unit's last tile */
             bool more = r + 1 < e->n_red_tiles;
             if (more)
-                place_tile(e, idx, &next);
-            run_tile(p, e, in, scratch, store_at(p, e, points, &t), &t, more ? &next : NULL,
-                     val);
-            scatter_store(p, e, points, &t, &val[p->store]);
-            fold_results(p, e, &t, acc, val);
+                place_tile(e, idx, next);
+            run_tile(p, e, in, scratch, store_at(p, e, points, t), t, more ? next : NULL, val);
+            scatter_store(p, e, points, t, &val[p->store]);
+            fold_results(p, e, t, acc, val);
         }
         store_results(p, e, out, base, block_numel, acc, outputs);
     }
-}
-
-/* The tile of unit `unit` at reduced tile position `red`. */
-static void place_unit_tile(const struct tg_fused_exec *e, int64_t unit, int64_t red, tile *t)
-{
-    int64_t idx[TG_FUSED_MAX_DIMS] = {0};
-    decode(e, e->kept, e->n_kept, unit, idx);
-    decode(e, e->red, e->n_red, red, idx);
-    place_tile(e, idx, t);
 }
 
 /* The same folds, in the same order per output, but with the loops turned: every reduced
@@ -1802,32 +1803,42 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
                                       char *points, int64_t block_numel, int64_t u0,
                                       int64_t u1)
 {
-    tile t, next;
+    tile tiles[2], *t = &tiles[0], *next = &tiles[1];
     ref val[MAX_VALUES];
-    int64_t idx[TG_FUSED_MAX_DIMS] = {0};
+    /* The next tile's grid position (an odometer: kept axes inside, reduced ones outside)
+     * and the first unit's, which the kept axes return to after the last unit. */
+    int64_t idx[TG_FUSED_MAX_DIMS] = {0}, first_unit[TG_FUSED_MAX_DIMS] = {0};
     double *acc = (double *)(scratch + e->acc_offset);
     int64_t per_unit = e->unit_outputs, units = u1 - u0;
     set_constants(p, e, val);
     init_blocks(p, e, acc, units * per_unit);
-    place_unit_tile(e, u0, 0, &next);
+    decode(e, e->kept, e->n_kept, u0, first_unit);
+    memcpy(idx, first_unit, sizeof idx);
+    place_tile(e, idx, next);
     for (int64_t r = 0; r < e->n_red_tiles; r++) {
         for (int64_t u = 0; u < units; u++) {
-            t = next;
+            swap_tiles(&t, &next);
             bool more = u + 1 < units || r + 1 < e->n_red_tiles;
-            if (more)
-                place_unit_tile(e, u + 1 < units ? u0 + u + 1 : u0, u + 1 < units ? r : r + 1,
-                                &next);
-            run_tile(p, e, in, scratch, store_at(p, e, points, &t), &t, more ? &next : NULL,
-                     val);
-            scatter_store(p, e, points, &t, &val[p->store]);
-            fold_results(p, e, &t, acc + u * per_unit, val);
+            if (more) {
+                if (u + 1 < units) {
+                    advance(e, e->kept, e->n_kept, idx);
+                } else {
+                    for (int j = 0; j < e->n_kept; j++)
+                        idx[e->kept[j]] = first_unit[e->kept[j]];
+                    advance(e, e->red, e->n_red, idx);
+                }
+                place_tile(e, idx, next);
+            }
+            run_tile(p, e, in, scratch, store_at(p, e, points, t), t, more ? next : NULL, val);
+            scatter_store(p, e, points, t, &val[p->store]);
+            fold_results(p, e, t, acc + u * per_unit, val);
         }
     }
-    decode(e, e->kept, e->n_kept, u0, idx); /* reduced axes at 0: the units' outputs */
+    memcpy(idx, first_unit, sizeof idx); /* reduced axes at 0: the units' outputs */
     for (int64_t u = 0; u < units; u++, advance(e, e->kept, e->n_kept, idx)) {
-        place_tile(e, idx, &t);
-        store_results(p, e, out, out_offset(e, &t), block_numel, acc + u * per_unit,
-                      tile_outputs(e, &t));
+        place_tile(e, idx, t);
+        store_results(p, e, out, out_offset(e, t), block_numel, acc + u * per_unit,
+                      tile_outputs(e, t));
     }
 }
 

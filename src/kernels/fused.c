@@ -607,6 +607,10 @@ struct tg_fused_exec {
     int ndim; /* >= 2 */
     int64_t shape[TG_FUSED_MAX_DIMS];
     int64_t stride[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
+    /* Per load, the axes up to `first` along which it moves: the only ones a tile's offset
+     * depends on (load_offset). */
+    int n_moving[TG_FUSED_MAX_LOADS];
+    int moving[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
     int64_t out_stride[TG_FUSED_MAX_DIMS]; /* 0 along reduced axes */
     /* A reduction that stores (tg_fused_program.stores): where its points go, and whether a
      * tile's points are contiguous there (the stored value may then be made in place). */
@@ -1361,6 +1365,10 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
         if (p->reduce_op != TG_OP_LEAF && e->out_stride[k] == 0 && e->shape[k] > 1)
             e->reduced |= 1u << k;
     choose_tile(e, p->n_loads);
+    for (int l = 0; l < p->n_loads; l++)
+        for (int k = 0; k <= e->first; k++)
+            if (e->stride[l][k] != 0 && e->shape[k] > 1)
+                e->moving[l][e->n_moving[l]++] = k;
     e->store_in_place = p->stores && box_in_place(e, e->store_stride);
     classify(p, e);
     compute_constants(p, e);
@@ -1383,13 +1391,16 @@ void tg_fused_release(void *payload)
 }
 
 /* ---- running -------------------------------------------------------------------------------- */
-/* A tile's origin is 0 after axis `first` (place_tile), so only the axes up to it count. */
+/* A tile's origin is 0 after axis `first` (place_tile), so only the axes up to it along
+ * which the load moves count. */
 static int64_t load_offset(const tg_fused_load *ld, const struct tg_fused_exec *e, int l,
                            const tile *t)
 {
     int64_t at = ld->offset;
-    for (int k = 0; k <= e->first; k++)
+    for (int i = 0; i < e->n_moving[l]; i++) {
+        int k = e->moving[l][i];
         at += t->pos[k] * e->stride[l][k];
+    }
     return at;
 }
 
@@ -1703,6 +1714,8 @@ static void fold_tile(const tg_fused_program *p, const struct tg_fused_exec *e, 
             fold_run_f64(p->reduce_op, reduced, acc + at, (const double *)x, v->scalar, n);
         else
             fold_run_f32(p->reduce_op, reduced, acc + at, (const float *)x, (float)v->scalar, n);
+        if (done + n >= t->count) /* the last run (often the only one) */
+            break;
         for (int j = fa - 1; j >= e->first; j--) { /* the next run's accumulators */
             at += e->acc_stride[j];
             if (++idx[j] < t->ext[j])

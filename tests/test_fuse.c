@@ -709,7 +709,12 @@ static int build_compare(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_t
     tg_tensor *wide = tg_cast(tg_add(m, eq), other);
     out[0] = tg_cast(tg_mul(wide, tg_cast(y, other)), c->dt);
     out[1] = tg_sum(tg_where(tg_eq(tg_mul_scalar(x, 0), y), x, m), 1, (const int[]){1}, false);
-    return out[1] ? 2 : -1;
+    /* One comparison as two wheres' condition (computed inside both: ReLU's mask in its
+     * backward), and one also read as a value (which must then be made). */
+    tg_tensor *k = tg_lt(y, x), *k2 = tg_eq(tg_mul_scalar(x, 2), tg_add(x, x));
+    out[2] = tg_add(tg_where(k, x, y), tg_where(k, m, half));
+    out[3] = tg_mul(tg_where(k2, y, x), tg_add(k2, x));
+    return out[3] ? 4 : -1;
 }
 
 START_TEST(where_lt_eq_cast)

@@ -11,9 +11,9 @@
  *     on scalars: computed once per tile), read in place (a load contiguous over the tile),
  *     or a buffer in the thread's scratch (a gathered or broadcast load, an op's result).
  *     The result of a kernel without a reduction is written straight into the output, a
- *     comparison read only by a where is computed inside the where's loop, and (a - b) c
- *     and (a - b) c + d inside one loop (sub_mul, sub_mul_add) when b and d are one value
- *     per tile (c too, where d is added).
+ *     comparison read only as wheres' conditions is computed inside each where's loop, and
+ *     (a - b) c and (a - b) c + d inside one loop (sub_mul, sub_mul_add) when b and d are
+ *     one value per tile (c too, where d is added).
  * A tile then runs its steps in order, each one loop over contiguous buffers that the
  * compiler vectorizes, chosen when the program was prepared. Reductions fold each tile into
  * double accumulators (exact for max, more precise for sums) and store them once every tile
@@ -1094,9 +1094,17 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
         uses[p->more[r]]++;
     if (p->stores)
         uses[p->store]++;
+    /* A comparison read only as wheres' conditions is computed inside each where's loop
+     * (ReLU's mask is read twice by its backward: its gradient and, where a max pool
+     * follows, the pooled value's): a compare again per where instead of a loop that
+     * writes the mask. */
+    int as_condition[MAX_VALUES] = {0};
+    for (int i = 0; i < p->n_instrs; i++)
+        if (p->instr[i].op == TG_OP_WHERE)
+            as_condition[p->instr[i].arg[0]]++;
     for (int i = 0; i < p->n_instrs; i++) {
         int c = p->instr[i].arg[0];
-        if (p->instr[i].op == TG_OP_WHERE && c >= p->n_loads && uses[c] == 1 &&
+        if (p->instr[i].op == TG_OP_WHERE && c >= p->n_loads && uses[c] == as_condition[c] &&
             e->kind[c] == V_SLOT &&
             (p->instr[c - p->n_loads].op == TG_OP_LT || p->instr[c - p->n_loads].op == TG_OP_EQ))
             e->kind[c] = V_FOLDED;

@@ -878,7 +878,9 @@ static void pool_case(fuse_case *c, tg_dtype dt, const int64_t *shape)
 START_TEST(pooling_windows)
 {
     /* small rows; the reference model's two shapes (a tile of one channel's 28x28, 14x14);
-     * rows of 3 windows (shorter than one vector of the backward's spread, even in f64) */
+     * rows of 3 windows (shorter than one vector of the backward's spread, even in f64); the
+     * backward spreads rows of 6 and 7 windows four and four, of 14 eight and eight, each
+     * stored to both rows of its windows */
     const int64_t shapes[][4] = {{3, 5, 6, 12}, {2, 3, 28, 28}, {4, 6, 14, 14}, {2, 3, 6, 6}};
     for (int d = 0; d < 2; d++)
         for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {

@@ -296,14 +296,29 @@ static inline void copy_row(void *y, const void *x, size_t n)
 /* y[2 i] = y[2 i + 1] = x[i] for i < n: a pool's gradient or max spread back over its 2-wide
  * windows. Rows are short (7 or 14 windows), too short for a vectorized loop's main body, so
  * eight points go at a time as one vector and its two interleavings, the last eight
- * overlapping the ones before. */
+ * overlapping the ones before. The row goes to `copies` places `pitch` apart: a window's
+ * rows repeat it (made once, stored twice for a 2x2 window). */
 #define TWICE(T, S)                                                                             \
     typedef T S##x8 __attribute__((vector_size(8 * sizeof(T))));                              \
-    static inline void twice_##S(T *y, const T *x, int64_t n)                                  \
+    typedef T S##x4 __attribute__((vector_size(4 * sizeof(T))));                              \
+    static inline void twice_##S(T *y, const T *x, int64_t n, int64_t copies, int64_t pitch)   \
     {                                                                                           \
+        if (n >= 4 && n < 8) { /* a 7-window row: four and four, overlapping */                \
+            S##x4 v0, v1;                                                                       \
+            memcpy(&v0, x, sizeof v0);                                                          \
+            memcpy(&v1, x + n - 4, sizeof v1);                                                  \
+            S##x8 d0 = __builtin_shufflevector(v0, v0, 0, 0, 1, 1, 2, 2, 3, 3);                 \
+            S##x8 d1 = __builtin_shufflevector(v1, v1, 0, 0, 1, 1, 2, 2, 3, 3);                 \
+            for (int64_t c = 0; c < copies; c++) {                                              \
+                memcpy(y + c * pitch, &d0, sizeof d0);                                          \
+                memcpy(y + c * pitch + 2 * (n - 4), &d1, sizeof d1);                            \
+            }                                                                                   \
+            return;                                                                             \
+        }                                                                                       \
         if (n < 8) {                                                                            \
-            for (int64_t i = 0; i < n; i++)                                                     \
-                y[2 * i] = y[2 * i + 1] = x[i];                                                 \
+            for (int64_t c = 0; c < copies; c++)                                                \
+                for (int64_t i = 0; i < n; i++)                                                 \
+                    y[c * pitch + 2 * i] = y[c * pitch + 2 * i + 1] = x[i];                     \
             return;                                                                             \
         }                                                                                       \
         for (int64_t i = 0;; i += 8) {                                                          \
@@ -313,8 +328,10 @@ static inline void copy_row(void *y, const void *x, size_t n)
             memcpy(&v, x + i, sizeof v);                                                        \
             lo = __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);                         \
             hi = __builtin_shufflevector(v, v, 4, 4, 5, 5, 6, 6, 7, 7);                         \
-            memcpy(y + 2 * i, &lo, sizeof lo);                                                  \
-            memcpy(y + 2 * i + 8, &hi, sizeof hi);                                              \
+            for (int64_t c = 0; c < copies; c++) {                                              \
+                memcpy(y + c * pitch + 2 * i, &lo, sizeof lo);                                  \
+                memcpy(y + c * pitch + 2 * i + 8, &hi, sizeof hi);                              \
+            }                                                                                   \
             if (i + 8 == n)                                                                     \
                 return;                                                                         \
         }                                                                                       \
@@ -342,7 +359,7 @@ TWICE(double, f64)
                         row[c] = src[a * s2 + c * s1];                                          \
             }                                                                                   \
         } else if (s1 == 0 && n1 == 2 && s2 == 1) { /* each element twice: a pool's backward */ \
-            twice_##S(y, src, n2);                                                              \
+            twice_##S(y, src, n2, 1, 0);                                                        \
         } else if (s1 == 0 && n1 == 2) {                                                        \
             for (int64_t a = 0; a < n2; a++)                                                    \
                 y[a * 2] = y[a * 2 + 1] = src[a * s2];                                          \
@@ -365,19 +382,27 @@ TWICE(double, f64)
  * the two innermost axes per position of the outer ones, which an odometer walks. An axis
  * the view does not move along (stride 0) is gathered again at each of its positions rather
  * than copied from the first: the rows are short, and a copy of rows just written would
- * wait on store forwarding (the stores narrower than the loads). No recursion and no call
- * per row: a pooled tile is 14 or 28 rows of 7 to 28 points. */
+ * wait on store forwarding (the stores narrower than the loads). The exception is a row
+ * spread twice (a pooled value over its 2x2 window: [.., a, j, b] with a and b repeating):
+ * each vector it makes is stored to every repeat of the row at once. No recursion and no
+ * call per row: a pooled tile is 14 or 28 rows of 7 to 28 points. */
 #define GATHER(T, S)                                                                            \
     GATHER_PLANE(T, S)                                                                          \
     static void gather_##S(T *y, const T *src, int j, int d, const int64_t *ext,                \
                            const int64_t *stride)                                               \
     {                                                                                           \
         int64_t n1 = ext[d - 1], s1 = stride[d - 1], n2 = ext[d - 2], s2 = stride[d - 2];       \
-        int64_t pos[TG_FUSED_MAX_DIMS] = {0};                                                   \
+        int64_t pos[TG_FUSED_MAX_DIMS] = {0}, copies = 1;                                       \
+        int top = d - 3; /* the odometer's innermost axis */                                    \
+        if (top >= j && stride[top] == 0 && s1 == 0 && n1 == 2 && s2 == 1 && n1 < n2)          \
+            copies = ext[top--];                                                                \
         for (;;) {                                                                              \
-            gather_plane_##S(y, src, n1, s1, n2, s2);                                           \
-            y += n1 * n2;                                                                       \
-            int k = d - 3;                                                                      \
+            if (copies > 1)                                                                     \
+                twice_##S(y, src, n2, copies, n1 * n2);                                         \
+            else                                                                                \
+                gather_plane_##S(y, src, n1, s1, n2, s2);                                       \
+            y += n1 * n2 * copies;                                                              \
+            int k = top;                                                                        \
             for (; k >= j; k--) {                                                               \
                 src += stride[k];                                                               \
                 if (++pos[k] < ext[k])                                                          \

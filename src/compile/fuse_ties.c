@@ -5,8 +5,8 @@
  * same points could have counted. This step finds such pairs among the FUSED kernels and
  * makes M's kernel count ties as it folds (tg_fused_program.count_ties): its output is then
  * [maxima, counts], C's readers load the counts block, M's kernel readers load the maxima
- * block, and any other reader of M (a convolution) reads a copy of the maxima, a quarter of
- * x's size for a 2x2 pool.
+ * block, and any other reader of M (a convolution) reads the maxima block through a reshape
+ * of the joined kernel's output (no copy).
  *
  * A pair is recognized from the programs, not from how the graph was written: C's result is
  * eq(v, L) (either order), L loads M's output broadcast over the reduced axes, both run
@@ -126,26 +126,16 @@ static int counted_max(const tg_graph *g, int c, comparison *cmp)
     return -1;
 }
 
-/* A copy of the first `numel` elements of `from`, shaped like node `like`. */
-static int copy_of_block(tg_graph *g, int from, int like)
+/* The first elements of `from` (its maxima block), shaped like node `like`: a reshape that
+ * reads a prefix of its source, which only the plan has (kernels and the memory plan see a
+ * view's memory as its source's, from the start); no copy is made. */
+static int view_of_block(tg_graph *g, int from, int like)
 {
-    tg_fused_program *p = tg_fused_program_new();
-    if (!p)
-        return -1;
     const tg_ir_node *l = &g->nodes[like];
-    p->ndim = 1;
-    p->shape[0] = l->numel;
-    p->reduce_op = TG_OP_LEAF;
-    p->n_loads = 1;
-    p->load[0] = (tg_fused_load){.input = 0, .dtype = l->dtype, .offset = 0, .stride = {1}};
-    p->result = 0;
-    tg_ir_node x = {.op = TG_PLAN_OP_FUSED, .dtype = l->dtype, .ndim = l->ndim, .n_in = 1,
-                    .in = {from}, .label = l->label, .tape_id = SIZE_MAX, .payload = p};
+    tg_ir_node x = {.op = TG_OP_RESHAPE, .dtype = l->dtype, .ndim = l->ndim, .n_in = 1,
+                    .in = {from}, .label = l->label, .tape_id = SIZE_MAX};
     memcpy(x.shape, l->shape, sizeof x.shape);
-    int v = tg_graph_add(g, &x);
-    if (v < 0)
-        tg_fused_release(p);
-    return v;
+    return tg_graph_add(g, &x);
 }
 
 /* Makes max kernel m count its ties and gives its readers and count kernel c's readers
@@ -168,22 +158,22 @@ static int join(tg_graph *g, int m, int c)
         tg_fused_release(p);
         return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
     }
-    int copy = -1;
+    int view = -1;
     int64_t numel = g->nodes[m].numel;
     for (int u = 0; u < g->n; u++) {
         tg_ir_node *n = &g->nodes[u];
         for (int k = 0; k < n->n_in; k++) {
-            if (n->in[k] != m || u == joined || u == copy)
+            if (n->in[k] != m || u == joined || u == view)
                 continue;
             if (n->op == TG_PLAN_OP_FUSED) { /* the maxima are block 0: loads unchanged */
                 n->in[k] = joined;
                 n->inplace_inputs &= ~(1u << k);
                 continue;
             }
-            if (copy < 0 && (copy = copy_of_block(g, joined, m)) < 0)
+            if (view < 0 && (view = view_of_block(g, joined, m)) < 0)
                 return tg_fail(TG_ERR_NOMEM, "fuse: out of memory");
-            n = &g->nodes[u]; /* adding the copy may have moved the array */
-            n->in[k] = copy;
+            n = &g->nodes[u]; /* adding the view may have moved the array */
+            n->in[k] = view;
         }
     }
     tg_fuse_redirect_readers(g, c, joined, numel);

@@ -10,7 +10,7 @@ own (taken from os.wait4's rusage of that child).
 
   /usr/bin/python3 bench/compare_torch.py [--threads 1,2] [--pairs 3] [--steps N]
         [--build build] [--data data/mnist] [--skip-train] [--skip-latency]
-        [--time-to-accuracy] [--tta-epochs 1] [--tta-lr 0.1] [--tta-pairs 1]
+        [--time-to-accuracy] [--tta-epochs 2] [--tta-lr 0.05] [--tta-pairs 1]
 
 Measurements (docs/speed.md says what each number means):
   train     images/s over 1 epoch (468 steps of 128, the last partial batch dropped) or
@@ -356,8 +356,8 @@ def main():
     ap.add_argument("--time-to-accuracy", action="store_true")
     ap.add_argument("--target", type=float, default=99.0)
     ap.add_argument("--tta-threads", type=int, default=2)
-    ap.add_argument("--tta-epochs", type=int, default=1)
-    ap.add_argument("--tta-lr", type=float, default=0.1)
+    ap.add_argument("--tta-epochs", type=int, default=2)
+    ap.add_argument("--tta-lr", type=float, default=0.05)
     ap.add_argument("--tta-shift", type=int, default=0)
     ap.add_argument("--tta-pairs", type=int, default=1)
     # worker options

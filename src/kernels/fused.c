@@ -1616,12 +1616,18 @@ static void place_tile(const struct tg_fused_exec *e, const int64_t *idx, tile *
     }
 }
 
-static int64_t out_offset(const struct tg_fused_exec *e, const tile *t)
+/* Tile t's origin through `stride` (a tile's origin is 0 after axis `first`). */
+static int64_t tile_offset(const struct tg_fused_exec *e, const int64_t *stride, const tile *t)
 {
     int64_t at = 0;
     for (int k = 0; k <= e->first; k++)
-        at += t->pos[k] * e->out_stride[k];
+        at += t->pos[k] * stride[k];
     return at;
+}
+
+static int64_t out_offset(const struct tg_fused_exec *e, const tile *t)
+{
+    return tile_offset(e, e->out_stride, t);
 }
 
 static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exec *e,
@@ -1651,10 +1657,7 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
 /* ---- a reduction's stored points ---------------------------------------------------------- */
 static int64_t store_offset(const struct tg_fused_exec *e, const tile *t)
 {
-    int64_t at = 0;
-    for (int k = 0; k <= e->first; k++)
-        at += t->pos[k] * e->store_stride[k];
-    return at;
+    return tile_offset(e, e->store_stride, t);
 }
 
 /* Where run_tile stores tile t's points: in the output's first block (`points`) when they

@@ -131,8 +131,12 @@ compiled-vs-eager)
     done
     "$compare" "$work/eager.3.ckpt" "$work/all.3.ckpt" 1e-4 ||
         die "after 3 steps, parameters, running estimates or optimizer state differ"
+    # The accuracy after 300 steps moves with the order of the sums alone: at this seed
+    # 98.30 eager, 98.19 and 97.67 compiled with two orders of a tile's float sums (98.5-98.7
+    # at seeds 1-5, within 0.16 of each other). Hence 1.0: a wrong gradient fails the two
+    # checks above long before it costs a point of accuracy.
     acc_e=$(value test_acc <"$work/eager.out") acc_c=$(value test_acc <"$work/all.out")
-    awk -v a="$acc_c" -v b="$acc_e" 'BEGIN { d = a - b; exit !(d < 0.5 && d > -0.5) }' ||
+    awk -v a="$acc_c" -v b="$acc_e" 'BEGIN { d = a - b; exit !(d < 1.0 && d > -1.0) }' ||
         die "test accuracy $acc_c compiled, $acc_e eager"
     echo "compiled-vs-eager: identical without reordering passes; with all passes the losses follow eager and test_acc is $acc_c against $acc_e"
     ;;

@@ -68,13 +68,13 @@ typedef struct {
 /* y[0 .. n) from the operands r[] (each a buffer or a scalar). No `restrict`: the output may
  * be an input's memory (an in-place kernel), read and written at the same index in the same
  * iteration, which `omp simd` allows. */
-typedef void (*op_fn)(void *y, const ref *r, int64_t n);
+typedef void (*op_fn)(void *y, const ref *const *r, int64_t n);
 
 #define UNARY(NAME, T, S, EXPR)                                                                 \
-    static void NAME##_##S(void *yv, const ref *r, int64_t n)                                   \
+    static void NAME##_##S(void *yv, const ref *const *r, int64_t n)                            \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *x = r[0].ptr;                                                                  \
+        const T *x = r[0]->ptr;                                                                 \
         SIMD for (int64_t i = 0; i < n; i++)                                                    \
         {                                                                                       \
             T u = x[i];                                                                         \
@@ -84,11 +84,11 @@ typedef void (*op_fn)(void *y, const ref *r, int64_t n);
 
 /* A NULL operand is its scalar. */
 #define BINARY(NAME, T, S, EXPR)                                                                \
-    static void NAME##_##S(void *yv, const ref *r, int64_t n)                                   \
+    static void NAME##_##S(void *yv, const ref *const *r, int64_t n)                            \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *a = r[0].ptr, *b = r[1].ptr;                                                   \
-        T as = (T)r[0].scalar, bs = (T)r[1].scalar;                                             \
+        const T *a = r[0]->ptr, *b = r[1]->ptr;                                                 \
+        T as = (T)r[0]->scalar, bs = (T)r[1]->scalar;                                           \
         if (a && b)                                                                             \
             SIMD for (int64_t i = 0; i < n; i++) {                                              \
                 T u = a[i], v = b[i];                                                           \
@@ -145,32 +145,33 @@ static inline double pick_f64(bool k, double u, double v)
 
 /* where(k, c, d); a scalar condition just picks a side. */
 #define WHERE(T, S)                                                                             \
-    static void where_##S(void *yv, const ref *r, int64_t n)                                    \
+    static void where_##S(void *yv, const ref *const *r, int64_t n)                             \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *k = r[0].ptr, *c = r[1].ptr, *d = r[2].ptr;                                    \
-        T cs = (T)r[1].scalar, ds = (T)r[2].scalar;                                             \
+        const T *k = r[0]->ptr, *c = r[1]->ptr, *d = r[2]->ptr;                                 \
+        T cs = (T)r[1]->scalar, ds = (T)r[2]->scalar;                                           \
         if (k)                                                                                  \
-            CHOOSE(S, k[i] != 0);                                                           \
-        else if (r[0].scalar != 0)                                                              \
-            CHOOSE(S, true);                                                                \
+            CHOOSE(S, k[i] != 0);                                                               \
+        else if (r[0]->scalar != 0)                                                             \
+            CHOOSE(S, true);                                                                    \
         else                                                                                    \
-            CHOOSE(S, false);                                                               \
+            CHOOSE(S, false);                                                                   \
     }
 
 /* where(a CMP b, c, d) in one pass: the comparison's 0/1 never stored. */
 #define SELECT(NAME, T, S, CMP)                                                                 \
-    static void NAME##_##S(void *yv, const ref *r, int64_t n)                                   \
+    static void NAME##_##S(void *yv, const ref *const *r, int64_t n)                            \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *a = r[0].ptr, *b = r[1].ptr, *c = r[2].ptr, *d = r[3].ptr;                     \
-        T as = (T)r[0].scalar, bs = (T)r[1].scalar, cs = (T)r[2].scalar, ds = (T)r[3].scalar;   \
+        const T *a = r[0]->ptr, *b = r[1]->ptr, *c = r[2]->ptr, *d = r[3]->ptr;                 \
+        T as = (T)r[0]->scalar, bs = (T)r[1]->scalar;                                           \
+        T cs = (T)r[2]->scalar, ds = (T)r[3]->scalar;                                           \
         if (a && b)                                                                             \
-            CHOOSE(S, a[i] CMP b[i]);                                                       \
+            CHOOSE(S, a[i] CMP b[i]);                                                           \
         else if (a)                                                                             \
-            CHOOSE(S, a[i] CMP bs);                                                         \
+            CHOOSE(S, a[i] CMP bs);                                                             \
         else                                                                                    \
-            CHOOSE(S, as CMP b[i]);                                                         \
+            CHOOSE(S, as CMP b[i]);                                                             \
     }
 
 /* (a - b) c and (a - b) c + d with b, d one value over the tile and c one value or (in
@@ -178,11 +179,11 @@ static inline double pick_f64(bool k, double u, double v)
  * commonest chains in the kernels. One loop instead of two or three, rounding after each
  * operation as the separate loops do (no contraction into a fused multiply-add: C11 mode). */
 #define SCALED(T, S)                                                                            \
-    static void sub_mul_##S(void *yv, const ref *r, int64_t n)                                  \
+    static void sub_mul_##S(void *yv, const ref *const *r, int64_t n)                           \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *a = r[0].ptr, *cp = r[2].ptr;                                                  \
-        T b = (T)r[1].scalar, c = (T)r[2].scalar;                                               \
+        const T *a = r[0]->ptr, *cp = r[2]->ptr;                                                \
+        T b = (T)r[1]->scalar, c = (T)r[2]->scalar;                                             \
         if (cp)                                                                                 \
             SIMD for (int64_t i = 0; i < n; i++) {                                              \
                 T t = a[i] - b;                                                                 \
@@ -194,11 +195,11 @@ static inline double pick_f64(bool k, double u, double v)
                 y[i] = t * c;                                                                   \
             }                                                                                   \
     }                                                                                           \
-    static void sub_mul_add_##S(void *yv, const ref *r, int64_t n)                              \
+    static void sub_mul_add_##S(void *yv, const ref *const *r, int64_t n)                       \
     {                                                                                           \
         T *y = yv;                                                                              \
-        const T *a = r[0].ptr;                                                                  \
-        T b = (T)r[1].scalar, c = (T)r[2].scalar, d = (T)r[3].scalar;                           \
+        const T *a = r[0]->ptr;                                                                 \
+        T b = (T)r[1]->scalar, c = (T)r[2]->scalar, d = (T)r[3]->scalar;                        \
         SIMD for (int64_t i = 0; i < n; i++)                                                    \
         {                                                                                       \
             T t = a[i] - b;                                                                     \
@@ -208,16 +209,16 @@ static inline double pick_f64(bool k, double u, double v)
     }
 
 #define COPY(T, S)                                                                              \
-    static void copy_##S(void *y, const ref *r, int64_t n)                                      \
+    static void copy_##S(void *y, const ref *const *r, int64_t n)                               \
     {                                                                                           \
-        memmove(y, r[0].ptr, (size_t)n * sizeof(T));                                            \
+        memmove(y, r[0]->ptr, (size_t)n * sizeof(T));                                           \
     }
 
 #define CAST(FROM, TO, NAME)                                                                    \
-    static void NAME(void *yv, const ref *r, int64_t n)                                         \
+    static void NAME(void *yv, const ref *const *r, int64_t n)                                  \
     {                                                                                           \
         TO *y = yv;                                                                             \
-        const FROM *x = r[0].ptr;                                                               \
+        const FROM *x = r[0]->ptr;                                                              \
         SIMD for (int64_t i = 0; i < n; i++) y[i] = (TO)x[i];                                   \
     }
 
@@ -324,11 +325,11 @@ static inline void copy_row(void *y, const void *x, size_t n)
  * overlapping the ones before. The row goes to `copies` places `pitch` apart: a window's
  * rows repeat it (made once, stored twice for a 2x2 window). */
 #define TWICE(T, S)                                                                             \
-    typedef T S##x8 __attribute__((vector_size(8 * sizeof(T))));                              \
-    typedef T S##x4 __attribute__((vector_size(4 * sizeof(T))));                              \
-    static inline void twice_##S(T *y, const T *x, int64_t n, int64_t copies, int64_t pitch)   \
+    typedef T S##x8 __attribute__((vector_size(8 * sizeof(T))));                                \
+    typedef T S##x4 __attribute__((vector_size(4 * sizeof(T))));                                \
+    static inline void twice_##S(T *y, const T *x, int64_t n, int64_t copies, int64_t pitch)    \
     {                                                                                           \
-        if (n >= 4 && n < 8) { /* a 7-window row: four and four, overlapping */                \
+        if (n >= 4 && n < 8) { /* a 7-window row: four and four, overlapping */                 \
             S##x4 v0, v1;                                                                       \
             memcpy(&v0, x, sizeof v0);                                                          \
             memcpy(&v1, x + n - 4, sizeof v1);                                                  \
@@ -419,7 +420,7 @@ TWICE(double, f64)
         int64_t n1 = ext[d - 1], s1 = stride[d - 1], n2 = ext[d - 2], s2 = stride[d - 2];       \
         int64_t pos[TG_FUSED_MAX_DIMS] = {0}, copies = 1;                                       \
         int top = d - 3; /* the odometer's innermost axis */                                    \
-        if (top >= j && stride[top] == 0 && s1 == 0 && n1 == 2 && s2 == 1 && n1 < n2)          \
+        if (top >= j && stride[top] == 0 && s1 == 0 && n1 == 2 && s2 == 1 && n1 < n2)           \
             copies = ext[top--];                                                                \
         for (;;) {                                                                              \
             if (copies > 1)                                                                     \
@@ -508,17 +509,17 @@ static double run_sum_f32(const float *x, int64_t n)
             m = (x[i] > m || x[i] != x[i]) ? x[i] : m;                                          \
         return m;                                                                               \
     }                                                                                           \
-    /* J windows side by side, each A rows of B points (a 2x2 pool's [a, j, b], rows J * B    \
-     * apart): window j folds into a[j], rows in order. Without branches (random data         \
-     * mispredicts every other comparison of a max) and NaN kept as the eager max keeps it:   \
-     * a NaN point wins, an accumulator that is NaN stays. */                                 \
-    static void fold_windows_##S(int op, double *acc, const T *x, T xs, int64_t A, int64_t J,    \
+    /* J windows side by side, each A rows of B points (a 2x2 pool's [a, j, b], rows J * B      \
+     * apart): window j folds into a[j], rows in order. Without branches (random data           \
+     * mispredicts every other comparison of a max) and NaN kept as the eager max keeps it:     \
+     * a NaN point wins, an accumulator that is NaN stays. */                                   \
+    static void fold_windows_##S(int op, double *acc, const T *x, T xs, int64_t A, int64_t J,   \
                                  int64_t B)                                                     \
     {                                                                                           \
         int64_t row = J * B;                                                                    \
         if (!x) {                                                                               \
             for (int64_t j = 0; j < J; j++)                                                     \
-                acc[j] = op == TG_OP_SUM ? acc[j] + (double)xs * (double)(A * B)               \
+                acc[j] = op == TG_OP_SUM ? acc[j] + (double)xs * (double)(A * B)                \
                          : ((double)xs > acc[j] || xs != xs) ? (double)xs : acc[j];             \
         } else if (op == TG_OP_SUM && A == 2 && B == 2) {                                       \
             const T *y = x + row;                                                               \
@@ -560,18 +561,18 @@ static double run_sum_f32(const float *x, int64_t n)
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
-    /* The same windows for a max that counts its ties (count_ties): each window's max d and  \
-     * the count c of its points equal to d merge into (acc[j], cnt[j]) (merge_count).      \
-     * A NaN window has count 0: NaN equals nothing. */                                       \
+    /* The same windows for a max that counts its ties (count_ties): each window's max d and    \
+     * the count c of its points equal to d merge into (acc[j], cnt[j]) (merge_count).          \
+     * A NaN window has count 0: NaN equals nothing. */                                         \
     static void fold_windows_count_##S(double *acc, double *cnt, const T *x, T xs, int64_t A,   \
                                        int64_t J, int64_t B)                                    \
     {                                                                                           \
         int64_t row = J * B;                                                                    \
         if (!x) {                                                                               \
             for (int64_t j = 0; j < J; j++)                                                     \
-                merge_count(&acc[j], &cnt[j], xs, xs == xs ? (double)(A * B) : 0.0);           \
+                merge_count(&acc[j], &cnt[j], xs, xs == xs ? (double)(A * B) : 0.0);            \
         } else if (A == 2 && B == 2) {                                                          \
-            /* Windows first, in T alone, then their merges on doubles: two loops that         \
+            /* Windows first, in T alone, then their merges on doubles: two loops that          \
              * vectorize; a chunk of windows at a time. */                                      \
             const T *y = x + row;                                                               \
             T v[64], c[64];                                                                     \
@@ -608,13 +609,13 @@ static double run_sum_f32(const float *x, int64_t n)
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
-    /* fold_run's max, counting ties: a reduced run is one piece (its max and count), a kept   \
-     * run's points are pieces of one point each. */                                          \
+    /* fold_run's max, counting ties: a reduced run is one piece (its max and count), a kept    \
+     * run's points are pieces of one point each. */                                            \
     static void fold_run_count_##S(bool reduced, double *a, double *cnt, const T *x, T xs,      \
                                    int64_t n)                                                   \
     {                                                                                           \
         if (reduced && !x) {                                                                    \
-            merge_count(a, cnt, xs, xs == xs ? (double)n : 0.0);                               \
+            merge_count(a, cnt, xs, xs == xs ? (double)n : 0.0);                                \
         } else if (reduced) {                                                                   \
             T m = (T)run_max_##S(x, n);                                                         \
             double c = 0;                                                                       \
@@ -684,10 +685,11 @@ struct tg_fused_exec {
     int ndim; /* >= 2 */
     int64_t shape[TG_FUSED_MAX_DIMS];
     int64_t stride[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
-    /* Per load, the axes up to `first` along which it moves: the only ones a tile's offset
-     * depends on (load_offset). */
+    /* Per load, the axes up to `first` along which it moves: the only ones a tile's origin
+     * depends on (load_at), and its steps along them in bytes. */
     int n_moving[TG_FUSED_MAX_LOADS];
     int moving[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
+    int64_t moving_bytes[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
     int64_t out_stride[TG_FUSED_MAX_DIMS]; /* 0 along reduced axes */
     /* A reduction that stores (tg_fused_program.stores): where its points go, and whether a
      * tile's points are contiguous there (the stored value may then be made in place). */
@@ -1240,14 +1242,16 @@ static double scalar_result(const tg_fused_program *p, const step *s, const ref 
         double d;
     } arg[4], out;
     ref r[4];
+    const ref *rp[4];
     for (int a = 0; a < s->n_args; a++) {
         if (value_dtype(p, s->arg[a]) == TG_F64)
             arg[a].d = val[s->arg[a]].scalar;
         else
             arg[a].f = (float)val[s->arg[a]].scalar;
         r[a] = (ref){&arg[a], 0};
+        rp[a] = &r[a];
     }
-    s->fn(&out, r, 1);
+    s->fn(&out, rp, 1);
     return in->dtype == TG_F64 ? out.d : out.f;
 }
 
@@ -1452,8 +1456,11 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     choose_tile(e, p->n_loads);
     for (int l = 0; l < p->n_loads; l++)
         for (int k = 0; k <= e->first; k++)
-            if (e->stride[l][k] != 0 && e->shape[k] > 1)
+            if (e->stride[l][k] != 0 && e->shape[k] > 1) {
+                e->moving_bytes[l][e->n_moving[l]] =
+                    e->stride[l][k] * (int64_t)elem_size(p->load[l].dtype);
                 e->moving[l][e->n_moving[l]++] = k;
+            }
     e->store_in_place = p->stores && box_in_place(e, e->store_stride);
     classify(p, e);
     compute_constants(p, e);
@@ -1476,16 +1483,15 @@ void tg_fused_release(void *payload)
 }
 
 /* ---- running -------------------------------------------------------------------------------- */
-/* A tile's origin is 0 after axis `first` (place_tile), so only the axes up to it along
- * which the load moves count. */
-static int64_t load_offset(const tg_fused_load *ld, const struct tg_fused_exec *e, int l,
+/* Where load l's points for tile t begin, from `first`, where they begin for the tile at
+ * the origin (tg_fused_run). A tile's origin is 0 after axis `first` (place_tile), so only
+ * the axes up to it along which the load moves count. */
+static const char *load_at(const struct tg_fused_exec *e, int l, const char *const *first,
                            const tile *t)
 {
-    int64_t at = ld->offset;
-    for (int i = 0; i < e->n_moving[l]; i++) {
-        int k = e->moving[l][i];
-        at += t->pos[k] * e->stride[l][k];
-    }
+    const char *at = first[l];
+    for (int i = 0; i < e->n_moving[l]; i++)
+        at += t->pos[e->moving[l][i]] * e->moving_bytes[l][i];
     return at;
 }
 
@@ -1538,12 +1544,11 @@ static __attribute__((noinline)) void *gather_load(const tg_fused_program *p,
 }
 
 static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, int l,
-                     const void *const *in, char *scratch, void *out, const tile *t,
+                     const char *const *first, char *scratch, void *out, const tile *t,
                      const tile *next, ref *val)
 {
     const tg_fused_load *ld = &p->load[l];
-    int64_t size = (int64_t)elem_size(ld->dtype);
-    const char *base = (const char *)in[ld->input] + load_offset(ld, e, l, t) * size;
+    const char *base = load_at(e, l, first, t);
     ref *v = &val[l];
     v->ptr = NULL;
     if (e->kind[l] == V_SCALAR) {
@@ -1555,8 +1560,8 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
          * its points now, so that they arrive while this tile computes (every other line:
          * the hardware fetches line pairs). Where it does read on, the hardware keeps up,
          * and asking as well only fills the queue of outstanding requests. */
-        const char *ahead = next ? (const char *)in[ld->input] + load_offset(ld, e, l, next) * size
-                                 : NULL;
+        int64_t size = (int64_t)elem_size(ld->dtype);
+        const char *ahead = next ? load_at(e, l, first, next) : NULL;
         if (ahead && ahead != base + t->count * size) {
             int64_t bytes = next->count * size;
             for (int64_t b = 0; b < bytes; b += 128)
@@ -1577,14 +1582,9 @@ static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, con
         r->scalar = scalar_result(p, s, val);
         return;
     }
-    ref args[4];
-    for (int a = 0; a < s->n_args; a++) { /* field by field: each load then meets the one
-                                               store that wrote it (a whole-struct copy
-                                               stalls on store forwarding, every op of
-                                               every tile) */
-        args[a].ptr = val[s->arg[a]].ptr;
-        args[a].scalar = val[s->arg[a]].scalar;
-    }
+    const ref *args[4];
+    for (int a = 0; a < s->n_args; a++)
+        args[a] = &val[s->arg[a]];
     void *y = kind == V_OUT ? out : scratch + (size_t)e->slot[s->value] * e->slot_bytes;
     s->fn(y, args, t->count);
     r->ptr = y;
@@ -1601,13 +1601,13 @@ static void set_constants(const tg_fused_program *p, const struct tg_fused_exec 
  * without a reduction; a reduction's stored value where the tile is contiguous there): it
  * is stored there unless it was made there. */
 static void run_tile(const tg_fused_program *p, const struct tg_fused_exec *e,
-                     const void *const *in, char *scratch, void *out, const tile *t,
+                     const char *const *first, char *scratch, void *out, const tile *t,
                      const tile *next, ref *val)
 {
     for (int s = 0; s < e->n_steps; s++) {
         const step *st = &e->steps[s];
         if (st->value < p->n_loads)
-            run_load(p, e, st->value, in, scratch, out, t, next, val);
+            run_load(p, e, st->value, first, scratch, out, t, next, val);
         else
             run_op(p, e, st, scratch, out, t, val);
     }
@@ -1683,7 +1683,7 @@ static int64_t out_offset(const struct tg_fused_exec *e, const tile *t)
 }
 
 static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exec *e,
-                            const void *const *in, char *scratch, char *out, int64_t u0,
+                            const char *const *first, char *scratch, char *out, int64_t u0,
                             int64_t u1)
 {
     tile tiles[2], *t = &tiles[0], *next = &tiles[1]; /* swapped, not copied: a tile is
@@ -1701,7 +1701,7 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
             advance(e, e->kept, e->n_kept, idx);
             place_tile(e, idx, next);
         }
-        run_tile(p, e, in, scratch, out + out_offset(e, t) * (int64_t)elem, t,
+        run_tile(p, e, first, scratch, out + out_offset(e, t) * (int64_t)elem, t,
                  more ? next : NULL, val);
     }
 }
@@ -1723,7 +1723,7 @@ static void *store_at(const tg_fused_program *p, const struct tg_fused_exec *e, 
 }
 
 #define SCATTER_ROW(T)                                                                          \
-    static void scatter_row_##T(T *y, int64_t stride, const T *x, T scalar, int64_t n)         \
+    static void scatter_row_##T(T *y, int64_t stride, const T *x, T scalar, int64_t n)          \
     {                                                                                           \
         for (int64_t i = 0; i < n; i++)                                                         \
             y[i * stride] = x ? x[i] : scalar;                                                  \
@@ -1865,7 +1865,7 @@ static void store_results(const tg_fused_program *p, const struct tg_fused_exec 
 /* Each unit is a box of output elements, contiguous in the output; its tiles are folded in
  * one fixed order. */
 static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec *e,
-                          const void *const *in, char *scratch, void *out, char *points,
+                          const char *const *first, char *scratch, void *out, char *points,
                           int64_t block_numel, int64_t u0, int64_t u1)
 {
     tile tiles[2], *t = &tiles[0], *next = &tiles[1];
@@ -1886,7 +1886,7 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
             bool more = r + 1 < e->n_red_tiles;
             if (more)
                 place_tile(e, idx, next);
-            run_tile(p, e, in, scratch, store_at(p, e, points, t), t, more ? next : NULL, val);
+            run_tile(p, e, first, scratch, store_at(p, e, points, t), t, more ? next : NULL, val);
             scatter_store(p, e, points, t, &val[p->store]);
             fold_results(p, e, t, acc, val);
         }
@@ -1900,7 +1900,7 @@ static void run_reduction(const tg_fused_program *p, const struct tg_fused_exec 
  * channel, a reduced tile an image), the tiles are then visited as memory lies and every
  * unit's accumulators stay live at once (interleave_units says it fits). */
 static void run_reduction_interleaved(const tg_fused_program *p, const struct tg_fused_exec *e,
-                                      const void *const *in, char *scratch, void *out,
+                                      const char *const *first, char *scratch, void *out,
                                       char *points, int64_t block_numel, int64_t u0,
                                       int64_t u1)
 {
@@ -1930,7 +1930,7 @@ static void run_reduction_interleaved(const tg_fused_program *p, const struct tg
                 }
                 place_tile(e, idx, next);
             }
-            run_tile(p, e, in, scratch, store_at(p, e, points, t), t, more ? next : NULL, val);
+            run_tile(p, e, first, scratch, store_at(p, e, points, t), t, more ? next : NULL, val);
             scatter_store(p, e, points, t, &val[p->store]);
             fold_results(p, e, t, acc + u * per_unit, val);
         }
@@ -1964,16 +1964,20 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     int64_t stored = p->stores ? points : 0, block_numel = (n->numel - stored) / result_blocks(p);
     char *stores = p->stores ? out : NULL;
     char *folds = (char *)out + stored * (int64_t)elem_size(n->dtype);
+    const char *first[TG_FUSED_MAX_LOADS]; /* each load's point at the origin tile's origin */
+    for (int l = 0; l < p->n_loads; l++)
+        first[l] = (const char *)in[p->load[l].input] +
+                   p->load[l].offset * (int64_t)elem_size(p->load[l].dtype);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int th = 0; th < threads; th++) {
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
         char *mine = (char *)scratch + (size_t)th * block;
         if (reduce && e->interleave_units)
-            run_reduction_interleaved(p, e, in, mine, folds, stores, block_numel, u0, u1);
+            run_reduction_interleaved(p, e, first, mine, folds, stores, block_numel, u0, u1);
         else if (reduce)
-            run_reduction(p, e, in, mine, folds, stores, block_numel, u0, u1);
+            run_reduction(p, e, first, mine, folds, stores, block_numel, u0, u1);
         else
-            run_elementwise(p, e, in, mine, out, u0, u1);
+            run_elementwise(p, e, first, mine, out, u0, u1);
     }
 }
 

@@ -297,11 +297,13 @@ static int build_batchnorm(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg
 
 START_TEST(batchnorm_statistics_and_normalize)
 {
-    /* planes of 63 points (tiles span channels: the statistics are gathered) and of 576
+    /* planes of 63 points (tiles span channels: the statistics are gathered), of 576
      * (a tile is one plane, as two do not fit: the statistics are one value per tile, and
-     * (x - mean) * scale + shift is one loop, sub_mul_add) */
-    const int64_t shapes[][4] = {{6, 3, 7, 9}, {2, 3, 24, 24}};
-    for (int d = 0; d < 4; d++) {
+     * (x - mean) * scale + shift is one loop, sub_mul_add), and of 100 and 144: a tile is
+     * several planes, the statistics one value per plane (segmented), 10 planes a tile over
+     * 13 channels (the last tile of 3) and 7 a tile over 5 (one tile, not full) */
+    const int64_t shapes[][4] = {{6, 3, 7, 9}, {2, 3, 24, 24}, {3, 13, 10, 10}, {2, 5, 12, 12}};
+    for (int d = 0; d < 8; d++) {
         const int64_t *sh = shapes[d / 2];
         fuse_case c = {.dt = d % 2 ? TG_F64 : TG_F32, .n_in = 4, .build = build_batchnorm};
         c.in[0] = (input_spec){"x", 4, {sh[0], sh[1], sh[2], sh[3]}, -1, 3, false};
@@ -326,6 +328,45 @@ START_TEST(batchnorm_statistics_and_normalize)
         if (passes != 3)
             print_kernels(g);
         ck_assert_msg(passes == 3, "%d passes of sums over (N, H, W), not 3", passes);
+        if (d >= 4 && !has_kernel(g, "planes a tile)"))
+            print_kernels(g);
+        ck_assert_msg(d < 4 || has_kernel(g, "planes a tile)"), "no segmented tiles");
+        tg_plan_free(fused);
+        traced_free(&t);
+    }
+}
+END_TEST
+
+/* ---- segmented tiles ---------------------------------------------------------------------- */
+/* Planes of 100 points, 10 to a tile, with per-channel values one per plane: loaded (s),
+ * computed per plane inside the kernel (exp(s), s * t), compared (where), in a product
+ * with a plane's points, and summed per channel (a reduction folding a tile's planes into
+ * their channels). 13 channels: the last tile has 3 planes. */
+static int build_segmented(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0], *s = in[1], *t = in[2];
+    tg_tensor *y = tg_add(tg_mul(x, tg_exp(s)), tg_mul(s, t));
+    out[0] = tg_where(tg_lt(y, s), tg_mul(y, t), x);
+    out[1] = tg_sum(tg_mul(tg_sub(x, s), y), 3, (const int[]){0, 2, 3}, true);
+    return out[1] ? 2 : -1;
+}
+
+START_TEST(segmented_tiles)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 3, .build = build_segmented};
+        c.in[0] = (input_spec){"x", 4, {3, 13, 10, 10}, -2, 2, false};
+        c.in[1] = (input_spec){"s", 4, {1, 13, 1, 1}, -1, 1, false};
+        c.in[2] = (input_spec){"t", 4, {1, 13, 1, 1}, 0.5, 2, false};
+        c.tol = tol_for(c.dt, false);
+        traced t;
+        trace_case(&t, &c, 5);
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        if (count_kernels(g, "(10 planes a tile)") != 2)
+            print_kernels(g);
+        ck_assert_msg(count_kernels(g, "(10 planes a tile)") == 2, "not two segmented kernels");
         tg_plan_free(fused);
         traced_free(&t);
     }
@@ -939,6 +980,10 @@ START_TEST(threads_bit_identical)
         bn.in[2] = (input_spec){"gamma", 1, {4}, 0.5, 1.5, false};
         bn.in[3] = (input_spec){"beta", 1, {4}, -0.5, 0.5, false};
         check_threads(&bn);
+        /* 14x14 planes, 5 a tile (segmented), 24 channels: units of 5, 5, 5, 5 and 4 */
+        bn.in[0].shape[1] = bn.in[1].shape[1] = bn.in[2].shape[0] = bn.in[3].shape[0] = 24;
+        bn.in[0].shape[2] = bn.in[1].shape[2] = bn.in[0].shape[3] = bn.in[1].shape[3] = 14;
+        check_threads(&bn);
         fuse_case step = {.dt = d ? TG_F64 : TG_F32, .n_in = 2, .build = build_step,
                           .setup = setup_net, .param = 28};
         step.in[0] = (input_spec){"x", 4, {16, 1, 28, 28}, 0, 1, false};
@@ -1001,6 +1046,46 @@ static int hand_graph(tg_graph *g, tg_fused_program *prog, int64_t out_numel)
     return tg_graph_add(g, &f);
 }
 
+/* A value computed per plane inside a segmented tile: y = x exp(s), s[c] = x[0, c, 0, 0],
+ * x [2, 6, 8, 8] (planes of 64 points, all 6 channels of an image in a tile): exp runs once
+ * per plane, on that plane's s. */
+START_TEST(executor_per_plane_values)
+{
+    enum { N = 2, C = 6, P = 64 };
+    tg_graph g;
+    tg_graph_init(&g);
+    double *data = malloc(N * C * P * sizeof *data);
+    for (int i = 0; i < N * C * P; i++)
+        data[i] = 0.01 * (i % 97) - 0.4;
+    tg_ir_node leaf = {.op = TG_OP_LEAF, .dtype = TG_F64, .ndim = 4, .shape = {N, C, 8, 8},
+                       .leaf = TG_LEAF_CONST, .data = data, .tape_id = SIZE_MAX};
+    int x = tg_graph_add(&g, &leaf);
+    tg_fused_program *p = tg_fused_program_new();
+    *p = (tg_fused_program){.ndim = 3, .shape = {N, C, P}, .reduce_op = TG_OP_LEAF,
+                            .n_loads = 2, .n_instrs = 2, .result = 3};
+    p->load[0] = (tg_fused_load){.input = 0, .dtype = TG_F64, .stride = {C * P, P, 1}};
+    p->load[1] = (tg_fused_load){.input = 0, .dtype = TG_F64, .stride = {0, P, 0}};
+    p->instr[0] = (tg_fused_instr){.op = TG_OP_EXP, .dtype = TG_F64, .arg = {1}};
+    p->instr[1] = (tg_fused_instr){.op = TG_OP_MUL, .dtype = TG_F64, .arg = {0, 2}};
+    tg_ir_node fn = {.op = TG_PLAN_OP_FUSED, .dtype = TG_F64, .ndim = 1, .shape = {N * C * P},
+                     .n_in = 1, .in = {x}, .payload = p, .tape_id = SIZE_MAX};
+    int f = tg_graph_add(&g, &fn);
+    ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), 0);
+    char what[128];
+    tg_fused_describe(&g.nodes[f], what, sizeof what);
+    ck_assert_str_eq(what, "fused{exp mul} (6 planes a tile)");
+    double *y = malloc(N * C * P * sizeof *y);
+    void *scratch = aligned_alloc(64, g.nodes[f].scratch_bytes ? g.nodes[f].scratch_bytes : 64);
+    const void *in[1] = {data};
+    tg_fused_run(&g.nodes[f], y, in, scratch);
+    for (int i = 0; i < N * C * P; i++)
+        ck_assert_double_eq(y[i], data[i] * exp(data[i / P % C * P]));
+    free(y);
+    free(scratch);
+    tg_graph_free(&g);
+}
+END_TEST
+
 START_TEST(executor_hand_programs)
 {
     /* y[j] = max_i (x[i, j] * 2 - 1), read transposed: iteration [3, 2], reduce axis 1 */
@@ -1056,6 +1141,7 @@ int main(void)
     tcase_add_test(tc, sums_of_linear_combinations);
     tcase_add_test(tc, movement_views);
     tcase_add_test(tc, scaled_differences);
+    tcase_add_test(tc, segmented_tiles);
     tcase_add_test(tc, stores_in_reductions);
     tcase_add_test(tc, where_lt_eq_cast);
     tcase_add_test(tc, empty_and_single_values);
@@ -1063,6 +1149,7 @@ int main(void)
     tcase_add_test(tc, threads_bit_identical);
     tcase_add_test(tc, planted_wrong_instruction_is_caught);
     tcase_add_test(tc, executor_hand_programs);
+    tcase_add_test(tc, executor_per_plane_values);
     suite_add_tcase(s, tc);
     return tg_run_suite(s);
 }

@@ -33,6 +33,8 @@
 #include <string.h>
 
 #define TILE 1024 /* points per tile */
+#define SEGMENT_MIN 64 /* the planes of a segmented tile (choose_tile): enough points for */
+#define SEGMENT_MAX 256 /* a vector loop per plane, few enough for four planes or more */
 #define MAX_VALUES (TG_FUSED_MAX_LOADS + TG_FUSED_MAX_INSTRS)
 #define SIMD _Pragma("omp simd")
 
@@ -59,10 +61,12 @@ static double block_init(const tg_fused_program *p, int block)
 }
 
 /* ---- the loops --------------------------------------------------------------------------- */
-/* A value inside one tile: a pointer to its points, packed, or a scalar. */
+/* A value inside one tile: a pointer to its points, packed, a scalar, or one scalar per
+ * segment of the tile (V_SEGMENT). */
 typedef struct {
-    const void *ptr; /* NULL: the value is `scalar` */
+    const void *ptr; /* NULL: the value is `scalar`, or seg[] */
     double scalar;
+    const double *seg;
 } ref;
 
 /* y[0 .. n) from the operands r[] (each a buffer or a scalar). No `restrict`: the output may
@@ -671,6 +675,8 @@ enum {
     V_OUT,      /* the kernel's result, written straight into the output */
     V_FOLDED,   /* computed by the step that reads it: a comparison by its where, a
                    difference by its multiply, a scaled difference by its add */
+    V_SEGMENT,  /* one value per segment of a segmented tile (a channel's mean in a tile of
+                   several channels' planes): a scalar to each step, run segment by segment */
 };
 
 /* What a tile does to make one value: fill a load, or run fn on the operands. */
@@ -679,6 +685,7 @@ typedef struct {
     op_fn fn;
     int n_args;
     int arg[4];
+    bool segmented; /* an operand is V_SEGMENT: fn runs once per segment */
 } step;
 
 struct tg_fused_exec {
@@ -698,6 +705,14 @@ struct tg_fused_exec {
     uint32_t reduced;                      /* reduced axes, in this order */
     int first;                             /* the tile: a chunk of axis first, all after it */
     int64_t chunk, capacity;               /* the chunk's length, the most points in a tile */
+    /* Segmented tiles: a chunk of several planes (the points after axis first), with loads
+     * that are one value per plane (V_SEGMENT; see choose_tile). seg_step: such a load's
+     * step from plane to plane in bytes; its values live in scratch from seg_offset on,
+     * chunk doubles per V_SEGMENT value (slot[] numbers them). */
+    bool segmented;
+    int64_t seg_step[TG_FUSED_MAX_LOADS];
+    int seg_slot[MAX_VALUES];
+    size_t seg_offset;
     int64_t grid[TG_FUSED_MAX_DIMS];       /* tiles along axes 0 .. first */
     int n_kept, n_red;
     int kept[TG_FUSED_MAX_DIMS], red[TG_FUSED_MAX_DIMS]; /* grid axes, outer first */
@@ -1012,15 +1027,29 @@ static bool in_place_below(const struct tg_fused_exec *e, int n_loads, int k)
 /* As many whole trailing axes as fit in TILE points, and a chunk of the next one (a long
  * innermost axis is cut into equal chunks). When the whole trailing axes already make a
  * tile of TILE / 8 points or more and a load is one value over them but not along the next
- * axis, the tile stops there: the load stays one value per tile instead of a gather. */
-static void choose_tile(struct tg_fused_exec *e, int n_loads)
+ * axis, the tile stops there: the load stays one value per tile instead of a gather.
+ * With `segments`, where the innermost axis is a plane of SEGMENT_MIN .. SEGMENT_MAX points
+ * and such a load is one value per plane (batch norm's per-channel values over 14x14
+ * planes), the tile is a chunk of planes instead, the load one value per plane (V_SEGMENT):
+ * the work of a tile (placing it, its loads' origins, its fold's bookkeeping) is then shared
+ * by several planes, where one 196-point plane a tile spent as much on it as on arithmetic.
+ * Not where some load would be gathered instead of read in place (in_place_below). */
+static void choose_tile(struct tg_fused_exec *e, int n_loads, bool segments)
 {
     int d = e->ndim, k = d - 1;
     int64_t inner = 1;
-    while (k > 0 && inner * e->shape[k] <= TILE)
+    if (segments && e->shape[k] >= SEGMENT_MIN && e->shape[k] <= SEGMENT_MAX &&
+        e->shape[k - 1] > 1 && scalar_below(e, n_loads, k - 1) &&
+        !in_place_below(e, n_loads, k - 1)) {
+        inner = e->shape[k--]; /* planes of the innermost axis, a chunk of them */
+        e->segmented = true;
+    }
+    while (!e->segmented && k > 0 && inner * e->shape[k] <= TILE)
         inner *= e->shape[k--];
     e->first = k;
-    if (inner * e->shape[k] <= TILE) {
+    if (e->segmented) {
+        e->chunk = TILE / inner < e->shape[k] ? TILE / inner : e->shape[k];
+    } else if (inner * e->shape[k] <= TILE) {
         e->chunk = e->shape[k];
     } else if (k == d - 1) {
         int64_t pieces = (e->shape[k] + TILE - 1) / TILE;
@@ -1074,9 +1103,10 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads)
 }
 
 /* ---- values in a tile --------------------------------------------------------------------- */
+/* One value over the points a step runs on (a segmented step runs per segment). */
 static bool uniform(const struct tg_fused_exec *e, int v)
 {
-    return e->kind[v] == V_SCALAR || e->kind[v] == V_CONST;
+    return e->kind[v] == V_SCALAR || e->kind[v] == V_CONST || e->kind[v] == V_SEGMENT;
 }
 
 /* Which operand of instruction i, a MUL, is a folded difference; -1 if none. */
@@ -1150,10 +1180,15 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
     int uses[MAX_VALUES] = {0};
     for (int l = 0; l < p->n_loads; l++) {
         /* Over the tile's box: all zero strides, or the box's own row-major strides. */
-        bool scalar = true;
-        for (int j = e->ndim - 1; j >= e->first; j--)
+        bool scalar = true, per_plane = e->segmented;
+        for (int j = e->ndim - 1; j >= e->first; j--) {
             scalar &= e->stride[l][j] == 0 || (j == e->first ? e->chunk : e->shape[j]) == 1;
-        e->kind[l] = scalar ? V_SCALAR : box_in_place(e, e->stride[l]) ? V_IN_PLACE : V_SLOT;
+            per_plane &= j == e->first || e->stride[l][j] == 0 || e->shape[j] == 1;
+        }
+        e->kind[l] = scalar      ? V_SCALAR
+                     : per_plane ? V_SEGMENT
+                     : box_in_place(e, e->stride[l]) ? V_IN_PLACE
+                                                     : V_SLOT;
     }
     for (int i = 0; i < p->n_instrs; i++) {
         const tg_fused_instr *in = &p->instr[i];
@@ -1163,7 +1198,9 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
             uses[in->arg[a]]++;
             if (k == V_SCALAR && kind == V_CONST)
                 kind = V_SCALAR;
-            else if (k != V_CONST && k != V_SCALAR)
+            else if (k == V_SEGMENT && (kind == V_CONST || kind == V_SCALAR))
+                kind = V_SEGMENT;
+            else if (k != V_CONST && k != V_SCALAR && k != V_SEGMENT)
                 kind = V_SLOT;
         }
         e->kind[p->n_loads + i] = kind;
@@ -1231,8 +1268,12 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
     return s;
 }
 
-/* A step on scalars, through its own loop, so it rounds as the loop does. */
-static double scalar_result(const tg_fused_program *p, const step *s, const ref *val)
+/* The scalar an operand is for segment g (-1: not segmented). */
+static double scalar_of(const ref *v, int64_t g) { return v->seg && g >= 0 ? v->seg[g] : v->scalar; }
+
+/* A step on scalars (those of segment g, for V_SEGMENT operands), through its own loop, so
+ * it rounds as the loop does. */
+static double scalar_result(const tg_fused_program *p, const step *s, const ref *val, int64_t g)
 {
     const tg_fused_instr *in = &p->instr[s->value - p->n_loads];
     if (in->op == TG_OP_LEAF)
@@ -1245,10 +1286,10 @@ static double scalar_result(const tg_fused_program *p, const step *s, const ref 
     const ref *rp[4];
     for (int a = 0; a < s->n_args; a++) {
         if (value_dtype(p, s->arg[a]) == TG_F64)
-            arg[a].d = val[s->arg[a]].scalar;
+            arg[a].d = scalar_of(&val[s->arg[a]], g);
         else
-            arg[a].f = (float)val[s->arg[a]].scalar;
-        r[a] = (ref){&arg[a], 0};
+            arg[a].f = (float)scalar_of(&val[s->arg[a]], g);
+        r[a] = (ref){&arg[a], 0, NULL};
         rp[a] = &r[a];
     }
     s->fn(&out, rp, 1);
@@ -1263,8 +1304,8 @@ static void compute_constants(const tg_fused_program *p, struct tg_fused_exec *e
         if (e->kind[v] != V_CONST)
             continue;
         step s = make_step(p, e, i);
-        e->constant[v] = scalar_result(p, &s, val);
-        val[v] = (ref){NULL, e->constant[v]};
+        e->constant[v] = scalar_result(p, &s, val, -1);
+        val[v] = (ref){NULL, e->constant[v], NULL};
     }
 }
 
@@ -1334,7 +1375,19 @@ static void schedule(const tg_fused_program *p, struct tg_fused_exec *e)
             widest = sizeof(double);
     size_t tile_bytes = (size_t)e->capacity * widest;
     e->slot_bytes = (tile_bytes + 63) / 64 * 64;
-    e->acc_offset = (size_t)n_slots * e->slot_bytes;
+    /* Segment values each keep their own chunk of doubles (a few per program). */
+    int n_segs = 0;
+    for (int v = 0; v < n_values; v++)
+        e->seg_slot[v] = e->kind[v] == V_SEGMENT ? n_segs++ : -1;
+    for (int i = 0; i < e->n_steps; i++) {
+        step *st = &e->steps[i];
+        st->segmented = false;
+        for (int a = 0; a < st->n_args && e->kind[st->value] != V_SEGMENT; a++)
+            st->segmented |= e->kind[st->arg[a]] == V_SEGMENT;
+    }
+    e->seg_offset = (size_t)n_slots * e->slot_bytes;
+    e->acc_offset = e->seg_offset + ((size_t)n_segs * (size_t)e->chunk * sizeof(double) + 63) /
+                                        64 * 64;
 }
 
 /* Index tables for the gathered loads whose innermost run is short or strided (a long
@@ -1420,6 +1473,67 @@ static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec
     return (e->acc_offset + acc + 63) / 64 * 64;
 }
 
+/* Whether the axes [reduced, kept, reduced] (collapsed in the program's own order) suit a
+ * tile of several planes: planes of the last axis, several of the kept one (batch norm's
+ * sums over (0, 2, 3): [N, C, H W]), each plane a run folded into its channel's sums, and
+ * per-channel values one per plane (segmented). */
+static bool plane_order(const axes *y)
+{
+    return y->ndim == 3 && y->stride[0][0] == 0 && y->shape[0] > 1 && y->stride[0][1] != 0 &&
+           y->stride[0][2] == 0 && y->shape[2] >= SEGMENT_MIN && y->shape[2] <= SEGMENT_MAX;
+}
+
+/* The iteration space, the tile and every value's kind. With `segments` the tile may be
+ * segmented (choose_tile); false when it would be and the program does not suit that (a
+ * value one per plane is a result, a pooling fold, tie counts): lay out again without. */
+static bool lay_out(const tg_fused_program *p, struct tg_fused_exec *e, bool segments)
+{
+    axes x;
+    program_axes(p, &x);
+    bool reduce = p->reduce_op != TG_OP_LEAF, by_planes = false;
+    if (reduce && windows_in_tile(&x, p->reduce_mask)) {
+        order_windows(&x, p->reduce_mask);
+    } else if (reduce) {
+        axes y = x;
+        collapse(&y);
+        by_planes = segments && !p->count_ties && plane_order(&y);
+        if (!by_planes)
+            reorder(&x, p->reduce_mask);
+    }
+    collapse(&x);
+    e->ndim = x.ndim;
+    memcpy(e->shape, x.shape, sizeof e->shape);
+    memcpy(e->out_stride, x.stride[0], sizeof e->out_stride);
+    for (int l = 0; l < p->n_loads; l++)
+        memcpy(e->stride[l], x.stride[1 + l], sizeof e->stride[l]);
+    if (p->stores)
+        memcpy(e->store_stride, x.stride[1 + p->n_loads], sizeof e->store_stride);
+    for (int k = 0; k < e->ndim; k++)
+        if (reduce && e->out_stride[k] == 0 && e->shape[k] > 1)
+            e->reduced |= 1u << k;
+    choose_tile(e, p->n_loads, segments);
+    if (by_planes && e->chunk == 1) /* one plane per tile: the usual order is better */
+        return false;
+    for (int l = 0; l < p->n_loads; l++) {
+        for (int k = 0; k <= e->first; k++)
+            if (e->stride[l][k] != 0 && e->shape[k] > 1) {
+                e->moving_bytes[l][e->n_moving[l]] =
+                    e->stride[l][k] * (int64_t)elem_size(p->load[l].dtype);
+                e->moving[l][e->n_moving[l]++] = k;
+            }
+        e->seg_step[l] = e->stride[l][e->first] * (int64_t)elem_size(p->load[l].dtype);
+    }
+    e->store_in_place = p->stores && box_in_place(e, e->store_stride);
+    classify(p, e);
+    if (!e->segmented)
+        return true;
+    bool suits = !e->fold_windows && !p->count_ties && e->kind[p->result] != V_SEGMENT &&
+                 !(p->stores && e->kind[p->store] == V_SEGMENT);
+    for (int r = 0; r < p->n_more; r++)
+        suits &= e->kind[p->more[r]] != V_SEGMENT;
+    return suits;
+}
+
 int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
 {
     tg_fused_program *p = n->payload;
@@ -1436,33 +1550,10 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     memset(e, 0, sizeof *e);
     p->exec = e;
 
-    axes x;
-    program_axes(p, &x);
-    if (p->reduce_op != TG_OP_LEAF && windows_in_tile(&x, p->reduce_mask))
-        order_windows(&x, p->reduce_mask);
-    else if (p->reduce_op != TG_OP_LEAF)
-        reorder(&x, p->reduce_mask);
-    collapse(&x);
-    e->ndim = x.ndim;
-    memcpy(e->shape, x.shape, sizeof e->shape);
-    memcpy(e->out_stride, x.stride[0], sizeof e->out_stride);
-    for (int l = 0; l < p->n_loads; l++)
-        memcpy(e->stride[l], x.stride[1 + l], sizeof e->stride[l]);
-    if (p->stores)
-        memcpy(e->store_stride, x.stride[1 + p->n_loads], sizeof e->store_stride);
-    for (int k = 0; k < e->ndim; k++)
-        if (p->reduce_op != TG_OP_LEAF && e->out_stride[k] == 0 && e->shape[k] > 1)
-            e->reduced |= 1u << k;
-    choose_tile(e, p->n_loads);
-    for (int l = 0; l < p->n_loads; l++)
-        for (int k = 0; k <= e->first; k++)
-            if (e->stride[l][k] != 0 && e->shape[k] > 1) {
-                e->moving_bytes[l][e->n_moving[l]] =
-                    e->stride[l][k] * (int64_t)elem_size(p->load[l].dtype);
-                e->moving[l][e->n_moving[l]++] = k;
-            }
-    e->store_in_place = p->stores && box_in_place(e, e->store_stride);
-    classify(p, e);
+    if (!lay_out(p, e, true)) { /* segmented tiles do not suit this program */
+        memset(e, 0, sizeof *e);
+        lay_out(p, e, false);
+    }
     compute_constants(p, e);
     schedule(p, e);
     choose_interleave(p, e);
@@ -1551,8 +1642,14 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
     const char *base = load_at(e, l, first, t);
     ref *v = &val[l];
     v->ptr = NULL;
+    v->seg = NULL;
     if (e->kind[l] == V_SCALAR) {
         v->scalar = ld->dtype == TG_F64 ? *(const double *)base : *(const float *)base;
+    } else if (e->kind[l] == V_SEGMENT) {
+        double *seg = (double *)(scratch + e->seg_offset) + (size_t)e->seg_slot[l] * e->chunk;
+        for (int64_t g = 0; g < t->ext[e->first]; g++, base += e->seg_step[l])
+            seg[g] = ld->dtype == TG_F64 ? *(const double *)base : *(const float *)base;
+        v->seg = seg;
     } else if (e->kind[l] == V_IN_PLACE) {
         v->ptr = base;
         /* Where the next tile does not read on from here (a reduction over the batch jumps
@@ -1572,21 +1669,63 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
     }
 }
 
+/* A segmented step: fn once per plane of the tile, each V_SEGMENT operand as that plane's
+ * scalar, each buffer from that plane's points on. */
+static void run_by_segments(const tg_fused_program *p, const struct tg_fused_exec *e,
+                            const step *s, const tile *t, const ref *val, char *y)
+{
+    int64_t planes = t->ext[e->first], inner = t->count / planes;
+    ref part[4];
+    const ref *args[4];
+    int64_t step_bytes[4];
+    for (int a = 0; a < s->n_args; a++) {
+        part[a] = val[s->arg[a]];
+        part[a].seg = NULL;
+        step_bytes[a] = inner * (int64_t)elem_size(value_dtype(p, s->arg[a]));
+        args[a] = &part[a];
+    }
+    int64_t y_step = inner * (int64_t)elem_size(value_dtype(p, s->value));
+    for (int64_t g = 0; g < planes; g++, y += y_step) {
+        for (int a = 0; a < s->n_args; a++) {
+            const ref *v = &val[s->arg[a]];
+            if (v->seg)
+                part[a].scalar = v->seg[g];
+            else if (v->ptr)
+                part[a].ptr = (const char *)v->ptr + g * step_bytes[a];
+        }
+        s->fn(y, args, inner);
+    }
+}
+
 static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, const step *s,
                    char *scratch, void *out, const tile *t, ref *val)
 {
     ref *r = &val[s->value];
     int kind = e->kind[s->value];
+    r->seg = NULL;
     if (kind == V_SCALAR) {
         r->ptr = NULL;
-        r->scalar = scalar_result(p, s, val);
+        r->scalar = scalar_result(p, s, val, -1);
         return;
     }
-    const ref *args[4];
-    for (int a = 0; a < s->n_args; a++)
-        args[a] = &val[s->arg[a]];
+    if (kind == V_SEGMENT) {
+        double *seg =
+            (double *)(scratch + e->seg_offset) + (size_t)e->seg_slot[s->value] * e->chunk;
+        for (int64_t g = 0; g < t->ext[e->first]; g++)
+            seg[g] = scalar_result(p, s, val, g);
+        r->ptr = NULL;
+        r->seg = seg;
+        return;
+    }
     void *y = kind == V_OUT ? out : scratch + (size_t)e->slot[s->value] * e->slot_bytes;
-    s->fn(y, args, t->count);
+    if (s->segmented) {
+        run_by_segments(p, e, s, t, val, y);
+    } else {
+        const ref *args[4];
+        for (int a = 0; a < s->n_args; a++)
+            args[a] = &val[s->arg[a]];
+        s->fn(y, args, t->count);
+    }
     r->ptr = y;
 }
 
@@ -1594,7 +1733,7 @@ static void set_constants(const tg_fused_program *p, const struct tg_fused_exec 
 {
     for (int v = p->n_loads; v < p->n_loads + p->n_instrs; v++)
         if (e->kind[v] == V_CONST)
-            val[v] = (ref){NULL, e->constant[v]};
+            val[v] = (ref){NULL, e->constant[v], NULL};
 }
 
 /* Every value of tile t. out is where the tile's stored value goes (the result of a kernel
@@ -2012,8 +2151,11 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
         if (used < size)
             used += (size_t)snprintf(buf + used, size - used, ")");
         if (p->n_more > 0 && used < size)
-            snprintf(buf + used, size - used, " of %d values", 1 + p->n_more);
+            used += (size_t)snprintf(buf + used, size - used, " of %d values", 1 + p->n_more);
         if (p->count_ties && used < size)
-            snprintf(buf + used, size - used, " with tie counts");
+            used += (size_t)snprintf(buf + used, size - used, " with tie counts");
     }
+    const struct tg_fused_exec *e = p ? p->exec : NULL;
+    if (e && e->segmented && used < size)
+        snprintf(buf + used, size - used, " (%lld planes a tile)", (long long)e->chunk);
 }

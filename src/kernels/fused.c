@@ -2,9 +2,10 @@
  *
  * Preparing a program (once, when a plan is built) reorders and merges its iteration axes
  * and decides how every value lives inside a tile:
- *   - the axes are reordered as [kept, reduced, trailing kept] so that one output element's
- *     reduction is walked by one thread in one fixed order (results do not depend on the
- *     thread count), and adjacent axes every operand steps through contiguously merge;
+ *   - the axes are reordered as [kept, reduced, trailing kept] (or left [reduced, kept,
+ *     reduced] for a segmented tile, below) so that one output element's reduction is
+ *     walked by one thread in one fixed order (results do not depend on the thread count),
+ *     and adjacent axes every operand steps through contiguously merge;
  *   - a tile is a box of up to TILE points over the trailing axes (all of the innermost ones
  *     and a chunk of the next), a few KB, so intermediates stay in L1;
  *   - a value is a constant (computed once), a scalar over the tile (a broadcast load, an op
@@ -14,9 +15,13 @@
  *     comparison read only as wheres' conditions is computed inside each where's loop, and
  *     (a - b) c and (a - b) c + d inside one loop (sub_mul, sub_mul_add) when b and d are
  *     one value per tile (c too, where d is added).
+ * Where the innermost axis is a plane of a few hundred points and a load is one value per
+ * plane, a tile is several planes and that load one value per plane (V_SEGMENT: a segmented
+ * tile, choose_tile), so that the tile's bookkeeping is shared by several planes.
  * A tile then runs its steps in order, each one loop over contiguous buffers that the
- * compiler vectorizes, chosen when the program was prepared. Reductions fold each tile into
- * double accumulators (exact for max, more precise for sums) and store them once every tile
+ * compiler vectorizes (plane by plane where it reads a per-plane value), chosen when the
+ * program was prepared. Reductions fold each tile into double accumulators (exact for max;
+ * a float run's sum in float lanes first, run_sum_f32) and store them once every tile
  * of an output element is folded; a max may count its ties as it folds (count_ties). Pooling
  * windows are tiled as planes of whole rows of windows ([a, i, j, b], order_windows), and
  * reductions over the batch may visit their tiles image by image with every channel's

@@ -373,6 +373,62 @@ START_TEST(segmented_tiles)
 }
 END_TEST
 
+static void check_threads(fuse_case *c);
+
+/* Batch norm, ReLU and a 2x2 max pool, forward and backward, at 14x14 (196-point planes, 5 a
+ * tile): the pool's max with its tie counts folds a tile's planes window by window, and the
+ * backward's kernel spreads the pooled gradient over each plane's windows; values are
+ * multiples of 0.25, so windows tie. */
+static int build_bn_pool(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0];
+    tg_tensor *y = tg_relu(tg_batch_norm(x, in[2], in[3], NULL, NULL, true, 0.1, 1e-5));
+    tg_tensor *mp = tg_max_pool2d(y, 2, 2, 0);
+    tg_tensor *loss = tg_sum(tg_mul(mp, in[1]), 0, NULL, false);
+    tg_tensor *xs[3] = {x, in[2], in[3]}, *g[3];
+    if (!loss || tg_grad(loss, 3, xs, NULL, g) != 0)
+        return -1;
+    out[0] = mp;
+    out[1] = g[0];
+    out[2] = g[1];
+    out[3] = tg_add_scalar(g[2], 0.5);
+    return 4;
+}
+
+START_TEST(segmented_pooling)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 4, .build = build_bn_pool};
+        c.in[0] = (input_spec){"x", 4, {4, 7, 14, 14}, -1, 3, false};
+        c.in[1] = (input_spec){"w", 4, {4, 7, 7, 7}, -1, 1, false};
+        c.in[2] = (input_spec){"gamma", 1, {7}, 0.5, 1.5, false};
+        c.in[3] = (input_spec){"beta", 1, {7}, -0.5, 0.5, false};
+        c.tol = tol_for(c.dt, false);
+        traced t;
+        trace_case(&t, &c, 11);
+        int64_t n = 4 * 7 * 14 * 14;
+        for (int64_t i = 0; i < n; i++) { /* ties in most windows */
+            double v = floor((double)(i * 37 % 13) / 2.0) * 0.25 - 0.5;
+            if (c.dt == TG_F64)
+                ((double *)t.data[0])[i] = v;
+            else
+                ((float *)t.data[0])[i] = (float)v;
+        }
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        bool ties = has_kernel(g, "with tie counts (5 planes a tile)"),
+             spread = has_kernel(g, "+ store + sum(0,2,3,4,5) of 2 values (5 planes a tile)");
+        if (!ties || !spread)
+            print_kernels(g);
+        ck_assert_msg(ties && spread, "the pool's kernels are not segmented");
+        tg_plan_free(fused);
+        traced_free(&t);
+        check_threads(&c);
+    }
+}
+END_TEST
+
 /* ---- scaled differences ------------------------------------------------------------------- */
 /* (x - m) s and (x - m) s + b, m, s, b one value per plane of x (600 points: a tile is one
  * plane, as two do not fit), written every way round:
@@ -411,8 +467,6 @@ START_TEST(scaled_differences)
 END_TEST
 
 /* ---- stores fused into reductions (compile/pass_fuse_stores.c) ----------------------------- */
-static void check_threads(fuse_case *c);
-
 /* A value written once (a chain too long to recompute in each reader), read by sums over its
  * own points and by an elementwise kernel: the shape of batch norm's backward, whose dz feeds
  * the sums and the input gradient. The sums are read by kernels (not outputs themselves), so
@@ -1142,6 +1196,7 @@ int main(void)
     tcase_add_test(tc, movement_views);
     tcase_add_test(tc, scaled_differences);
     tcase_add_test(tc, segmented_tiles);
+    tcase_add_test(tc, segmented_pooling);
     tcase_add_test(tc, stores_in_reductions);
     tcase_add_test(tc, where_lt_eq_cast);
     tcase_add_test(tc, empty_and_single_values);

@@ -1043,12 +1043,17 @@ static void choose_tile(struct tg_fused_exec *e, int n_loads, bool segments)
 {
     int d = e->ndim, k = d - 1;
     int64_t inner = 1;
-    if (segments && e->shape[k] >= SEGMENT_MIN && e->shape[k] <= SEGMENT_MAX &&
-        e->shape[k - 1] > 1 && scalar_below(e, n_loads, k - 1) &&
-        !in_place_below(e, n_loads, k - 1)) {
-        inner = e->shape[k--]; /* planes of the innermost axis, a chunk of them */
-        e->segmented = true;
+    for (int j = d - 1; segments && j > 0 && inner * e->shape[j] <= SEGMENT_MAX; j--) {
+        inner *= e->shape[j];
+        if (inner >= SEGMENT_MIN && e->shape[j - 1] > 1 && scalar_below(e, n_loads, j - 1) &&
+            !in_place_below(e, n_loads, j - 1)) {
+            k = j - 1; /* planes of the axes after k, a chunk of them */
+            e->segmented = true;
+            break;
+        }
     }
+    if (!e->segmented)
+        inner = 1;
     while (!e->segmented && k > 0 && inner * e->shape[k] <= TILE)
         inner *= e->shape[k--];
     e->first = k;
@@ -1478,14 +1483,21 @@ static size_t scratch_need(const tg_fused_program *p, const struct tg_fused_exec
     return (e->acc_offset + acc + 63) / 64 * 64;
 }
 
-/* Whether the axes [reduced, kept, reduced] (collapsed in the program's own order) suit a
- * tile of several planes: planes of the last axis, several of the kept one (batch norm's
- * sums over (0, 2, 3): [N, C, H W]), each plane a run folded into its channel's sums, and
- * per-channel values one per plane (segmented). */
+/* Whether the axes [reduced, kept, reduced...] (collapsed in the program's own order) suit
+ * a tile of several planes: planes of the trailing reduced axes, several of the kept one
+ * (batch norm's sums over (0, 2, 3): [N, C, H W]; a pool's backward, [N, C, H/2, 2, W/2, 2]),
+ * each plane a run folded into its channel's sums, per-channel values one per plane. */
 static bool plane_order(const axes *y)
 {
-    return y->ndim == 3 && y->stride[0][0] == 0 && y->shape[0] > 1 && y->stride[0][1] != 0 &&
-           y->stride[0][2] == 0 && y->shape[2] >= SEGMENT_MIN && y->shape[2] <= SEGMENT_MAX;
+    if (y->ndim < 3 || y->stride[0][0] != 0 || y->shape[0] == 1 || y->stride[0][1] == 0)
+        return false;
+    int64_t plane = 1;
+    for (int k = 2; k < y->ndim; k++) {
+        if (y->stride[0][k] != 0)
+            return false;
+        plane *= y->shape[k];
+    }
+    return plane >= SEGMENT_MIN && plane <= SEGMENT_MAX;
 }
 
 /* The iteration space, the tile and every value's kind. With `segments` the tile may be
@@ -1501,7 +1513,7 @@ static bool lay_out(const tg_fused_program *p, struct tg_fused_exec *e, bool seg
     } else if (reduce) {
         axes y = x;
         collapse(&y);
-        by_planes = segments && !p->count_ties && plane_order(&y);
+        by_planes = segments && plane_order(&y);
         if (!by_planes)
             reorder(&x, p->reduce_mask);
     }
@@ -1532,8 +1544,7 @@ static bool lay_out(const tg_fused_program *p, struct tg_fused_exec *e, bool seg
     classify(p, e);
     if (!e->segmented)
         return true;
-    bool suits = !e->fold_windows && !p->count_ties && e->kind[p->result] != V_SEGMENT &&
-                 !(p->stores && e->kind[p->store] == V_SEGMENT);
+    bool suits = e->kind[p->result] != V_SEGMENT && !(p->stores && e->kind[p->store] == V_SEGMENT);
     for (int r = 0; r < p->n_more; r++)
         suits &= e->kind[p->more[r]] != V_SEGMENT;
     return suits;

@@ -119,25 +119,18 @@ typedef void (*op_fn)(void *y, const ref *const *r, int64_t n);
  * the mask of k, merging into whatever its register held the iteration before; that chains
  * every load to the one before it, at memory latency wherever the buffer comes from memory
  * (a ReLU's backward reading dy: a third of a batch norm block's backward). */
-static inline float pick_f32(bool k, float u, float v)
-{
-    uint32_t a, b, m = k ? ~UINT32_C(0) : 0;
-    memcpy(&a, &u, sizeof a);
-    memcpy(&b, &v, sizeof b);
-    a = (a & m) | (b & ~m);
-    memcpy(&u, &a, sizeof u);
-    return u;
-}
-
-static inline double pick_f64(bool k, double u, double v)
-{
-    uint64_t a, b, m = k ? ~UINT64_C(0) : 0;
-    memcpy(&a, &u, sizeof a);
-    memcpy(&b, &v, sizeof b);
-    a = (a & m) | (b & ~m);
-    memcpy(&u, &a, sizeof u);
-    return u;
-}
+#define BIT_PICK(T, U, S)                                                                       \
+    static inline T pick_##S(bool k, T u, T v)                                                  \
+    {                                                                                           \
+        U a, b, m = k ? ~(U)0 : 0;                                                              \
+        memcpy(&a, &u, sizeof a);                                                               \
+        memcpy(&b, &v, sizeof b);                                                               \
+        a = (a & m) | (b & ~m);                                                                 \
+        memcpy(&u, &a, sizeof u);                                                               \
+        return u;                                                                               \
+    }
+BIT_PICK(float, uint32_t, f32)
+BIT_PICK(double, uint64_t, f64)
 
 /* y = COND ? c : d, with c and d buffers or scalars. */
 #define CHOOSE(S, COND)                                                                         \

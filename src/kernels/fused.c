@@ -462,6 +462,15 @@ static inline void merge_count(double *acc, double *cnt, double d, double c)
  * 1024), four lanes' sums added in float before they meet in double: twice as fast as
  * widening every point to double (that was a sixth of a batch-norm block's backward), and
  * a partial sum's error stays within 20 float roundings. */
+/* Sixteen lanes' sum, pairwise in a fixed order. */
+static double add_lanes(double *lane)
+{
+    for (int l = 0; l < 8; l++)
+        lane[l] += lane[l + 8];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+           ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 static double run_sum_f64(const double *x, int64_t n)
 {
     double lane[16] = {0};
@@ -469,10 +478,7 @@ static double run_sum_f64(const double *x, int64_t n)
     for (; i + 16 <= n; i += 16)
         for (int l = 0; l < 16; l++)
             lane[l] += x[i + l];
-    for (int l = 0; l < 8; l++)
-        lane[l] += lane[l + 8];
-    double acc = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-                 ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    double acc = add_lanes(lane);
     for (; i < n; i++)
         acc += x[i];
     return acc;
@@ -491,10 +497,7 @@ static double run_sum_f32(const float *x, int64_t n)
     double wide[16];
     for (int l = 0; l < 16; l++)
         wide[l] = (double)((lane[l] + lane[l + 16]) + (lane[l + 32] + lane[l + 48]));
-    for (int l = 0; l < 8; l++)
-        wide[l] += wide[l + 8];
-    double acc = ((wide[0] + wide[1]) + (wide[2] + wide[3])) +
-                 ((wide[4] + wide[5]) + (wide[6] + wide[7]));
+    double acc = add_lanes(wide);
     for (; i < n; i++)
         acc += x[i];
     return acc;

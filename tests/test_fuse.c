@@ -301,7 +301,7 @@ START_TEST(batchnorm_statistics_and_normalize)
      * (a tile is one plane, as two do not fit: the statistics are one value per tile, and
      * (x - mean) * scale + shift is one loop, sub_mul_add), and of 100 and 144: a tile is
      * several planes, the statistics one value per plane (segmented), 10 planes a tile over
-     * 13 channels (the last tile of 3) and 7 a tile over 5 (one tile, not full) */
+     * 13 channels (the last tile of 3), and all 5 channels of an image in one tile */
     const int64_t shapes[][4] = {{6, 3, 7, 9}, {2, 3, 24, 24}, {3, 13, 10, 10}, {2, 5, 12, 12}};
     for (int d = 0; d < 8; d++) {
         const int64_t *sh = shapes[d / 2];
@@ -338,10 +338,11 @@ START_TEST(batchnorm_statistics_and_normalize)
 END_TEST
 
 /* ---- segmented tiles ---------------------------------------------------------------------- */
-/* Planes of 100 points, 10 to a tile, with per-channel values one per plane: loaded (s),
- * computed per plane inside the kernel (exp(s), s * t), compared (where), in a product
+/* Planes of 100 points, 10 to a tile, with per-channel values one per plane (s, t, and
+ * exp(s) and s t, which fusion writes once as [1, C, 1, 1]): compared (where), in products
  * with a plane's points, and summed per channel (a reduction folding a tile's planes into
- * their channels). 13 channels: the last tile has 3 planes. */
+ * their channels). 13 channels: the last tile has 3 planes. A value computed per plane
+ * inside a kernel: executor_per_plane_values. */
 static int build_segmented(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
 {
     (void)c, (void)tape;

@@ -15,7 +15,7 @@
  *     comparison read only as wheres' conditions is computed inside each where's loop, and
  *     (a - b) c and (a - b) c + d inside one loop (sub_mul, sub_mul_add) when b and d are
  *     one value per tile (c too, where d is added).
- * Where the innermost axis is a plane of a few hundred points and a load is one value per
+ * Where the innermost axes are a plane of a few hundred points and a load is one value per
  * plane, a tile is several planes and that load one value per plane (V_SEGMENT: a segmented
  * tile, choose_tile), so that the tile's bookkeeping is shared by several planes.
  * A tile then runs its steps in order, each one loop over contiguous buffers that the
@@ -709,7 +709,7 @@ struct tg_fused_exec {
     /* Segmented tiles: a chunk of several planes (the points after axis first), with loads
      * that are one value per plane (V_SEGMENT; see choose_tile). seg_step: such a load's
      * step from plane to plane in bytes; its values live in scratch from seg_offset on,
-     * chunk doubles per V_SEGMENT value (slot[] numbers them). */
+     * chunk doubles per V_SEGMENT value (seg_slot[] numbers them). */
     bool segmented;
     int64_t seg_step[TG_FUSED_MAX_LOADS];
     int seg_slot[MAX_VALUES];
@@ -1029,7 +1029,7 @@ static bool in_place_below(const struct tg_fused_exec *e, int n_loads, int k)
  * innermost axis is cut into equal chunks). When the whole trailing axes already make a
  * tile of TILE / 8 points or more and a load is one value over them but not along the next
  * axis, the tile stops there: the load stays one value per tile instead of a gather.
- * With `segments`, where the innermost axis is a plane of SEGMENT_MIN .. SEGMENT_MAX points
+ * With `segments`, where the innermost axes are a plane of SEGMENT_MIN .. SEGMENT_MAX points
  * and such a load is one value per plane (batch norm's per-channel values over 14x14
  * planes), the tile is a chunk of planes instead, the load one value per plane (V_SEGMENT):
  * the work of a tile (placing it, its loads' origins, its fold's bookkeeping) is then shared
@@ -1275,7 +1275,10 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
 }
 
 /* The scalar an operand is for segment g (-1: not segmented). */
-static double scalar_of(const ref *v, int64_t g) { return v->seg && g >= 0 ? v->seg[g] : v->scalar; }
+static double scalar_of(const ref *v, int64_t g)
+{
+    return v->seg && g >= 0 ? v->seg[g] : v->scalar;
+}
 
 /* A step on scalars (those of segment g, for V_SEGMENT operands), through its own loop, so
  * it rounds as the loop does. */
@@ -1497,8 +1500,9 @@ static bool plane_order(const axes *y)
 }
 
 /* The iteration space, the tile and every value's kind. With `segments` the tile may be
- * segmented (choose_tile); false when it would be and the program does not suit that (a
- * value one per plane is a result, a pooling fold, tie counts): lay out again without. */
+ * segmented (choose_tile); false when that does not suit the program (a value one per plane
+ * would be a result, or a reduction left in plane order would get one plane a tile): lay
+ * out again without. */
 static bool lay_out(const tg_fused_program *p, struct tg_fused_exec *e, bool segments)
 {
     axes x;

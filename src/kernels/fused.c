@@ -304,21 +304,30 @@ typedef struct {
 /* ---- gathers ------------------------------------------------------------------------------ */
 /* Copies n bytes between buffers that do not overlap. The rows a tile gathers are often a
  * few dozen bytes (a 14- or 28-point image row), where a call to memcpy costs more than the
- * copy: these go as 32-byte pieces the compiler emits as vector moves, the last piece
- * overlapping the one before instead of a scalar tail. */
+ * copy: from 16 bytes to 256 they go as two or four pieces of a fixed size (which the
+ * compiler emits as single vector moves), the last ones overlapping those before instead of
+ * a loop and a tail: a 28-point row is two 64-byte moves. */
 static inline void copy_row(void *y, const void *x, size_t n)
 {
     char *d = y;
     const char *s = x;
-    if (n < 32 || n >= 256) {
-        memcpy(d, s, n);
-        return;
-    }
-    size_t k = 0;
-    for (; k + 32 <= n; k += 32)
-        memcpy(d + k, s + k, 32);
-    if (k < n)
+    if (n >= 64 && n <= 128) {
+        memcpy(d, s, 64);
+        memcpy(d + n - 64, s + n - 64, 64);
+    } else if (n >= 32 && n < 64) {
+        memcpy(d, s, 32);
         memcpy(d + n - 32, s + n - 32, 32);
+    } else if (n > 128 && n <= 256) {
+        memcpy(d, s, 64);
+        memcpy(d + 64, s + 64, 64);
+        memcpy(d + n - 128, s + n - 128, 64);
+        memcpy(d + n - 64, s + n - 64, 64);
+    } else if (n >= 16 && n < 32) {
+        memcpy(d, s, 16);
+        memcpy(d + n - 16, s + n - 16, 16);
+    } else {
+        memcpy(d, s, n);
+    }
 }
 
 /* y[2 i] = y[2 i + 1] = x[i] for i < n: a pool's gradient or max spread back over its 2-wide

@@ -467,6 +467,60 @@ START_TEST(scaled_differences)
 }
 END_TEST
 
+/* ---- chains (fold_chains) ------------------------------------------------------------------ */
+/* Every chain y OUTER (x INNER s), s one value per channel, y a buffer or (the last four) one
+ * value per channel too. Each s differs (s + n / 8), so that no two inner ops are the same
+ * value (common-subexpression elimination would give them two readers). Computed op by op
+ * as the separate loops compute them: the same bits as without fusion. */
+static int build_chains(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
+{
+    (void)c, (void)tape;
+    tg_tensor *x = in[0], *y = in[1], *t = in[3];
+    int n = 0;
+    for (int k = 0; k < 20; k++) {
+        tg_tensor *s = tg_add_scalar(in[2], 0.125 * k);
+        int inner = k % 4, outer = k / 4;
+        tg_tensor *a = inner == 0   ? tg_add(x, s)
+                       : inner == 1 ? tg_sub(x, s)
+                       : inner == 2 ? tg_sub(s, x)
+                                    : tg_mul(x, s);
+        out[n++] = outer == 0   ? tg_add(y, a)
+                   : outer == 1 ? tg_sub(y, a)
+                   : outer == 2 ? tg_sub(a, y)
+                   : outer == 3 ? tg_mul(a, y)
+                                : tg_sub(t, a);
+    }
+    return out[n - 1] ? n : -1;
+}
+
+START_TEST(chains)
+{
+    /* planes of 600 points (a tile is one plane: s is a scalar) and of 100 (a tile is
+     * several planes: s is one value per plane, and the chains run plane by plane) */
+    const int64_t shapes[][4] = {{2, 3, 20, 30}, {2, 5, 10, 10}};
+    for (int d = 0; d < 4; d++) {
+        const int64_t *sh = shapes[d / 2];
+        fuse_case c = {.dt = d % 2 ? TG_F64 : TG_F32, .n_in = 4, .build = build_chains};
+        c.in[0] = (input_spec){"x", 4, {sh[0], sh[1], sh[2], sh[3]}, -2, 2, false};
+        c.in[1] = (input_spec){"y", 4, {sh[0], sh[1], sh[2], sh[3]}, -2, 2, false};
+        c.in[2] = (input_spec){"s", 4, {1, sh[1], 1, 1}, -1, 1, false};
+        c.in[3] = (input_spec){"t", 4, {1, sh[1], 1, 1}, 0.5, 2, false};
+        c.tol = 0;
+        traced t;
+        trace_case(&t, &c, 3);
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        /* all but (x - s) * y, a scaled difference (sub_mul), which folds first */
+        int chained = count_kernels(g, "(1 chained)");
+        if (chained != 19)
+            print_kernels(g);
+        ck_assert_msg(chained == 19, "%d kernels with a chain, not 19", chained);
+        tg_plan_free(fused);
+        traced_free(&t);
+    }
+}
+END_TEST
+
 /* ---- stores fused into reductions (compile/pass_fuse_stores.c) ----------------------------- */
 /* A value written once (a chain too long to recompute in each reader), read by sums over its
  * own points and by an elementwise kernel: the shape of batch norm's backward, whose dz feeds
@@ -1143,7 +1197,8 @@ END_TEST
 
 START_TEST(executor_hand_programs)
 {
-    /* y[j] = max_i (x[i, j] * 2 - 1), read transposed: iteration [3, 2], reduce axis 1 */
+    /* y[j] = max_i (x[i, j] * 2 - 1), read transposed: iteration [3, 2], reduce axis 1; the
+     * multiply by 2 runs inside the subtract's loop (a chain, with a constant operand) */
     tg_fused_program *p = tg_fused_program_new();
     *p = (tg_fused_program){.ndim = 2, .shape = {3, 2}, .reduce_op = TG_OP_MAX,
                             .reduce_mask = 2, .n_loads = 1, .n_instrs = 4, .result = 4};
@@ -1157,7 +1212,7 @@ START_TEST(executor_hand_programs)
     ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), 0);
     char what[128];
     tg_fused_describe(&g.nodes[f], what, sizeof what);
-    ck_assert_str_eq(what, "fused{mul sub} + max(1)");
+    ck_assert_str_eq(what, "fused{mul sub} + max(1) (1 chained)");
     double y[3];
     void *scratch = aligned_alloc(64, g.nodes[f].scratch_bytes ? g.nodes[f].scratch_bytes : 64);
     const void *in[1] = {g.nodes[0].data};
@@ -1196,6 +1251,7 @@ int main(void)
     tcase_add_test(tc, sums_of_linear_combinations);
     tcase_add_test(tc, movement_views);
     tcase_add_test(tc, scaled_differences);
+    tcase_add_test(tc, chains);
     tcase_add_test(tc, segmented_tiles);
     tcase_add_test(tc, segmented_pooling);
     tcase_add_test(tc, stores_in_reductions);

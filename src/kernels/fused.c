@@ -210,6 +210,46 @@ BIT_PICK(double, uint64_t, f64)
         }                                                                                       \
     }
 
+/* A chain: y = u OUTER (a INNER s), an add, subtract or multiply by a value s uniform over
+ * the run, computed inside the loop of the add, subtract or multiply that is its one reader
+ * (fold_chains): u a buffer or a scalar, a a buffer. Rounded after each operation, as the
+ * two loops round (C11 mode: no contraction). Named chain_<outer>_<inner>, where sub is
+ * v - t or a - s and bus ("sub backwards") t - v or s - a. */
+#define CHAIN(OUTER_NAME, INNER_NAME, T, S, OUTER, INNER)                                       \
+    static void chain_##OUTER_NAME##_##INNER_NAME##_##S(void *yv, const ref *const *r,          \
+                                                        int64_t n)                              \
+    {                                                                                           \
+        T *y = yv;                                                                              \
+        const T *u = r[0]->ptr, *a = r[1]->ptr;                                                 \
+        T us = (T)r[0]->scalar, s = (T)r[2]->scalar;                                            \
+        if (u)                                                                                  \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T t = (INNER), v = u[i];                                                        \
+                y[i] = (OUTER);                                                                 \
+            }                                                                                   \
+        else                                                                                    \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T t = (INNER), v = us;                                                          \
+                y[i] = (OUTER);                                                                 \
+            }                                                                                   \
+    }
+#define CHAINS_INTO(OUTER_NAME, T, S, OUTER)                                                    \
+    CHAIN(OUTER_NAME, add, T, S, OUTER, a[i] + s)                                               \
+    CHAIN(OUTER_NAME, sub, T, S, OUTER, a[i] - s)                                               \
+    CHAIN(OUTER_NAME, bus, T, S, OUTER, s - a[i])                                               \
+    CHAIN(OUTER_NAME, mul, T, S, OUTER, a[i] * s)
+#define CHAINS(T, S)                                                                            \
+    CHAINS_INTO(add, T, S, v + t)                                                               \
+    CHAINS_INTO(sub, T, S, v - t)                                                               \
+    CHAINS_INTO(bus, T, S, t - v)                                                               \
+    CHAINS_INTO(mul, T, S, v * t)                                                               \
+    static const op_fn chain_##S[4][4] = {                                                      \
+        {chain_add_add_##S, chain_add_sub_##S, chain_add_bus_##S, chain_add_mul_##S},           \
+        {chain_sub_add_##S, chain_sub_sub_##S, chain_sub_bus_##S, chain_sub_mul_##S},           \
+        {chain_bus_add_##S, chain_bus_sub_##S, chain_bus_bus_##S, chain_bus_mul_##S},           \
+        {chain_mul_add_##S, chain_mul_sub_##S, chain_mul_bus_##S, chain_mul_mul_##S},           \
+    };
+
 #define COPY(T, S)                                                                              \
     static void copy_##S(void *y, const ref *const *r, int64_t n)                               \
     {                                                                                           \
@@ -246,6 +286,8 @@ BIT_PICK(double, uint64_t, f64)
     COPY(T, S)
 OPS(float, f32, expf, logf, sqrtf)
 OPS(double, f64, exp, log, sqrt)
+CHAINS(float, f32)
+CHAINS(double, f64)
 CAST(float, double, widen)
 CAST(double, float, narrow)
 
@@ -684,7 +726,8 @@ enum {
     V_SLOT,     /* a buffer in the thread's scratch */
     V_OUT,      /* the kernel's result, written straight into the output */
     V_FOLDED,   /* computed by the step that reads it: a comparison by its where, a
-                   difference by its multiply, a scaled difference by its add */
+                   difference by its multiply, a scaled difference by its add, an
+                   add, subtract or multiply by a uniform value by its reader (a chain) */
     V_SEGMENT,  /* one value per segment of a segmented tile (a channel's mean in a tile of
                    several channels' planes): a scalar to each step, run segment by segment */
 };
@@ -745,6 +788,7 @@ struct tg_fused_exec {
     bool interleave_units;
     int kind[MAX_VALUES];
     int slot[MAX_VALUES];
+    bool chained[MAX_VALUES]; /* V_FOLDED into its reader's loop as a chain (fold_chains) */
     /* Per gathered load, NULL or the offset of each point of a full tile from the tile's
      * first element (a partial tile is a prefix): short rows and broadcasts inside the tile
      * (a pooled value over its window) are then one flat loop, not a walk row by row. */
@@ -1177,6 +1221,48 @@ static void fold_scaled_differences(const tg_fused_program *p, struct tg_fused_e
         }
 }
 
+static bool arithmetic(int op) { return op == TG_OP_ADD || op == TG_OP_SUB || op == TG_OP_MUL; }
+
+/* Whether instruction i (an add, subtract or multiply) reads a value folded into it. */
+static bool reads_folded(const tg_fused_program *p, const struct tg_fused_exec *e, int i)
+{
+    return e->kind[p->instr[i].arg[0]] == V_FOLDED || e->kind[p->instr[i].arg[1]] == V_FOLDED;
+}
+
+/* The side of instruction w (an add, subtract or multiply of a buffer and a uniform value)
+ * that is uniform; -1 when w is not such an instruction. */
+static int uniform_side(const tg_fused_program *p, const struct tg_fused_exec *e, int w)
+{
+    const tg_fused_instr *in = &p->instr[w];
+    if (!arithmetic(in->op) || reads_folded(p, e, w))
+        return -1;
+    bool u0 = uniform(e, in->arg[0]), u1 = uniform(e, in->arg[1]);
+    return u0 == u1 ? -1 : u0 ? 0 : 1;
+}
+
+/* Chains: an add, subtract or multiply of a buffer by a uniform value (x * scale, x + bias,
+ * x - mean) whose one reader is an add, subtract or multiply runs inside that reader's loop
+ * (the chain_* loops): one step, and one buffer written and read again, fewer. After the
+ * scaled differences (whose loops also take a buffer factor), and never a chain of chains:
+ * a step stays two operations. */
+static void fold_chains(const tg_fused_program *p, struct tg_fused_exec *e, const int *uses)
+{
+    for (int i = 0; i < p->n_instrs; i++) {
+        int k = e->kind[p->n_loads + i];
+        if (!arithmetic(p->instr[i].op) || (k != V_SLOT && k != V_OUT) || reads_folded(p, e, i))
+            continue;
+        for (int side = 0; side < 2; side++) {
+            int v = p->instr[i].arg[side], w = v - p->n_loads;
+            if (w < 0 || uses[v] != 1 || e->kind[v] != V_SLOT ||
+                p->instr[w].dtype != p->instr[i].dtype || uniform_side(p, e, w) < 0)
+                continue;
+            e->kind[v] = V_FOLDED;
+            e->chained[v] = true;
+            break;
+        }
+    }
+}
+
 /* Whether strides step through a tile's box as through its own row-major order. */
 static bool box_in_place(const struct tg_fused_exec *e, const int64_t *stride)
 {
@@ -1241,6 +1327,7 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
             e->kind[c] = V_FOLDED;
     }
     fold_scaled_differences(p, e, uses);
+    fold_chains(p, e, uses);
     /* Without a reduction, a result made into a buffer goes to the output directly; so
      * does a stored value, where a tile's points lie contiguous in the output. */
     if (p->reduce_op == TG_OP_LEAF && e->kind[p->result] == V_SLOT)
@@ -1256,6 +1343,22 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
     step s = {.value = p->n_loads + i, .n_args = arity(in->op)};
     memcpy(s.arg, in->arg, sizeof in->arg);
     int folded = 0, side;
+    for (side = 0; side < 2 && arithmetic(in->op); side++) {
+        int v = in->arg[side];
+        if (!e->chained[v])
+            continue;
+        /* y = u OUTER t, t = a INNER s: the outer's sides matter for a subtract only, the
+         * inner's too (v - t or t - v; a - s or s - a). */
+        const tg_fused_instr *inner = &p->instr[v - p->n_loads];
+        int us = uniform_side(p, e, v - p->n_loads);
+        int outer_row = in->op == TG_OP_ADD ? 0 : in->op == TG_OP_MUL ? 3 : side == 1 ? 1 : 2;
+        int inner_col = inner->op == TG_OP_ADD ? 0 : inner->op == TG_OP_MUL ? 3 : us == 1 ? 1 : 2;
+        s = (step){.value = s.value, .n_args = 3,
+                   .arg = {in->arg[1 - side], inner->arg[1 - us], inner->arg[us]}};
+        s.fn = in->dtype == TG_F64 ? chain_f64[outer_row][inner_col]
+                                   : chain_f32[outer_row][inner_col];
+        return s;
+    }
     if (in->op == TG_OP_WHERE && e->kind[in->arg[0]] == V_FOLDED) {
         const tg_fused_instr *cmp = &p->instr[in->arg[0] - p->n_loads];
         folded = cmp->op;
@@ -2184,5 +2287,11 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
     }
     const struct tg_fused_exec *e = p ? p->exec : NULL;
     if (e && e->segmented && used < size)
-        snprintf(buf + used, size - used, " (%lld planes a tile)", (long long)e->chunk);
+        used += (size_t)snprintf(buf + used, size - used, " (%lld planes a tile)",
+                                 (long long)e->chunk);
+    int chains = 0;
+    for (int v = 0; e && v < p->n_loads + p->n_instrs; v++)
+        chains += e->chained[v];
+    if (chains > 0 && used < size)
+        snprintf(buf + used, size - used, " (%d chained)", chains);
 }

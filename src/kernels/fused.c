@@ -74,45 +74,82 @@ typedef struct {
     const double *seg;
 } ref;
 
-/* y[0 .. n) from the operands r[] (each a buffer or a scalar). No `restrict`: the output may
- * be an input's memory (an in-place kernel), read and written at the same index in the same
- * iteration, which `omp simd` allows. */
-typedef void (*op_fn)(void *y, const ref *const *r, int64_t n);
+/* y[0 .. total) from the operands r[] (each a buffer or a scalar), in planes of n points: a
+ * segmented step's V_SEGMENT operands are one scalar per plane (seg[g]) and its buffers go
+ * on plane after plane, inside one call (a call per plane cost more than a 196-point plane's
+ * arithmetic); any other step is one plane. No `restrict`: the output may be an input's
+ * memory (an in-place kernel), read and written at the same index in the same iteration,
+ * which `omp simd` allows. */
+typedef void (*op_fn)(void *y, const ref *const *r, int64_t total, int64_t n);
+
+/* The planes of an op's loop: plane g's points start at o; operand k there as a buffer (NULL
+ * when it is a scalar) and as a scalar. */
+#define EACH_PLANE for (int64_t o = 0, g = 0; o < total; o += n, g++)
+#define AT(T, k) (q##k.ptr ? (const T *)q##k.ptr + o : NULL)
+#define SCALAR(T, k) ((T)(segmented && q##k.seg ? q##k.seg[g] : q##k.scalar))
+/* The operands as locals, read once: through r the compiler would read them again for
+ * every plane, as the stores to y might have changed them. */
+#define OPERANDS1 const ref q0 = *r[0]
+#define OPERANDS2 const ref q0 = *r[0], q1 = *r[1]
+#define OPERANDS3 const ref q0 = *r[0], q1 = *r[1], q2 = *r[2]
+#define OPERANDS4 const ref q0 = *r[0], q1 = *r[1], q2 = *r[2], q3 = *r[3]
 
 #define UNARY(NAME, T, S, EXPR)                                                                 \
-    static void NAME##_##S(void *yv, const ref *const *r, int64_t n)                            \
+    static inline __attribute__((always_inline)) void NAME##_##S##_in(                            \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *x = r[0]->ptr;                                                                 \
-        SIMD for (int64_t i = 0; i < n; i++)                                                    \
-        {                                                                                       \
-            T u = x[i];                                                                         \
-            y[i] = (EXPR);                                                                      \
+        OPERANDS1;                                                                              \
+        (void)segmented;                                                                        \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *x = AT(T, 0);                                                              \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T u = x[i];                                                                     \
+                y[i] = (EXPR);                                                                  \
+            }                                                                                   \
         }                                                                                       \
+    }                                                                                           \
+    static void NAME##_##S(void *yv, const ref *const *r, int64_t total, int64_t n)             \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            NAME##_##S##_in(yv, r, n, n, false);                                                  \
+        else                                                                                    \
+            NAME##_##S##_in(yv, r, total, n, true);                                               \
     }
 
 /* A NULL operand is its scalar. */
 #define BINARY(NAME, T, S, EXPR)                                                                \
-    static void NAME##_##S(void *yv, const ref *const *r, int64_t n)                            \
+    static inline __attribute__((always_inline)) void NAME##_##S##_in(                            \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *a = r[0]->ptr, *b = r[1]->ptr;                                                 \
-        T as = (T)r[0]->scalar, bs = (T)r[1]->scalar;                                           \
-        if (a && b)                                                                             \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T u = a[i], v = b[i];                                                           \
-                y[i] = (EXPR);                                                                  \
-            }                                                                                   \
-        else if (a)                                                                             \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T u = a[i], v = bs;                                                             \
-                y[i] = (EXPR);                                                                  \
-            }                                                                                   \
+        OPERANDS2;                                                                              \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *a = AT(T, 0), *b = AT(T, 1);                                               \
+            T as = SCALAR(T, 0), bs = SCALAR(T, 1);                                             \
+            if (a && b)                                                                         \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T u = a[i], v = b[i];                                                       \
+                    y[i] = (EXPR);                                                              \
+                }                                                                               \
+            else if (a)                                                                         \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T u = a[i], v = bs;                                                         \
+                    y[i] = (EXPR);                                                              \
+                }                                                                               \
+            else                                                                                \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T u = as, v = b[i];                                                         \
+                    y[i] = (EXPR);                                                              \
+                }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
+    static void NAME##_##S(void *yv, const ref *const *r, int64_t total, int64_t n)             \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            NAME##_##S##_in(yv, r, n, n, false);                                                  \
         else                                                                                    \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T u = as, v = b[i];                                                             \
-                y[i] = (EXPR);                                                                  \
-            }                                                                                   \
+            NAME##_##S##_in(yv, r, total, n, true);                                               \
     }
 
 /* k ? u : v by bits, as a blend: written as a choice, GCC 12 loads a buffer's u[i] under
@@ -147,33 +184,54 @@ BIT_PICK(double, uint64_t, f64)
 
 /* where(k, c, d); a scalar condition just picks a side. */
 #define WHERE(T, S)                                                                             \
-    static void where_##S(void *yv, const ref *const *r, int64_t n)                             \
+    static inline __attribute__((always_inline)) void where_##S##_in(                             \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *k = r[0]->ptr, *c = r[1]->ptr, *d = r[2]->ptr;                                 \
-        T cs = (T)r[1]->scalar, ds = (T)r[2]->scalar;                                           \
-        if (k)                                                                                  \
-            CHOOSE(S, k[i] != 0);                                                               \
-        else if (r[0]->scalar != 0)                                                             \
-            CHOOSE(S, true);                                                                    \
+        OPERANDS3;                                                                              \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *k = AT(T, 0), *c = AT(T, 1), *d = AT(T, 2);                                \
+            T cs = SCALAR(T, 1), ds = SCALAR(T, 2);                                             \
+            if (k)                                                                              \
+                CHOOSE(S, k[i] != 0);                                                           \
+            else if (SCALAR(T, 0) != 0)                                                         \
+                CHOOSE(S, true);                                                                \
+            else                                                                                \
+                CHOOSE(S, false);                                                               \
+        }                                                                                       \
+    }                                                                                           \
+    static void where_##S(void *yv, const ref *const *r, int64_t total, int64_t n)              \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            where_##S##_in(yv, r, n, n, false);                                                   \
         else                                                                                    \
-            CHOOSE(S, false);                                                                   \
+            where_##S##_in(yv, r, total, n, true);                                                \
     }
 
 /* where(a CMP b, c, d) in one pass: the comparison's 0/1 never stored. */
 #define SELECT(NAME, T, S, CMP)                                                                 \
-    static void NAME##_##S(void *yv, const ref *const *r, int64_t n)                            \
+    static inline __attribute__((always_inline)) void NAME##_##S##_in(                            \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *a = r[0]->ptr, *b = r[1]->ptr, *c = r[2]->ptr, *d = r[3]->ptr;                 \
-        T as = (T)r[0]->scalar, bs = (T)r[1]->scalar;                                           \
-        T cs = (T)r[2]->scalar, ds = (T)r[3]->scalar;                                           \
-        if (a && b)                                                                             \
-            CHOOSE(S, a[i] CMP b[i]);                                                           \
-        else if (a)                                                                             \
-            CHOOSE(S, a[i] CMP bs);                                                             \
+        OPERANDS4;                                                                              \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *a = AT(T, 0), *b = AT(T, 1), *c = AT(T, 2), *d = AT(T, 3);                 \
+            T as = SCALAR(T, 0), bs = SCALAR(T, 1), cs = SCALAR(T, 2), ds = SCALAR(T, 3);       \
+            if (a && b)                                                                         \
+                CHOOSE(S, a[i] CMP b[i]);                                                       \
+            else if (a)                                                                         \
+                CHOOSE(S, a[i] CMP bs);                                                         \
+            else                                                                                \
+                CHOOSE(S, as CMP b[i]);                                                         \
+        }                                                                                       \
+    }                                                                                           \
+    static void NAME##_##S(void *yv, const ref *const *r, int64_t total, int64_t n)             \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            NAME##_##S##_in(yv, r, n, n, false);                                                  \
         else                                                                                    \
-            CHOOSE(S, as CMP b[i]);                                                             \
+            NAME##_##S##_in(yv, r, total, n, true);                                               \
     }
 
 /* (a - b) c and (a - b) c + d with b, d one value over the tile and c one value or (in
@@ -181,33 +239,54 @@ BIT_PICK(double, uint64_t, f64)
  * commonest chains in the kernels. One loop instead of two or three, rounding after each
  * operation as the separate loops do (no contraction into a fused multiply-add: C11 mode). */
 #define SCALED(T, S)                                                                            \
-    static void sub_mul_##S(void *yv, const ref *const *r, int64_t n)                           \
+    static inline __attribute__((always_inline)) void sub_mul_##S##_in(                           \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *a = r[0]->ptr, *cp = r[2]->ptr;                                                \
-        T b = (T)r[1]->scalar, c = (T)r[2]->scalar;                                             \
-        if (cp)                                                                                 \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T t = a[i] - b;                                                                 \
-                y[i] = t * cp[i];                                                               \
-            }                                                                                   \
-        else                                                                                    \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T t = a[i] - b;                                                                 \
-                y[i] = t * c;                                                                   \
-            }                                                                                   \
-    }                                                                                           \
-    static void sub_mul_add_##S(void *yv, const ref *const *r, int64_t n)                       \
-    {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *a = r[0]->ptr;                                                                 \
-        T b = (T)r[1]->scalar, c = (T)r[2]->scalar, d = (T)r[3]->scalar;                        \
-        SIMD for (int64_t i = 0; i < n; i++)                                                    \
-        {                                                                                       \
-            T t = a[i] - b;                                                                     \
-            t = t * c;                                                                          \
-            y[i] = t + d;                                                                       \
+        OPERANDS3;                                                                              \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *a = AT(T, 0), *cp = AT(T, 2);                                              \
+            T b = SCALAR(T, 1), c = SCALAR(T, 2);                                               \
+            if (cp)                                                                             \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T t = a[i] - b;                                                             \
+                    y[i] = t * cp[i];                                                           \
+                }                                                                               \
+            else                                                                                \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T t = a[i] - b;                                                             \
+                    y[i] = t * c;                                                               \
+                }                                                                               \
         }                                                                                       \
+    }                                                                                           \
+    static void sub_mul_##S(void *yv, const ref *const *r, int64_t total, int64_t n)            \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            sub_mul_##S##_in(yv, r, n, n, false);                                                 \
+        else                                                                                    \
+            sub_mul_##S##_in(yv, r, total, n, true);                                              \
+    }                                                                                           \
+    static inline __attribute__((always_inline)) void sub_mul_add_##S##_in(                       \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    {                                                                                           \
+        OPERANDS4;                                                                              \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *a = AT(T, 0);                                                              \
+            T b = SCALAR(T, 1), c = SCALAR(T, 2), d = SCALAR(T, 3);                             \
+            SIMD for (int64_t i = 0; i < n; i++) {                                              \
+                T t = a[i] - b;                                                                 \
+                t = t * c;                                                                      \
+                y[i] = t + d;                                                                   \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    static void sub_mul_add_##S(void *yv, const ref *const *r, int64_t total, int64_t n)        \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            sub_mul_add_##S##_in(yv, r, n, n, false);                                             \
+        else                                                                                    \
+            sub_mul_add_##S##_in(yv, r, total, n, true);                                          \
     }
 
 /* A chain: y = u OUTER (a INNER s), an add, subtract or multiply by a value s uniform over
@@ -216,22 +295,33 @@ BIT_PICK(double, uint64_t, f64)
  * two loops round (C11 mode: no contraction). Named chain_<outer>_<inner>, where sub is
  * v - t or a - s and bus ("sub backwards") t - v or s - a. */
 #define CHAIN(OUTER_NAME, INNER_NAME, T, S, OUTER, INNER)                                       \
-    static void chain_##OUTER_NAME##_##INNER_NAME##_##S(void *yv, const ref *const *r,          \
-                                                        int64_t n)                              \
+    static inline __attribute__((always_inline)) void chain_##OUTER_NAME##_##INNER_NAME##_##S##_in(\
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        T *y = yv;                                                                              \
-        const T *u = r[0]->ptr, *a = r[1]->ptr;                                                 \
-        T us = (T)r[0]->scalar, s = (T)r[2]->scalar;                                            \
-        if (u)                                                                                  \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T t = (INNER), v = u[i];                                                        \
-                y[i] = (OUTER);                                                                 \
-            }                                                                                   \
+        OPERANDS3;                                                                              \
+        EACH_PLANE {                                                                            \
+            T *y = (T *)yv + o;                                                                 \
+            const T *u = AT(T, 0), *a = AT(T, 1);                                               \
+            T us = SCALAR(T, 0), s = SCALAR(T, 2);                                              \
+            if (u)                                                                              \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T t = (INNER), v = u[i];                                                    \
+                    y[i] = (OUTER);                                                             \
+                }                                                                               \
+            else                                                                                \
+                SIMD for (int64_t i = 0; i < n; i++) {                                          \
+                    T t = (INNER), v = us;                                                      \
+                    y[i] = (OUTER);                                                             \
+                }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
+    static void chain_##OUTER_NAME##_##INNER_NAME##_##S(void *yv, const ref *const *r,          \
+                                                        int64_t total, int64_t n)               \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            chain_##OUTER_NAME##_##INNER_NAME##_##S##_in(yv, r, n, n, false);                     \
         else                                                                                    \
-            SIMD for (int64_t i = 0; i < n; i++) {                                              \
-                T t = (INNER), v = us;                                                          \
-                y[i] = (OUTER);                                                                 \
-            }                                                                                   \
+            chain_##OUTER_NAME##_##INNER_NAME##_##S##_in(yv, r, total, n, true);                  \
     }
 #define CHAINS_INTO(OUTER_NAME, T, S, OUTER)                                                    \
     CHAIN(OUTER_NAME, add, T, S, OUTER, a[i] + s)                                               \
@@ -251,17 +341,30 @@ BIT_PICK(double, uint64_t, f64)
     };
 
 #define COPY(T, S)                                                                              \
-    static void copy_##S(void *y, const ref *const *r, int64_t n)                               \
+    static void copy_##S(void *y, const ref *const *r, int64_t total, int64_t n)                \
     {                                                                                           \
-        memmove(y, r[0]->ptr, (size_t)n * sizeof(T));                                           \
+        (void)n; /* never segmented: a copy has no scalar operand */                            \
+        memmove(y, r[0]->ptr, (size_t)total * sizeof(T));                                       \
     }
 
 #define CAST(FROM, TO, NAME)                                                                    \
-    static void NAME(void *yv, const ref *const *r, int64_t n)                                  \
+    static inline __attribute__((always_inline)) void NAME##_in(                                  \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
     {                                                                                           \
-        TO *y = yv;                                                                             \
-        const FROM *x = r[0]->ptr;                                                              \
-        SIMD for (int64_t i = 0; i < n; i++) y[i] = (TO)x[i];                                   \
+        OPERANDS1;                                                                              \
+        (void)segmented;                                                                        \
+        EACH_PLANE {                                                                            \
+            TO *y = (TO *)yv + o;                                                               \
+            const FROM *x = AT(FROM, 0);                                                        \
+            SIMD for (int64_t i = 0; i < n; i++) y[i] = (TO)x[i];                               \
+        }                                                                                       \
+    }                                                                                           \
+    static void NAME(void *yv, const ref *const *r, int64_t total, int64_t n)                   \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            NAME##_in(yv, r, n, n, false);                                                        \
+        else                                                                                    \
+            NAME##_in(yv, r, total, n, true);                                                     \
     }
 
 /* The eager kernels' semantics, op by op: maximum takes a on ties and NaN in a, where tests
@@ -1413,7 +1516,7 @@ static double scalar_result(const tg_fused_program *p, const step *s, const ref 
         r[a] = (ref){&arg[a], 0, NULL};
         rp[a] = &r[a];
     }
-    s->fn(&out, rp, 1);
+    s->fn(&out, rp, 1, 1);
     return in->dtype == TG_F64 ? out.d : out.f;
 }
 
@@ -1799,34 +1902,6 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
     }
 }
 
-/* A segmented step: fn once per plane of the tile, each V_SEGMENT operand as that plane's
- * scalar, each buffer from that plane's points on. */
-static void run_by_segments(const tg_fused_program *p, const struct tg_fused_exec *e,
-                            const step *s, const tile *t, const ref *val, char *y)
-{
-    int64_t planes = t->ext[e->first], inner = t->count / planes;
-    ref part[4];
-    const ref *args[4];
-    int64_t step_bytes[4];
-    for (int a = 0; a < s->n_args; a++) {
-        part[a] = val[s->arg[a]];
-        part[a].seg = NULL;
-        step_bytes[a] = inner * (int64_t)elem_size(value_dtype(p, s->arg[a]));
-        args[a] = &part[a];
-    }
-    int64_t y_step = inner * (int64_t)elem_size(value_dtype(p, s->value));
-    for (int64_t g = 0; g < planes; g++, y += y_step) {
-        for (int a = 0; a < s->n_args; a++) {
-            const ref *v = &val[s->arg[a]];
-            if (v->seg)
-                part[a].scalar = v->seg[g];
-            else if (v->ptr)
-                part[a].ptr = (const char *)v->ptr + g * step_bytes[a];
-        }
-        s->fn(y, args, inner);
-    }
-}
-
 static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, const step *s,
                    char *scratch, void *out, const tile *t, ref *val)
 {
@@ -1848,14 +1923,10 @@ static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, con
         return;
     }
     void *y = kind == V_OUT ? out : scratch + (size_t)e->slot[s->value] * e->slot_bytes;
-    if (s->segmented) {
-        run_by_segments(p, e, s, t, val, y);
-    } else {
-        const ref *args[4];
-        for (int a = 0; a < s->n_args; a++)
-            args[a] = &val[s->arg[a]];
-        s->fn(y, args, t->count);
-    }
+    const ref *args[4];
+    for (int a = 0; a < s->n_args; a++)
+        args[a] = &val[s->arg[a]];
+    s->fn(y, args, t->count, s->segmented ? t->count / t->ext[e->first] : t->count);
     r->ptr = y;
 }
 

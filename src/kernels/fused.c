@@ -893,6 +893,14 @@ struct tg_fused_exec {
     int kind[MAX_VALUES];
     int slot[MAX_VALUES];
     bool chained[MAX_VALUES]; /* V_FOLDED into its reader's loop as a chain (fold_chains) */
+    /* Whether in-place loads that read on from tile to tile ask for their points READ_AHEAD
+     * tiles ahead: in a reduction, whose fold and bookkeeping between one tile's loads and
+     * the next's outlast what the hardware fetches ahead (a sum over (N, H, W) of 28x28
+     * planes read memory at 20 GB/s, a plain loop at 44; 34-41 with the requests), and in a
+     * kernel of two in-place loads or more (batch norm's input gradient, x and dy read,
+     * dx written: 0.67-0.81 of its time at 28x28 and 14x14). Not for one in-place load (a
+     * forward apply, x read and y written), which measured 1.2x slower with them. */
+    bool read_ahead;
     /* Per gathered load, NULL or the offset of each point of a full tile from the tile's
      * first element (a partial tile is a prefix): short rows and broadcasts inside the tile
      * (a pooled value over its window) are then one flat loop, not a walk row by row. */
@@ -1432,6 +1440,10 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
     }
     fold_scaled_differences(p, e, uses);
     fold_chains(p, e, uses);
+    int in_place = 0;
+    for (int l = 0; l < p->n_loads; l++)
+        in_place += e->kind[l] == V_IN_PLACE;
+    e->read_ahead = p->reduce_op != TG_OP_LEAF || in_place >= 2;
     /* Without a reduction, a result made into a buffer goes to the output directly; so
      * does a stored value, where a tile's points lie contiguous in the output. */
     if (p->reduce_op == TG_OP_LEAF && e->kind[p->result] == V_SLOT)
@@ -1897,12 +1909,9 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
             int64_t bytes = next->count * size;
             for (int64_t b = 0; b < bytes; b += 128)
                 __builtin_prefetch(ahead + b, 0, 2);
-        } else if (ahead && p->reduce_op != TG_OP_LEAF) {
-            /* A reduction that reads on: the fold and bookkeeping between one tile's loads
-             * and the next's outlast what the hardware fetches ahead (a sum over (N, H, W)
-             * of 28x28 planes read memory at 20 GB/s, a plain loop at 44), so ask for the
-             * points READ_AHEAD tiles on (prefetches never fault past the end). Elementwise
-             * kernels, whose steps issue loads more densely, measured slower with it. */
+        } else if (ahead && e->read_ahead) {
+            /* Reading on, where the hardware falls behind (read_ahead): ask for the points
+             * READ_AHEAD tiles on (prefetches never fault past the end). */
             int64_t bytes = t->count * size;
             for (int64_t b = 0; b < bytes; b += 64)
                 __builtin_prefetch(base + READ_AHEAD * bytes + b, 0, 2);

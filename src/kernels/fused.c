@@ -94,10 +94,22 @@ typedef void (*op_fn)(void *y, const ref *const *r, int64_t total, int64_t n);
 #define OPERANDS2 const ref q0 = *r[0], q1 = *r[1]
 #define OPERANDS3 const ref q0 = *r[0], q1 = *r[1], q2 = *r[2]
 #define OPERANDS4 const ref q0 = *r[0], q1 = *r[1], q2 = *r[2], q3 = *r[3]
+/* An op's loop over planes, FN_in, and FN, the op_fn: one plane without looking for
+ * per-plane scalars (the compiler drops those tests there), or planes with them. */
+#define OP_BODY(FN)                                                                             \
+    static inline __attribute__((always_inline)) void FN##_in(                                  \
+        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)
+#define OP_ENTRY(FN)                                                                            \
+    static void FN(void *yv, const ref *const *r, int64_t total, int64_t n)                     \
+    {                                                                                           \
+        if (total == n)                                                                         \
+            FN##_in(yv, r, n, n, false);                                                        \
+        else                                                                                    \
+            FN##_in(yv, r, total, n, true);                                                     \
+    }
 
 #define UNARY(NAME, T, S, EXPR)                                                                 \
-    static inline __attribute__((always_inline)) void NAME##_##S##_in(                            \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(NAME##_##S)                                                                         \
     {                                                                                           \
         OPERANDS1;                                                                              \
         (void)segmented;                                                                        \
@@ -110,18 +122,11 @@ typedef void (*op_fn)(void *y, const ref *const *r, int64_t total, int64_t n);
             }                                                                                   \
         }                                                                                       \
     }                                                                                           \
-    static void NAME##_##S(void *yv, const ref *const *r, int64_t total, int64_t n)             \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            NAME##_##S##_in(yv, r, n, n, false);                                                  \
-        else                                                                                    \
-            NAME##_##S##_in(yv, r, total, n, true);                                               \
-    }
+    OP_ENTRY(NAME##_##S)
 
 /* A NULL operand is its scalar. */
 #define BINARY(NAME, T, S, EXPR)                                                                \
-    static inline __attribute__((always_inline)) void NAME##_##S##_in(                            \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(NAME##_##S)                                                                         \
     {                                                                                           \
         OPERANDS2;                                                                              \
         EACH_PLANE {                                                                            \
@@ -145,13 +150,7 @@ typedef void (*op_fn)(void *y, const ref *const *r, int64_t total, int64_t n);
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
-    static void NAME##_##S(void *yv, const ref *const *r, int64_t total, int64_t n)             \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            NAME##_##S##_in(yv, r, n, n, false);                                                  \
-        else                                                                                    \
-            NAME##_##S##_in(yv, r, total, n, true);                                               \
-    }
+    OP_ENTRY(NAME##_##S)
 
 /* k ? u : v by bits, as a blend: written as a choice, GCC 12 loads a buffer's u[i] under
  * the mask of k, merging into whatever its register held the iteration before; that chains
@@ -185,8 +184,7 @@ BIT_PICK(double, uint64_t, f64)
 
 /* where(k, c, d); a scalar condition just picks a side. */
 #define WHERE(T, S)                                                                             \
-    static inline __attribute__((always_inline)) void where_##S##_in(                             \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(where_##S)                                                                          \
     {                                                                                           \
         OPERANDS3;                                                                              \
         EACH_PLANE {                                                                            \
@@ -201,18 +199,11 @@ BIT_PICK(double, uint64_t, f64)
                 CHOOSE(S, false);                                                               \
         }                                                                                       \
     }                                                                                           \
-    static void where_##S(void *yv, const ref *const *r, int64_t total, int64_t n)              \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            where_##S##_in(yv, r, n, n, false);                                                   \
-        else                                                                                    \
-            where_##S##_in(yv, r, total, n, true);                                                \
-    }
+    OP_ENTRY(where_##S)
 
 /* where(a CMP b, c, d) in one pass: the comparison's 0/1 never stored. */
 #define SELECT(NAME, T, S, CMP)                                                                 \
-    static inline __attribute__((always_inline)) void NAME##_##S##_in(                            \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(NAME##_##S)                                                                         \
     {                                                                                           \
         OPERANDS4;                                                                              \
         EACH_PLANE {                                                                            \
@@ -227,21 +218,14 @@ BIT_PICK(double, uint64_t, f64)
                 CHOOSE(S, as CMP b[i]);                                                         \
         }                                                                                       \
     }                                                                                           \
-    static void NAME##_##S(void *yv, const ref *const *r, int64_t total, int64_t n)             \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            NAME##_##S##_in(yv, r, n, n, false);                                                  \
-        else                                                                                    \
-            NAME##_##S##_in(yv, r, total, n, true);                                               \
-    }
+    OP_ENTRY(NAME##_##S)
 
 /* (a - b) c and (a - b) c + d with b, d one value over the tile and c one value or (in
  * (a - b) c) a buffer: batch norm's normalizing and its backward's (x - mean) g, the
  * commonest chains in the kernels. One loop instead of two or three, rounding after each
  * operation as the separate loops do (no contraction into a fused multiply-add: C11 mode). */
 #define SCALED(T, S)                                                                            \
-    static inline __attribute__((always_inline)) void sub_mul_##S##_in(                           \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(sub_mul_##S)                                                                        \
     {                                                                                           \
         OPERANDS3;                                                                              \
         EACH_PLANE {                                                                            \
@@ -260,15 +244,8 @@ BIT_PICK(double, uint64_t, f64)
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
-    static void sub_mul_##S(void *yv, const ref *const *r, int64_t total, int64_t n)            \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            sub_mul_##S##_in(yv, r, n, n, false);                                                 \
-        else                                                                                    \
-            sub_mul_##S##_in(yv, r, total, n, true);                                              \
-    }                                                                                           \
-    static inline __attribute__((always_inline)) void sub_mul_add_##S##_in(                       \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_ENTRY(sub_mul_##S)                                                                       \
+    OP_BODY(sub_mul_add_##S)                                                                    \
     {                                                                                           \
         OPERANDS4;                                                                              \
         EACH_PLANE {                                                                            \
@@ -282,13 +259,7 @@ BIT_PICK(double, uint64_t, f64)
             }                                                                                   \
         }                                                                                       \
     }                                                                                           \
-    static void sub_mul_add_##S(void *yv, const ref *const *r, int64_t total, int64_t n)        \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            sub_mul_add_##S##_in(yv, r, n, n, false);                                             \
-        else                                                                                    \
-            sub_mul_add_##S##_in(yv, r, total, n, true);                                          \
-    }
+    OP_ENTRY(sub_mul_add_##S)
 
 /* A chain: y = u OUTER (a INNER s), an add, subtract or multiply by a value s uniform over
  * the run, computed inside the loop of the add, subtract or multiply that is its one reader
@@ -296,8 +267,7 @@ BIT_PICK(double, uint64_t, f64)
  * two loops round (C11 mode: no contraction). Named chain_<outer>_<inner>, where sub is
  * v - t or a - s and bus ("sub backwards") t - v or s - a. */
 #define CHAIN(OUTER_NAME, INNER_NAME, T, S, OUTER, INNER)                                       \
-    static inline __attribute__((always_inline)) void chain_##OUTER_NAME##_##INNER_NAME##_##S##_in(\
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(chain_##OUTER_NAME##_##INNER_NAME##_##S)                                            \
     {                                                                                           \
         OPERANDS3;                                                                              \
         EACH_PLANE {                                                                            \
@@ -316,14 +286,7 @@ BIT_PICK(double, uint64_t, f64)
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
-    static void chain_##OUTER_NAME##_##INNER_NAME##_##S(void *yv, const ref *const *r,          \
-                                                        int64_t total, int64_t n)               \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            chain_##OUTER_NAME##_##INNER_NAME##_##S##_in(yv, r, n, n, false);                     \
-        else                                                                                    \
-            chain_##OUTER_NAME##_##INNER_NAME##_##S##_in(yv, r, total, n, true);                  \
-    }
+    OP_ENTRY(chain_##OUTER_NAME##_##INNER_NAME##_##S)
 #define CHAINS_INTO(OUTER_NAME, T, S, OUTER)                                                    \
     CHAIN(OUTER_NAME, add, T, S, OUTER, a[i] + s)                                               \
     CHAIN(OUTER_NAME, sub, T, S, OUTER, a[i] - s)                                               \
@@ -349,8 +312,7 @@ BIT_PICK(double, uint64_t, f64)
     }
 
 #define CAST(FROM, TO, NAME)                                                                    \
-    static inline __attribute__((always_inline)) void NAME##_in(                                  \
-        void *yv, const ref *const *r, int64_t total, int64_t n, bool segmented)                \
+    OP_BODY(NAME)                                                                               \
     {                                                                                           \
         OPERANDS1;                                                                              \
         (void)segmented;                                                                        \
@@ -360,13 +322,7 @@ BIT_PICK(double, uint64_t, f64)
             SIMD for (int64_t i = 0; i < n; i++) y[i] = (TO)x[i];                               \
         }                                                                                       \
     }                                                                                           \
-    static void NAME(void *yv, const ref *const *r, int64_t total, int64_t n)                   \
-    {                                                                                           \
-        if (total == n)                                                                         \
-            NAME##_in(yv, r, n, n, false);                                                        \
-        else                                                                                    \
-            NAME##_in(yv, r, total, n, true);                                                     \
-    }
+    OP_ENTRY(NAME)
 
 /* The eager kernels' semantics, op by op: maximum takes a on ties and NaN in a, where tests
  * cond != 0, comparisons give 1 or 0 in the dtype, recip is 1/x. */

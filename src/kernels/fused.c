@@ -40,7 +40,7 @@
 #define TILE 1024 /* points per tile */
 #define SEGMENT_MIN 64 /* the planes of a segmented tile (choose_tile): enough points for */
 #define SEGMENT_MAX 256 /* a vector loop per plane, few enough for four planes or more */
-#define READ_AHEAD 3 /* tiles: how far ahead a reduction asks for its in-place points */
+#define READ_AHEAD 3 /* tiles: how far ahead read_ahead kernels ask for in-place points */
 #define MAX_VALUES (TG_FUSED_MAX_LOADS + TG_FUSED_MAX_INSTRS)
 #define SIMD _Pragma("omp simd")
 

@@ -510,7 +510,7 @@ START_TEST(chains)
         trace_case(&t, &c, 3);
         tg_plan *fused = compare_case(&c, &t, true);
         const tg_graph *g = tg_plan_graph(fused);
-        /* all but (x - s) * y, a scaled difference (sub_mul), which folds first */
+        /* all but (x - s) * y, a scaled difference (folded first; its step is the same loop) */
         int chained = count_kernels(g, "(1 chained)");
         if (chained != 19)
             print_kernels(g);

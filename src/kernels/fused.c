@@ -12,9 +12,10 @@
  *     on scalars: computed once per tile), read in place (a load contiguous over the tile),
  *     or a buffer in the thread's scratch (a gathered or broadcast load, an op's result).
  *     The result of a kernel without a reduction is written straight into the output, a
- *     comparison read only as wheres' conditions is computed inside each where's loop, and
- *     (a - b) c and (a - b) c + d inside one loop (sub_mul, sub_mul_add) when b and d are
- *     one value per tile (c too, where d is added).
+ *     comparison read only as wheres' conditions is computed inside each where's loop,
+ *     (a - b) c + d inside one loop (sub_mul_add) when b, c and d are one value per tile,
+ *     and an add, subtract or multiply by such a value inside its one reader's loop when
+ *     that is an add, subtract or multiply (a chain: (a - b) c with c a buffer too).
  * Where the innermost axes are a plane of a few hundred points and a load is one value per
  * plane, a tile is several planes and that load one value per plane (V_SEGMENT: a segmented
  * tile, choose_tile), so that the tile's bookkeeping is shared by several planes.
@@ -220,31 +221,11 @@ BIT_PICK(double, uint64_t, f64)
     }                                                                                           \
     OP_ENTRY(NAME##_##S)
 
-/* (a - b) c and (a - b) c + d with b, d one value over the tile and c one value or (in
- * (a - b) c) a buffer: batch norm's normalizing and its backward's (x - mean) g, the
- * commonest chains in the kernels. One loop instead of two or three, rounding after each
- * operation as the separate loops do (no contraction into a fused multiply-add: C11 mode). */
+/* (a - b) c + d with b, c, d one value over the tile: batch norm's normalizing, the
+ * commonest chain in the kernels ((a - b) c alone, with c a buffer too, is the chain
+ * c * (a - b)). One loop instead of three, rounding after each operation as the separate
+ * loops do (no contraction into a fused multiply-add: C11 mode). */
 #define SCALED(T, S)                                                                            \
-    OP_BODY(sub_mul_##S)                                                                        \
-    {                                                                                           \
-        OPERANDS3;                                                                              \
-        EACH_PLANE {                                                                            \
-            T *y = (T *)yv + o;                                                                 \
-            const T *a = AT(T, 0), *cp = AT(T, 2);                                              \
-            T b = SCALAR(T, 1), c = SCALAR(T, 2);                                               \
-            if (cp)                                                                             \
-                SIMD for (int64_t i = 0; i < n; i++) {                                          \
-                    T t = a[i] - b;                                                             \
-                    y[i] = t * cp[i];                                                           \
-                }                                                                               \
-            else                                                                                \
-                SIMD for (int64_t i = 0; i < n; i++) {                                          \
-                    T t = a[i] - b;                                                             \
-                    y[i] = t * c;                                                               \
-                }                                                                               \
-        }                                                                                       \
-    }                                                                                           \
-    OP_ENTRY(sub_mul_##S)                                                                       \
     OP_BODY(sub_mul_add_##S)                                                                    \
     {                                                                                           \
         OPERANDS4;                                                                              \
@@ -354,8 +335,8 @@ CAST(double, float, narrow)
 #define PICK(name) (dt == TG_F64 ? name##_f64 : name##_f32)
 
 /* The loop of instruction op with result dtype dt (from: its operand's, for a cast); with
- * folded set, the where that also computes its comparison `folded`, or the multiply (add)
- * that also computes the difference (scaled difference) it reads. */
+ * folded set, the where that also computes its comparison `folded`, or the add that also
+ * computes the scaled difference it reads (chains: chain_function). */
 static op_fn op_function(int op, tg_dtype dt, tg_dtype from, int folded)
 {
     switch (op) {
@@ -366,7 +347,7 @@ static op_fn op_function(int op, tg_dtype dt, tg_dtype from, int folded)
     case TG_OP_RECIP: return PICK(recip);
     case TG_OP_ADD: return folded == TG_OP_MUL ? PICK(sub_mul_add) : PICK(add);
     case TG_OP_SUB: return PICK(sub);
-    case TG_OP_MUL: return folded == TG_OP_SUB ? PICK(sub_mul) : PICK(mul);
+    case TG_OP_MUL: return PICK(mul);
     case TG_OP_DIV: return PICK(div);
     case TG_OP_MAXIMUM: return PICK(maximum);
     case TG_OP_LT: return PICK(lt);
@@ -1272,8 +1253,9 @@ static int scaled_operand(const tg_fused_program *p, const struct tg_fused_exec 
     return -1;
 }
 
-/* (a - b) c and then (a - b) c + d become one step each (the sub_mul loops; see
- * scaled_operand for which operands may be buffers); the inner values are folded.
+/* (a - b) c and then (a - b) c + d become one step each (the chain c * (a - b) and
+ * sub_mul_add; see scaled_operand for which operands may be buffers); the inner values are
+ * folded.
  * Multiplies first, so that an add sees them. */
 static void fold_scaled_differences(const tg_fused_program *p, struct tg_fused_exec *e,
                                     const int *uses)
@@ -1408,6 +1390,13 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
         e->kind[p->store] = V_OUT;
 }
 
+/* The chain loop y = u OUTER (a INNER s): rows add, sub, bus, mul as OUTER, columns the same
+ * as INNER (CHAINS). */
+static op_fn chain_function(tg_dtype dt, int outer, int inner)
+{
+    return dt == TG_F64 ? chain_f64[outer][inner] : chain_f32[outer][inner];
+}
+
 /* The step that makes the value of instruction i. */
 static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, int i)
 {
@@ -1427,8 +1416,7 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
         int inner_col = inner->op == TG_OP_ADD ? 0 : inner->op == TG_OP_MUL ? 3 : us == 1 ? 1 : 2;
         s = (step){.value = s.value, .n_args = 3,
                    .arg = {in->arg[1 - side], inner->arg[1 - us], inner->arg[us]}};
-        s.fn = in->dtype == TG_F64 ? chain_f64[outer_row][inner_col]
-                                   : chain_f32[outer_row][inner_col];
+        s.fn = chain_function(in->dtype, outer_row, inner_col);
         return s;
     }
     if (in->op == TG_OP_WHERE && e->kind[in->arg[0]] == V_FOLDED) {
@@ -1437,10 +1425,12 @@ static step make_step(const tg_fused_program *p, const struct tg_fused_exec *e, 
         s = (step){.value = s.value, .n_args = 4,
                    .arg = {cmp->arg[0], cmp->arg[1], in->arg[1], in->arg[2]}};
     } else if (in->op == TG_OP_MUL && (side = folded_difference(p, e, i)) >= 0) {
+        /* (a - b) c is the chain c * (a - b), whose outer operand may be a buffer too */
         const tg_fused_instr *sub = &p->instr[in->arg[side] - p->n_loads];
-        folded = TG_OP_SUB;
         s = (step){.value = s.value, .n_args = 3,
-                   .arg = {sub->arg[0], sub->arg[1], in->arg[1 - side]}};
+                   .arg = {in->arg[1 - side], sub->arg[0], sub->arg[1]}};
+        s.fn = chain_function(in->dtype, 3, 1);
+        return s;
     } else if (in->op == TG_OP_ADD) {
         for (side = 0; side < 2 && !folded; side++) {
             int v = in->arg[side], w = v - p->n_loads;

@@ -328,6 +328,17 @@ START_TEST(batchnorm_statistics_and_normalize)
         if (passes != 3)
             print_kernels(g);
         ck_assert_msg(passes == 3, "%d passes of sums over (N, H, W), not 3", passes);
+        /* The ReLU's gradient where(mask, w, 0) is recomputed by both of its readers, the
+         * sums and the input gradient, which read x anyway: storing it would write a full
+         * array and read it back where recomputing reads w instead of it. */
+        if (has_kernel(g, "+ store"))
+            print_kernels(g);
+        ck_assert_msg(!has_kernel(g, "+ store"), "the ReLU's gradient is stored");
+        /* sum((x - mean)^2) and sum(x - mean) share x - mean: merged, they compute it once. */
+        if (!has_kernel(g, "fused{sub mul} + sum(0,2,3) of 2 values"))
+            print_kernels(g);
+        ck_assert_msg(has_kernel(g, "fused{sub mul} + sum(0,2,3) of 2 values"),
+                      "merged sums repeat their shared instructions");
         if (d >= 4 && !has_kernel(g, "planes a tile)"))
             print_kernels(g);
         ck_assert_msg(d < 4 || has_kernel(g, "planes a tile)"), "no segmented tiles");

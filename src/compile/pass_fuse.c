@@ -12,7 +12,8 @@
  *     broadcast, overlapping windows): recomputing it at every repeat multiplies its work,
  *     so it is written once first (tinygrad's rule: materialize before an expand);
  *   - several kernels read it, and recomputing it in each would move more memory than
- *     writing it once and reading it back, or would repeat a long chain; a value a
+ *     writing it once and reading it back (a reader that loads some of its sources anyway
+ *     pays only for the others), or would repeat a long chain; a value a
  *     recomputation reads repeated in the middle of its axes (a pooled value over each
  *     window, in a pool's backward) is gathered point by point, and counts as its points;
  *   - a reshape of the view a kernel has of it cannot be written with strides.
@@ -546,15 +547,17 @@ static bool repeats_inside(const tg_ir_node *n, const tg_ir_node *u)
 
 /* What recomputing v costs against materializing it: the ops it repeats and the bytes of
  * the materialized values it reads, each node counted once; one read through repeats
- * inside (repeats_inside) counts the bytes of the points it fills, `repeat` times its own. */
-static void recompute_cost(fuser *f, int v, size_t repeat, int *ops, size_t *bytes)
+ * inside (repeats_inside) counts the bytes of the points it fills, `repeat` times its own.
+ * Values stamped `loaded` cost nothing: the kernel reads them anyway. */
+static void recompute_cost(fuser *f, int v, size_t repeat, int loaded, int *ops, size_t *bytes)
 {
     if (f->stamp[v] == f->stamp_now)
         return;
+    bool read_anyway = f->stamp[v] == loaded;
     f->stamp[v] = f->stamp_now;
     double c;
     if (loadable(f, v)) {
-        if (!tg_ir_const_value(f->g, v, &c))
+        if (!read_anyway && !tg_ir_const_value(f->g, v, &c))
             *bytes += value_bytes(node(f, v)) * repeat;
         return;
     }
@@ -566,23 +569,73 @@ static void recompute_cost(fuser *f, int v, size_t repeat, int *ops, size_t *byt
         size_t r = repeat;
         if (broadcasts && repeats_inside(n, u))
             r *= (size_t)(n->numel / u->numel);
-        recompute_cost(f, n->in[k], r, ops, bytes);
+        recompute_cost(f, n->in[k], r, loaded, ops, bytes);
     }
 }
 
-/* k kernels reading v: recomputing reads its sources k times; materializing reads them
- * once, writes v and reads it k times. A single value costs nothing to read either way. */
-static bool costly_when_shared(fuser *f, int v, int k)
+/* Stamps what a kernel's walk from u reaches without going through v: the nodes it
+ * computes and the materialized values it loads. Sets *reaches_v when it meets v. */
+static void stamp_besides(fuser *f, int u, int v, bool *reaches_v)
+{
+    if (u == v) {
+        *reaches_v = true;
+        return;
+    }
+    if (f->stamp[u] == f->stamp_now)
+        return;
+    f->stamp[u] = f->stamp_now;
+    if (loadable(f, u))
+        return;
+    for (int k = 0; k < node(f, u)->n_in; k++)
+        stamp_besides(f, node(f, u)->in[k], v, reaches_v);
+}
+
+/* The bytes that the kernels computing v load only for it, summed over those kernels: what
+ * they would no longer read if v were materialized. A kernel that loads one of v's sources
+ * for its other values anyway (batch norm's input gradient reads x beside the ReLU's
+ * gradient, which recomputes its mask from x) pays nothing for that one. Sets *k to how many
+ * kernels compute v. */
+static size_t recompute_loads(fuser *f, int v, int *k)
+{
+    size_t total = 0;
+    *k = 0;
+    for (int r = 0; r < f->g->n; r++) {
+        if (!is_kernel_root(f, r))
+            continue;
+        bool reaches_v = false;
+        int loaded = ++f->stamp_now;
+        for (int i = 0; i < node(f, r)->n_in; i++)
+            stamp_besides(f, node(f, r)->in[i], v, &reaches_v);
+        if (!reaches_v)
+            continue;
+        ++*k;
+        int ops = 0;
+        f->stamp_now++;
+        recompute_cost(f, v, 1, loaded, &ops, &total);
+    }
+    return total;
+}
+
+/* k kernels reading v: recomputing reads its sources in each of them; materializing reads
+ * them once, writes v and reads it k times. A single value costs nothing to read either
+ * way. `exact`: count what the kernels that compute v now would load only for it (else
+ * assume each reads all of v's sources only for it, as k hypothetical readers would). */
+static bool costly_when_shared(fuser *f, int v, int k, bool exact)
 {
     if (k < 2)
         return false;
     int ops = 0;
     size_t bytes = 0;
     f->stamp_now++;
-    recompute_cost(f, v, 1, &ops, &bytes);
-    size_t own = value_bytes(node(f, v));
-    return ops > RECOMPUTE_MAX_OPS ||
-           (node(f, v)->numel > 1 && (size_t)(k - 1) * bytes > (size_t)(k + 1) * own);
+    recompute_cost(f, v, 1, -1, &ops, &bytes);
+    if (ops > RECOMPUTE_MAX_OPS)
+        return true;
+    if (node(f, v)->numel <= 1)
+        return false;
+    size_t own = value_bytes(node(f, v)), recomputed = (size_t)k * bytes;
+    if (exact)
+        recomputed = recompute_loads(f, v, &k);
+    return recomputed > bytes + (size_t)(k + 1) * own;
 }
 
 /* Flags the nodes under v (not v) that kernels compute through it. */
@@ -622,7 +675,7 @@ static void relieve_below(fuser *f, int u, const bool *candidate, bool *below, b
     flag_below(f, u, below);
     for (int w = 0; w < f->g->n; w++)
         if (below[w] && candidate[w] &&
-            !costly_when_shared(f, w, f->n_kernels[w] - f->n_kernels[u] + 1))
+            !costly_when_shared(f, w, f->n_kernels[w] - f->n_kernels[u] + 1, false))
             relieved[w] = true;
 }
 
@@ -641,7 +694,7 @@ static int materialize(fuser *f, bool shared_rule)
          *relieved = below + n + 1;
     for (int v = 0; v < n; v++)
         candidate[v] = !f->mat[v] && f->n_kernels[v] > 0 &&
-                       (shared_rule ? costly_when_shared(f, v, f->n_kernels[v])
+                       (shared_rule ? costly_when_shared(f, v, f->n_kernels[v], true)
                                     : f->repeated[v]);
     if (shared_rule) {
         for (int u = 0; u < n; u++)
@@ -975,6 +1028,18 @@ static bool same_space(const tg_ir_node *x, const tg_ir_node *y)
            memcmp(p->shape, q->shape, (size_t)p->ndim * sizeof *p->shape) == 0;
 }
 
+static bool same_instr(const tg_fused_instr *a, const tg_fused_instr *b)
+{
+    if (a->op != b->op || a->dtype != b->dtype)
+        return false;
+    if (a->op == TG_OP_LEAF)
+        return memcmp(&a->value, &b->value, sizeof a->value) == 0;
+    for (int k = 0; k < tg_op_table[a->op].arity; k++)
+        if (a->arg[k] != b->arg[k])
+            return false;
+    return true;
+}
+
 /* Appends q's program (node y) to p's (node x's inputs in inputs[0 .. *n_inputs)): its
  * inputs, loads (shared ones once) and instructions; q's result becomes p's next one.
  * False when a limit would be passed (p is then unusable). */
@@ -1011,7 +1076,7 @@ static bool append_program(tg_fused_program *p, int *inputs, int *n_inputs,
     if (p->n_instrs + q->n_instrs > TG_FUSED_MAX_INSTRS || p->n_more == TG_FUSED_MAX_MORE)
         return false;
     /* p's instructions move up by the loads added; q's follow them. */
-    int shift = added, base = n_loads + added + p->n_instrs;
+    int shift = added;
     for (int i = 0; i < p->n_instrs; i++)
         for (int a = 0; p->instr[i].op != TG_OP_LEAF && a < tg_op_table[p->instr[i].op].arity; a++)
             if (p->instr[i].arg[a] >= n_loads)
@@ -1024,15 +1089,22 @@ static bool append_program(tg_fused_program *p, int *inputs, int *n_inputs,
     for (int k = 0; k < added; k++)
         p->load[n_loads + k] = extra[k];
     p->n_loads = n_loads + added;
+    /* q's instructions that p already has (siblings recompute the same values: batch norm's
+     * sums both recompute the ReLU's gradient) are not repeated. */
+    int value_of[TG_FUSED_MAX_LOADS + TG_FUSED_MAX_INSTRS];
+    memcpy(value_of, load_of, (size_t)q->n_loads * sizeof *load_of);
     for (int i = 0; i < q->n_instrs; i++) {
         tg_fused_instr in = q->instr[i];
         for (int a = 0; in.op != TG_OP_LEAF && a < tg_op_table[in.op].arity; a++)
-            in.arg[a] = in.arg[a] < q->n_loads ? load_of[in.arg[a]]
-                                               : base + in.arg[a] - q->n_loads;
-        p->instr[p->n_instrs++] = in;
+            in.arg[a] = value_of[in.arg[a]];
+        int same = 0;
+        while (same < p->n_instrs && !same_instr(&p->instr[same], &in))
+            same++;
+        if (same == p->n_instrs)
+            p->instr[p->n_instrs++] = in;
+        value_of[q->n_loads + i] = p->n_loads + same;
     }
-    p->more[p->n_more++] = q->result < q->n_loads ? load_of[q->result]
-                                                  : base + q->result - q->n_loads;
+    p->more[p->n_more++] = value_of[q->result];
     return true;
 }
 

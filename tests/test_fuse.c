@@ -352,8 +352,9 @@ END_TEST
 /* Planes of 100 points, 10 to a tile, with per-channel values one per plane (s, t, and
  * exp(s) and s t, which fusion writes once as [1, C, 1, 1]): compared (where), in products
  * with a plane's points, and summed per channel (a reduction folding a tile's planes into
- * their channels). 13 channels: the last tile has 3 planes. A value computed per plane
- * inside a kernel: executor_per_plane_values. */
+ * their channels). 13 channels: the last tile has 3 planes; 11: the last tile has one plane,
+ * run as one plane (its per-plane values are then the tile's scalars). A value computed per
+ * plane inside a kernel: executor_per_plane_values. */
 static int build_segmented(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg_tensor **out)
 {
     (void)c, (void)tape;
@@ -366,11 +367,12 @@ static int build_segmented(fuse_case *c, tg_tape *tape, tg_tensor *const *in, tg
 
 START_TEST(segmented_tiles)
 {
-    for (int d = 0; d < 2; d++) {
-        fuse_case c = {.dt = d ? TG_F64 : TG_F32, .n_in = 3, .build = build_segmented};
-        c.in[0] = (input_spec){"x", 4, {3, 13, 10, 10}, -2, 2, false};
-        c.in[1] = (input_spec){"s", 4, {1, 13, 1, 1}, -1, 1, false};
-        c.in[2] = (input_spec){"t", 4, {1, 13, 1, 1}, 0.5, 2, false};
+    for (int d = 0; d < 4; d++) {
+        int64_t C = d < 2 ? 13 : 11;
+        fuse_case c = {.dt = d % 2 ? TG_F64 : TG_F32, .n_in = 3, .build = build_segmented};
+        c.in[0] = (input_spec){"x", 4, {3, C, 10, 10}, -2, 2, false};
+        c.in[1] = (input_spec){"s", 4, {1, C, 1, 1}, -1, 1, false};
+        c.in[2] = (input_spec){"t", 4, {1, C, 1, 1}, 0.5, 2, false};
         c.tol = tol_for(c.dt, false);
         traced t;
         trace_case(&t, &c, 5);
@@ -1167,11 +1169,11 @@ static int hand_graph(tg_graph *g, tg_fused_program *prog, int64_t out_numel)
 }
 
 /* A value computed per plane inside a segmented tile: y = x exp(s), s[c] = x[0, c, 0, 0],
- * x [2, 6, 8, 8] (planes of 64 points, all 6 channels of an image in a tile): exp runs once
- * per plane, on that plane's s. */
+ * x [2, 17, 8, 8] (planes of 64 points, 16 channels of an image in a tile, then a tile of one
+ * plane): exp runs once per plane, on that plane's s. */
 START_TEST(executor_per_plane_values)
 {
-    enum { N = 2, C = 6, P = 64 };
+    enum { N = 2, C = 17, P = 64 };
     tg_graph g;
     tg_graph_init(&g);
     double *data = malloc(N * C * P * sizeof *data);
@@ -1193,7 +1195,7 @@ START_TEST(executor_per_plane_values)
     ck_assert_int_eq(tg_fused_prepare(&g, &g.nodes[f]), 0);
     char what[128];
     tg_fused_describe(&g.nodes[f], what, sizeof what);
-    ck_assert_str_eq(what, "fused{exp mul} (6 planes a tile)");
+    ck_assert_str_eq(what, "fused{exp mul} (16 planes a tile)");
     double *y = malloc(N * C * P * sizeof *y);
     void *scratch = aligned_alloc(64, g.nodes[f].scratch_bytes ? g.nodes[f].scratch_bytes : 64);
     const void *in[1] = {data};

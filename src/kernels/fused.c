@@ -1842,6 +1842,7 @@ static void run_load(const tg_fused_program *p, const struct tg_fused_exec *e, i
         for (int64_t g = 0; g < t->ext[e->first]; g++, base += e->seg_step[l])
             seg[g] = ld->dtype == TG_F64 ? *(const double *)base : *(const float *)base;
         v->seg = seg;
+        v->scalar = seg[0]; /* a tile of one plane runs its steps as one plane (OP_ENTRY) */
     } else if (e->kind[l] == V_IN_PLACE) {
         v->ptr = base;
         /* Where the next tile does not read on from here (a reduction over the batch jumps
@@ -1885,6 +1886,7 @@ static void run_op(const tg_fused_program *p, const struct tg_fused_exec *e, con
             seg[g] = scalar_result(p, s, val, g);
         r->ptr = NULL;
         r->seg = seg;
+        r->scalar = seg[0];
         return;
     }
     void *y = kind == V_OUT ? out : scratch + (size_t)e->slot[s->value] * e->slot_bytes;

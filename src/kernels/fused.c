@@ -2001,6 +2001,7 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
     set_constants(p, e, val);
     decode(e, e->kept, e->n_kept, u0, idx);
     place_tile(e, idx, next);
+    bool write_ahead = e->read_ahead && e->kind[p->result] == V_OUT;
     for (int64_t u = u0; u < u1; u++) {
         swap_tiles(&t, &next);
         bool more = u + 1 < u1;
@@ -2008,8 +2009,16 @@ static void run_elementwise(const tg_fused_program *p, const struct tg_fused_exe
             advance(e, e->kept, e->n_kept, idx);
             place_tile(e, idx, next);
         }
-        run_tile(p, e, first, scratch, out + out_offset(e, t) * (int64_t)elem, t,
-                 more ? next : NULL, val);
+        char *y = out + out_offset(e, t) * (int64_t)elem;
+        int64_t bytes = t->count * (int64_t)elem;
+        /* Where the next tile writes on from here, ask for the lines READ_AHEAD tiles on,
+         * to be written: a store that misses waits for its line, and a kernel that reads
+         * ahead (read_ahead) otherwise meets its output's misses alone (batch norm's input
+         * gradient, conv_bn A and B: 0.82-0.87 of its time). */
+        if (write_ahead && more && out + out_offset(e, next) * (int64_t)elem == y + bytes)
+            for (int64_t b = 0; b < bytes; b += 64)
+                __builtin_prefetch(y + READ_AHEAD * bytes + b, 1, 2);
+        run_tile(p, e, first, scratch, y, t, more ? next : NULL, val);
     }
 }
 

@@ -833,11 +833,10 @@ struct tg_fused_exec {
     /* Whether in-place loads that read on from tile to tile ask for their points READ_AHEAD
      * tiles ahead: in a reduction, whose fold and bookkeeping between one tile's loads and
      * the next's outlast what the hardware fetches ahead (a sum over (N, H, W) of 28x28
-     * planes read memory at 20 GB/s, a plain loop at 44; 34-41 with the requests), and in
-     * any kernel with an in-place load (batch norm's input gradient, x and dy read, dx
-     * written: 0.67-0.81 of its time at 28x28 and 14x14; its forward apply, x read and y
-     * written over x, together with the output's lines asked for ahead (run_elementwise):
-     * 0.76-1.04, median 0.88, in five conv_bn runs of shapes A and B on 1 and 2 threads). */
+     * planes read memory at 20 GB/s, a plain loop at 44; 34-41 with the requests), and in a
+     * kernel of two in-place loads or more (batch norm's input gradient, x and dy read,
+     * dx written: 0.67-0.81 of its time at 28x28 and 14x14). Not for one in-place load (a
+     * forward apply, x read and y written), which measured 1.2x slower with them. */
     bool read_ahead;
     /* Per gathered load, NULL or the offset of each point of a full tile from the tile's
      * first element (a partial tile is a prefix): short rows and broadcasts inside the tile
@@ -1382,7 +1381,7 @@ static void classify(const tg_fused_program *p, struct tg_fused_exec *e)
     int in_place = 0;
     for (int l = 0; l < p->n_loads; l++)
         in_place += e->kind[l] == V_IN_PLACE;
-    e->read_ahead = p->reduce_op != TG_OP_LEAF || in_place >= 1;
+    e->read_ahead = p->reduce_op != TG_OP_LEAF || in_place >= 2;
     /* Without a reduction, a result made into a buffer goes to the output directly; so
      * does a stored value, where a tile's points lie contiguous in the output. */
     if (p->reduce_op == TG_OP_LEAF && e->kind[p->result] == V_SLOT)

@@ -1028,6 +1028,8 @@ static bool same_space(const tg_ir_node *x, const tg_ir_node *y)
            memcmp(p->shape, q->shape, (size_t)p->ndim * sizeof *p->shape) == 0;
 }
 
+/* Whether two instructions of one program compute the same value: the same op and dtype on
+ * the same operands, or a constant of the same bits. */
 static bool same_instr(const tg_fused_instr *a, const tg_fused_instr *b)
 {
     if (a->op != b->op || a->dtype != b->dtype)

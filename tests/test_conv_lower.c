@@ -19,13 +19,16 @@ typedef struct {
  * large enough that the weight gradient stages one or a few at a time; few input channels
  * (C*KH*KW <= 32: taps gathered) and more (taps batched), each with and without padding, and
  * padding wider than the kernel (bands of padding only); taps batched with 40 and 64 output
- * channels, which one thread computes as one block and two threads as two (the same bits). */
+ * channels, which one thread computes as one block and two threads as two (the same bits).
+ * Sixteen output channels or more with taps batched run channels last (17, 24, 40, 64; the
+ * input gradient of the 16-channel case, in bands), with padding and without (24). */
 static const conv_case cases[] = {
     {2, 3, 7, 9, 5, 3, 1},   {1, 1, 5, 5, 3, 1, 0},  {3, 4, 6, 6, 17, 5, 2},
     {2, 2, 8, 5, 3, 3, 0},   {1, 2, 20, 9, 5, 3, 1}, {2, 1, 9, 7, 33, 3, 2},
     {3, 16, 48, 40, 6, 3, 1}, {4, 5, 4, 4, 2, 3, 2}, {1, 6, 11, 7, 4, 3, 1},
     {2, 8, 7, 6, 5, 3, 0},   {3, 3, 30, 26, 40, 3, 1}, {1, 2, 5, 4, 3, 3, 4},
     {1, 5, 5, 4, 3, 3, 4},   {3, 8, 9, 7, 40, 3, 1}, {2, 32, 6, 6, 64, 3, 1},
+    {2, 8, 7, 6, 24, 3, 0},
 };
 #define N_CASES (sizeof cases / sizeof *cases)
 

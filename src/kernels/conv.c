@@ -133,6 +133,7 @@ typedef struct {
     int64_t wp;   /* the wide rows: w + 2 pw */
     bool direct;  /* no padding: the GEMMs read x where it is */
     bool gathered;
+    bool channels_last; /* CONV: the GEMMs run channels last (see CONV, channels last) */
 } conv_geom;
 
 static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -200,6 +201,16 @@ static int thread_index(void)
                     cols[j] = at[shift[j]];                                                     \
             }                                                                                   \
     }                                                                                           \
+    /* dst[i ldo + j] = src[j ldi + i] for i < m, j < n: n rows of m transposed. */            \
+    static void transpose_##T(const void *src_, int64_t ldi, void *dst_, int64_t ldo,           \
+                              int64_t m, int64_t n)                                             \
+    {                                                                                           \
+        const T *src = src_;                                                                    \
+        T *dst = dst_;                                                                          \
+        for (int64_t j = 0; j < n; j++)                                                         \
+            for (int64_t i = 0; i < m; i++)                                                     \
+                dst[i * ldo + j] = src[j * ldi + i];                                            \
+    }                                                                                           \
     /* The weights W_t[c, o] = w[o][c][t], or flipped: w[c][o][taps - 1 - t]. */                \
     static void repack_weights_##T(const conv_geom *g, bool flipped, const void *w_, void *wt_) \
     {                                                                                           \
@@ -209,8 +220,9 @@ static int thread_index(void)
         for (int64_t o = 0; o < g->oc; o++)                                                     \
             for (int64_t c = 0; c < g->c; c++)                                                  \
                 for (int64_t t = 0; t < taps; t++) {                                            \
-                    size_t at = g->gathered ? (size_t)((o * g->c + c) * taps + t)               \
-                                            : (size_t)((t * g->oc + o) * g->c + c);             \
+                    size_t at = g->gathered        ? (size_t)((o * g->c + c) * taps + t)        \
+                                : g->channels_last ? (size_t)((t * g->c + c) * g->oc + o)       \
+                                                   : (size_t)((t * g->oc + o) * g->c + c);      \
                     wt[at] = flipped ? w[(c * g->oc + o) * taps + taps - 1 - t]                 \
                                      : w[(o * g->c + c) * taps + t];                            \
                 }                                                                               \
@@ -248,12 +260,14 @@ static int thread_index(void)
             acc[i] += part[i];                                                                  \
     }                                                                                           \
     static const struct conv_copies copies_##T = {                                              \
-        copy_rows_##T,      gather_taps_##T,    gather_taps_transposed_##T,                     \
+        copy_rows_##T,      transpose_##T,      gather_taps_##T,    gather_taps_transposed_##T, \
         repack_weights_##T, transpose_grad_##T, scatter_wgrad_##T,                              \
         add_partial_##T};
 
 struct conv_copies {
     void (*copy_rows)(const void *src, int64_t ldi, void *dst, int64_t ldo, int64_t m,
+                      int64_t n);
+    void (*transpose)(const void *src, int64_t ldi, void *dst, int64_t ldo, int64_t m,
                       int64_t n);
     void (*gather_taps)(const conv_geom *g, const void *src, int64_t plane, int64_t rows,
                         void *cols, int64_t ld);
@@ -295,6 +309,32 @@ static void copy_rows(const conv_geom *g, libxsmm_xmcopyfunction jit, const void
     jit(src, &i, dst, &o);
 }
 
+/* libxsmm's transpose of n rows of m elements, ldi apart (given at the call), into m rows
+ * of n, ldo apart; NULL where it has none. */
+static libxsmm_xtransfunction transpose_kernel(const conv_geom *g, int64_t m, int64_t n,
+                                               int64_t ldi, int64_t ldo)
+{
+    if (m > UINT_MAX || n > UINT_MAX || ldi > UINT_MAX || ldo > UINT_MAX)
+        return NULL;
+    libxsmm_descriptor_blob blob;
+    const libxsmm_trans_descriptor *desc = libxsmm_trans_descriptor_init(
+        &blob, (unsigned int)g->elem, (unsigned int)m, (unsigned int)n, (unsigned int)ldo);
+    return desc ? libxsmm_dispatch_trans(desc) : NULL;
+}
+
+/* dst[i ldo + j] = src[j ldi + i] (i < m, j < n) by `jit`, a transpose_kernel of exactly
+ * these sizes, or the loop when it is NULL. */
+static void transpose_rows(const conv_geom *g, libxsmm_xtransfunction jit, const void *src,
+                           int64_t ldi, void *dst, int64_t ldo, int64_t m, int64_t n)
+{
+    if (!jit) {
+        g->copy->transpose(src, ldi, dst, ldo, m, n);
+        return;
+    }
+    unsigned int i = (unsigned int)ldi, o = (unsigned int)ldo;
+    jit(src, &i, dst, &o);
+}
+
 /* Rows first .. first + rows - 1 of each channel's zero-padded image (negative: the top
  * padding) into dst, `plane` elements per channel. Only what can change between calls is
  * written: the left and right padding columns stay as the caller cleared them, once.
@@ -317,6 +357,22 @@ static void stage_rows(const conv_geom *g, libxsmm_xmcopyfunction whole, const c
     }
 }
 
+/* The same rows staged channels last: dst[r][x][c], rows of wp positions of C channels, by
+ * `each`, a transpose of one input row (w positions of C channels) where libxsmm has one. */
+static void stage_rows_last(const conv_geom *g, libxsmm_xtransfunction each, const char *image,
+                            int64_t first, int64_t rows, char *dst)
+{
+    size_t e = g->elem, row = (size_t)(g->wp * g->c) * e;
+    int64_t above = min64(first < 0 ? -first : 0, rows);
+    int64_t in = min64(rows - above, g->h - (first + above));
+    in = in > 0 ? in : 0;
+    memset(dst, 0, (size_t)above * row);
+    memset(dst + (size_t)(above + in) * row, 0, (size_t)(rows - above - in) * row);
+    for (int64_t r = 0; r < in; r++)
+        transpose_rows(g, each, image + (size_t)((first + above + r) * g->w) * e, g->h * g->w,
+                       dst + (above + r) * row + (size_t)(g->pw * g->c) * e, g->c, g->w, g->c);
+}
+
 /* ---- CONV ------------------------------------------------------------------------------------ */
 /* Output rows go in bands: thin enough that the band's A operand stays in L1 while the GEMM
  * passes over it once per block of output channels (BAND_L1_BYTES, the L1 of current cores;
@@ -335,10 +391,41 @@ typedef struct {
     int64_t plane;            /* elements per channel of the band's input: its rows, or h w */
     brgemm full, last;        /* a full band and the last, maybe shorter, band */
     libxsmm_xmcopyfunction stage, copy_out; /* an image's rows in; a full band's rows out */
+    /* channels last: an input row in; a full band's and the last band's output out */
+    libxsmm_xtransfunction stage_last, out_full, out_last;
     size_t at_image, at_cols, at_out; /* in a thread's scratch (the weights are first) */
     unsigned long long count; /* GEMMs summed per band: the taps, or 1 when gathered */
     unsigned long long offs[]; /* A offsets, then B offsets (bytes) */
 } conv_fwd;
+
+/* ---- CONV, channels last -------------------------------------------------------------------- */
+/* With enough output channels to fill vectors (CHANNELS_LAST_OC), the GEMMs run the other way
+ * round: a band's padded rows are staged channels last, [row][x][c], and each output row is
+ * one GEMM batch-reduced over the taps with M = OC, N = ow, K = C, into [x][oc] scratch; the
+ * band's output is then transposed into y's channel planes. The wide rows compute wp columns
+ * for ow (16 for 14 at 14x14: an eighth of the work thrown away), this computes none, and
+ * the vectors run along output channels. Measured at 14x14, N 128, one thread (Zen 5,
+ * AVX-512): 32->64 4.5 ms against 5.5 for the wide rows, 64->32 (the reference model's input
+ * gradient) 4.4 against 5.6; oneDNN's blocked kernels 4.4 and 4.5. The staging and the
+ * transposes are libxsmm's JIT transposes (loops where it has none): 7% of the time. */
+#define CHANNELS_LAST_OC 16
+
+/* Output rows r0 .. r0 + rows - 1 of image `image` (at img), channels last. */
+static void forward_band_last(const conv_fwd *p, const char *img, char *mine, char *y,
+                              int64_t image, int64_t r0, int64_t rows)
+{
+    const conv_geom *g = &p->g;
+    size_t e = g->elem;
+    char *staged = mine + p->at_image, *band_out = mine + p->at_out;
+    stage_rows_last(g, p->stage_last, img, r0 - g->ph, rows + g->kh - 1, staged);
+    for (int64_t r = 0; r < rows; r++)
+        brgemm_run(&p->full, mine, staged + (size_t)(r * g->wp * g->c) * e,
+                   band_out + (size_t)(r * g->ow * g->oc) * e, p->count, p->offs,
+                   p->offs + p->count);
+    transpose_rows(g, rows == p->band_rows ? p->out_full : p->out_last, band_out, g->oc,
+                   y + (size_t)((image * g->oc * g->oh + r0) * g->ow) * e, g->oh * g->ow, g->oc,
+                   rows * g->ow);
+}
 
 static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, int64_t image,
                          int64_t band)
@@ -349,6 +436,10 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
     const brgemm *gemm = rows == p->band_rows ? &p->full : &p->last;
     const char *img = x + (size_t)(image * g->c * g->h * g->w) * e;
     const char *a = img + (size_t)(r0 * g->w) * e;
+    if (g->channels_last) {
+        forward_band_last(p, img, mine, y, image, r0, rows);
+        return;
+    }
     if (!g->direct) {
         stage_rows(g, p->stage, img, r0 - g->ph, rows + g->kh - 1, p->plane, mine + p->at_image);
         a = mine + p->at_image;
@@ -407,7 +498,8 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
     bands = min64(bands, g->oh);
     p->band_rows = (g->oh + bands - 1) / bands;
     p->bands = (g->oh + p->band_rows - 1) / p->band_rows;
-    p->plane = g->direct ? g->h * g->w : (p->band_rows + g->kh - 1) * g->wp;
+    bool staged = !g->direct || g->channels_last;
+    p->plane = staged ? (p->band_rows + g->kh - 1) * g->wp : g->h * g->w;
     int64_t last_rows = g->oh - (p->bands - 1) * p->band_rows, k = g->gathered ? g->c * g->taps
                                                                                         : g->c;
     if (g->gathered) { /* A: the band's im2col; C: y's channel planes */
@@ -415,6 +507,12 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
         brgemm_init(&p->full, g->dt, positions, g->oc, k, positions, k, g->oh * g->ow, false);
         brgemm_init(&p->last, g->dt, last_rows * g->ow, g->oc, k, positions, k, g->oh * g->ow,
                     false);
+    } else if (g->channels_last) { /* A: W_t [c][oc]; B: a staged row [x][c]; C: [x][oc] */
+        int64_t plane = g->oh * g->ow;
+        brgemm_init(&p->full, g->dt, g->oc, g->ow, k, g->oc, k, g->oc, false);
+        p->stage_last = transpose_kernel(g, g->w, g->c, g->h * g->w, g->c);
+        p->out_full = transpose_kernel(g, g->oc, p->band_rows * g->ow, g->oc, plane);
+        p->out_last = transpose_kernel(g, g->oc, last_rows * g->ow, g->oc, plane);
     } else { /* A: the wide band, a plane per channel; C: the band's output, wide too */
         int64_t positions = p->band_rows * g->wp;
         brgemm_init(&p->full, g->dt, (p->band_rows - 1) * g->wp + g->ow, g->oc, k, p->plane, k,
@@ -423,16 +521,20 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
                     positions, false);
         p->copy_out = copy_kernel(g, g->ow, p->band_rows, g->wp, g->ow);
     }
-    if (!g->direct)
+    if (!g->direct && !g->channels_last)
         p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
     for (unsigned long long t = 0; t < count && !g->gathered; t++) {
-        p->offs[t] = (unsigned long long)tap_shift(g, (int64_t)t) * g->elem;
-        p->offs[count + t] = t * (unsigned long long)(g->oc * g->c) * g->elem;
+        unsigned long long shift = (unsigned long long)tap_shift(g, (int64_t)t) * g->elem;
+        unsigned long long weights = t * (unsigned long long)(g->oc * g->c) * g->elem;
+        /* channels last, A is the weights and a position holds c channels */
+        p->offs[t] = g->channels_last ? weights : shift;
+        p->offs[count + t] = g->channels_last ? shift * (unsigned long long)g->c : weights;
     }
     size_t weights = round64((size_t)(g->taps * g->oc * g->c) * g->elem);
-    size_t image = g->direct ? 0 : round64((size_t)(g->c * p->plane) * g->elem);
+    size_t image = staged ? round64((size_t)(g->c * p->plane) * g->elem) : 0;
     size_t cols = g->gathered ? round64((size_t)(k * p->full.lda) * g->elem) : 0;
-    size_t band_out = g->gathered ? 0 : round64((size_t)(g->oc * p->full.ldc) * g->elem);
+    int64_t band_positions = g->channels_last ? p->band_rows * g->ow : p->full.ldc;
+    size_t band_out = g->gathered ? 0 : round64((size_t)(g->oc * band_positions) * g->elem);
     p->at_image = weights;
     p->at_cols = weights + image;
     p->at_out = p->at_cols + cols;
@@ -613,18 +715,6 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
     }
 }
 
-/* libxsmm's transpose of a row of G, ow positions x m channels (channel plane as leading
- * dimension), into m x ow; NULL where it has none. */
-static libxsmm_xtransfunction transpose_kernel(const conv_geom *g, int64_t m)
-{
-    if (g->oh * g->ow > UINT_MAX || m > UINT_MAX)
-        return NULL;
-    libxsmm_descriptor_blob blob;
-    const libxsmm_trans_descriptor *desc = libxsmm_trans_descriptor_init(
-        &blob, (unsigned int)g->elem, (unsigned int)g->ow, (unsigned int)m, (unsigned int)m);
-    return desc ? libxsmm_dispatch_trans(desc) : NULL;
-}
-
 static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
 {
     int64_t blocks = (g->oc + OC_BLOCK - 1) / OC_BLOCK;
@@ -656,8 +746,9 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
         brgemm_init(&p->full, g->dt, ocb, g->c, k, ocb, plane, ocb, false);
         brgemm_init(&p->last, g->dt, last, g->c, k, last, plane, last, false);
         b_stride = g->direct ? (size_t)(g->c * plane) * g->elem : b_bytes;
-        p->transpose_full = transpose_kernel(g, ocb);
-        p->transpose_last = transpose_kernel(g, last);
+        /* a row of G, ow positions of m channels (the channel plane apart), as [x][m] */
+        p->transpose_full = transpose_kernel(g, g->ow, ocb, g->oh * g->ow, ocb);
+        p->transpose_last = transpose_kernel(g, g->ow, last, g->oh * g->ow, last);
     }
     for (int64_t i = 0; i < chunk; i++) {
         p->offs[i] = (unsigned long long)i * a_bytes;
@@ -712,6 +803,7 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
     g->wp = g->w + 2 * g->pw;
     g->direct = g->ph == 0 && g->pw == 0;
     g->gathered = g->c * g->taps <= GATHER_MAX_K;
+    g->channels_last = !wgrad && !g->gathered && g->oc >= CHANNELS_LAST_OC;
     const int64_t *y = wgrad ? w : n->shape; /* [N, OC, OH, OW] */
     bool ok = g->kh >= 1 && g->kw >= 1 && g->oh >= 1 && g->ow >= 1 && y[0] == g->batch &&
               y[1] == g->oc && y[2] == g->oh && y[3] == g->ow &&

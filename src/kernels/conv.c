@@ -133,7 +133,7 @@ typedef struct {
     int64_t wp;   /* the wide rows: w + 2 pw */
     bool direct;  /* no padding: the GEMMs read x where it is */
     bool gathered;
-    bool channels_last; /* CONV: the GEMMs run channels last (see CONV, channels last) */
+    bool channels_last; /* the GEMMs' vectors run along channels (CONV, channels last) */
 } conv_geom;
 
 static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -242,7 +242,7 @@ static int thread_index(void)
                     gt[o] = src[o * plane];                                                     \
             }                                                                                   \
     }                                                                                           \
-    /* dw[oc0 + o][c][t] = the taps' sums acc[t][c][o]. */                                      \
+    /* dw[oc0 + o][c][t] = the taps' sums acc[t][c][o], or acc[t][o][c] channels last. */       \
     static void scatter_wgrad_##T(const conv_geom *g, const double *acc, int64_t oc0,           \
                                   int64_t m, void *dw_)                                         \
     {                                                                                           \
@@ -250,7 +250,8 @@ static int thread_index(void)
         for (int64_t o = 0; o < m; o++)                                                         \
             for (int64_t c = 0; c < g->c; c++)                                                  \
                 for (int64_t t = 0; t < g->taps; t++)                                           \
-                    dw[((oc0 + o) * g->c + c) * g->taps + t] = (T)acc[(t * g->c + c) * m + o];  \
+                    dw[((oc0 + o) * g->c + c) * g->taps + t] =                                  \
+                        (T)acc[g->channels_last ? (t * m + o) * g->c + c : (t * g->c + c) * m + o]; \
     }                                                                                           \
     /* acc[i] += part[i]: a chunk's sums join the running total in double. */                  \
     static void add_partial_##T(double *acc, const void *part_, int64_t count)                  \
@@ -570,6 +571,7 @@ typedef struct {
     brgemm full, last;         /* a full block of output channels and the last one */
     libxsmm_xtransfunction transpose_full, transpose_last; /* their G rows; NULL: the loop */
     libxsmm_xmcopyfunction stage; /* an image's rows into the padded layout; NULL: the loop */
+    libxsmm_xtransfunction stage_last; /* channels last: an input row; NULL: the loop */
     size_t a_bytes;            /* A staged per image: the gradient block or the im2col */
     size_t b_bytes;            /* B staged per image: the padded input (taps batched) */
     size_t padded_bytes;       /* a padded input image; 0 without padding */
@@ -671,6 +673,36 @@ static void wgrad_gathered(const conv_wgrad *p, const char *grad, const char *x,
     }
 }
 
+/* Channels last: per tap, the task's sums acc[t][o][c] += X_t^T G^T over its images' output
+ * rows, with X staged channels last as the forward stages it and G read where it is: one
+ * GEMM per tap, batch-reduced over the chunk's images and their output rows, M = C, N = the
+ * block's channels, K = ow. Neither garbage positions nor a transposed G. Measured (32->64
+ * at 14x14, N 128, one thread, Zen 5): 4.4-5.3 ms against 5.6 for the taps over wide rows. */
+static void wgrad_last(const conv_wgrad *p, const char *grad, const char *x, char *mine,
+                       const wgrad_task *task)
+{
+    const conv_geom *g = &p->g;
+    size_t e = g->elem;
+    int64_t m = task->m, sums = g->taps * g->c * m;
+    const brgemm *gemm = m == p->ocb ? &p->full : &p->last;
+    char *part = mine + p->at_part, *staged = mine + p->at_b;
+    memset(task->acc, 0, (size_t)sums * sizeof *task->acc);
+    memset(staged, 0, p->staged_bytes); /* the padding columns */
+    for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
+         n0 += p->chunk) {
+        int64_t count = min64(p->chunk, g->batch - n0);
+        for (int64_t i = 0; i < count; i++)
+            stage_rows_last(g, p->stage_last, x + (size_t)((n0 + i) * g->c * g->h * g->w) * e,
+                            -g->ph, g->oh + g->kh - 1, staged + (size_t)i * p->b_bytes);
+        const char *b = grad + (size_t)((n0 * g->oc + task->oc0) * g->oh * g->ow) * e;
+        for (int64_t t = 0; t < g->taps; t++)
+            brgemm_run(gemm, staged + (size_t)(tap_shift(g, t) * g->c) * e, b,
+                       part + (size_t)(t * m * g->c) * e, (unsigned long long)(count * g->oh),
+                       p->offs, p->offs + p->chunk * g->oh);
+        g->copy->add_partial(task->acc, part, sums);
+    }
+}
+
 /* The block's groups' sums added in group order, into dW's rows oc0 .. oc0 + m - 1. */
 static void wgrad_store(const conv_wgrad *p, double *const *acc, int64_t oc0, int64_t m,
                         char *dw)
@@ -708,6 +740,8 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
                                (grp + 1) * p->chunks / p->groups, acc[grp]};
             if (p->g.gathered)
                 wgrad_gathered(p, in[0], in[1], mine, &task);
+            else if (p->g.channels_last)
+                wgrad_last(p, in[0], in[1], mine, &task);
             else
                 wgrad_taps(p, in[0], in[1], mine, &task);
         }
@@ -719,14 +753,16 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
 {
     int64_t blocks = (g->oc + OC_BLOCK - 1) / OC_BLOCK;
     int64_t ocb = (g->oc + blocks - 1) / blocks, ckk = g->c * g->taps;
-    int64_t k = g->gathered ? g->oh * g->ow : (g->oh - 1) * g->wp + g->ow;
-    int64_t plane = g->direct ? g->h * g->w : (g->oh + g->kh - 1) * g->wp;
-    size_t padded = g->direct ? 0 : round64((size_t)(g->c * plane) * g->elem);
-    size_t a_bytes = round64((size_t)(k * (g->gathered ? ckk : ocb)) * g->elem);
+    bool last_ch = g->channels_last; /* always staged: the padded image, channels last */
+    int64_t k = g->gathered ? g->oh * g->ow : last_ch ? g->ow : (g->oh - 1) * g->wp + g->ow;
+    int64_t plane = g->direct && !last_ch ? g->h * g->w : (g->oh + g->kh - 1) * g->wp;
+    size_t padded = g->direct && !last_ch ? 0 : round64((size_t)(g->c * plane) * g->elem);
+    size_t a_bytes = last_ch ? 0 : round64((size_t)(k * (g->gathered ? ckk : ocb)) * g->elem);
     size_t b_bytes = g->gathered ? 0 : padded; /* gathered: one padded image, reused */
     int64_t chunk = (int64_t)(CHUNK_BYTES / (a_bytes + b_bytes));
     chunk = chunk < 1 ? 1 : min64(chunk, g->batch > 0 ? g->batch : 1);
-    conv_wgrad *p = calloc(1, sizeof *p + 2 * (size_t)chunk * sizeof p->offs[0]);
+    int64_t gemms = last_ch ? chunk * g->oh : chunk; /* batch-reduced per chunk: row by row */
+    conv_wgrad *p = calloc(1, sizeof *p + 2 * (size_t)gemms * sizeof p->offs[0]);
     if (!p)
         return tg_fail(TG_ERR_NOMEM, "conv_wgrad: out of memory");
     int64_t chunks = (g->batch + chunk - 1) / chunk;
@@ -735,13 +771,23 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
                       .k = k, .plane = plane, .a_bytes = a_bytes, .b_bytes = b_bytes,
                       .padded_bytes = padded};
     int64_t last = g->oc - (p->blocks - 1) * ocb;
-    if (!g->direct)
+    if (!g->direct && !last_ch)
         p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
-    size_t b_stride; /* between the chunk's images in B */
+    size_t b_stride = 0; /* between the chunk's images in B */
     if (g->gathered) { /* A: cols^T [pos][ckk]; B: G [oc][pos] in place; C: dW [oc][ckk] */
         brgemm_init(&p->full, g->dt, ckk, ocb, k, ckk, k, ckk, false);
         brgemm_init(&p->last, g->dt, ckk, last, k, ckk, k, ckk, false);
         b_stride = (size_t)(g->oc * k) * g->elem;
+    } else if (last_ch) { /* A: X_t [x][c] staged; B: G [oc][pos] in place; C: [oc][c] */
+        brgemm_init(&p->full, g->dt, g->c, ocb, k, g->c, g->oh * g->ow, g->c, false);
+        brgemm_init(&p->last, g->dt, g->c, last, k, g->c, g->oh * g->ow, g->c, false);
+        p->stage_last = transpose_kernel(g, g->w, g->c, g->h * g->w, g->c);
+        size_t e = g->elem;
+        for (int64_t i = 0; i < chunk; i++) /* image i's output row r */
+            for (int64_t r = 0; r < g->oh; r++) {
+                p->offs[i * g->oh + r] = i * b_bytes + (size_t)(r * g->wp * g->c) * e;
+                p->offs[gemms + i * g->oh + r] = (size_t)((i * g->oc * g->oh + r) * g->ow) * e;
+            }
     } else { /* A: G^T [pos][oc]; B: X [c][pos] wide; C: the tap's sums [c][oc] */
         brgemm_init(&p->full, g->dt, ocb, g->c, k, ocb, plane, ocb, false);
         brgemm_init(&p->last, g->dt, last, g->c, k, last, plane, last, false);
@@ -750,11 +796,12 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
         p->transpose_full = transpose_kernel(g, g->ow, ocb, g->oh * g->ow, ocb);
         p->transpose_last = transpose_kernel(g, g->ow, last, g->oh * g->ow, last);
     }
-    for (int64_t i = 0; i < chunk; i++) {
+    for (int64_t i = 0; i < chunk && !last_ch; i++) {
         p->offs[i] = (unsigned long long)i * a_bytes;
         p->offs[chunk + i] = (unsigned long long)i * b_stride;
     }
-    p->sums = g->taps * g->c * ocb; /* [taps][c][oc] batched, [oc][c, taps] gathered */
+    /* [taps][c][oc] batched, [taps][oc][c] channels last, [oc][c, taps] gathered */
+    p->sums = g->taps * g->c * ocb;
     p->group_bytes = round64((size_t)p->sums * sizeof(double));
     p->at_part = IMAGE_GROUPS * p->group_bytes;
     p->at_a = p->at_part + round64((size_t)p->sums * g->elem);
@@ -803,7 +850,8 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
     g->wp = g->w + 2 * g->pw;
     g->direct = g->ph == 0 && g->pw == 0;
     g->gathered = g->c * g->taps <= GATHER_MAX_K;
-    g->channels_last = !wgrad && !g->gathered && g->oc >= CHANNELS_LAST_OC;
+    /* the vectors run along output channels (CONV) or input channels (CONV_WGRAD) */
+    g->channels_last = !g->gathered && (wgrad ? g->c : g->oc) >= CHANNELS_LAST_OC;
     const int64_t *y = wgrad ? w : n->shape; /* [N, OC, OH, OW] */
     bool ok = g->kh >= 1 && g->kw >= 1 && g->oh >= 1 && g->ow >= 1 && y[0] == g->batch &&
               y[1] == g->oc && y[2] == g->oh && y[3] == g->ow &&

@@ -19,6 +19,12 @@
  *   cannot transpose its first operand, so the gradient is transposed per image into
  *   [pos][OC] scratch (garbage positions zero, so they add nothing). M = a block of OC, N = C,
  *   K = positions, batch-reduced over a chunk of images.
+ * - Channels last, with 16 channels or more along the vectors (output channels for CONV,
+ *   input channels for CONV_WGRAD): the padded image is staged transposed, [row][x][c], and
+ *   the GEMMs run per output row, so no garbage position is computed. CONV: M = OC, N = ow,
+ *   K = C batch-reduced over the taps, into [x][oc] scratch that a transpose writes into y.
+ *   CONV_WGRAD: per tap, M = C, N = a block of OC, K = ow, batch-reduced over a chunk's images
+ *   and output rows, with G read where it is (its rows are the K x N operand as they lie).
  * With few input channels (an image's first layer: C = 1 or 3) K = C per tap is too short
  * for a GEMM to be fast, and the output is large next to the work, so the taps are gathered
  * instead: the C*KH*KW shifted windows of a band's rows go to scratch as an im2col of that

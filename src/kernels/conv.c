@@ -406,7 +406,7 @@ typedef struct {
 } conv_fwd;
 
 /* ---- CONV, channels last -------------------------------------------------------------------- */
-/* With enough output channels to fill vectors (CHANNELS_LAST_OC), the GEMMs run the other way
+/* With enough output channels to fill vectors (CHANNELS_LAST_MIN), the GEMMs run the other way
  * round: a band's padded rows are staged channels last, [row][x][c], and each output row is
  * one GEMM batch-reduced over the taps with M = OC, N = ow, K = C, into [x][oc] scratch; the
  * band's output is then transposed into y's channel planes. The wide rows compute wp columns
@@ -415,7 +415,7 @@ typedef struct {
  * AVX-512): 32->64 4.5 ms against 5.5 for the wide rows, 64->32 (the reference model's input
  * gradient) 4.4 against 5.6; oneDNN's blocked kernels 4.4 and 4.5. The staging and the
  * transposes are libxsmm's JIT transposes (loops where it has none): 7% of the time. */
-#define CHANNELS_LAST_OC 16
+#define CHANNELS_LAST_MIN 16
 
 /* Output rows r0 .. r0 + rows - 1 of image `image` (at img), channels last. */
 static void forward_band_last(const conv_fwd *p, const char *img, char *mine, char *y,
@@ -857,7 +857,7 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
     g->direct = g->ph == 0 && g->pw == 0;
     g->gathered = g->c * g->taps <= GATHER_MAX_K;
     /* the vectors run along output channels (CONV) or input channels (CONV_WGRAD) */
-    g->channels_last = !g->gathered && (wgrad ? g->c : g->oc) >= CHANNELS_LAST_OC;
+    g->channels_last = !g->gathered && (wgrad ? g->c : g->oc) >= CHANNELS_LAST_MIN;
     const int64_t *y = wgrad ? w : n->shape; /* [N, OC, OH, OW] */
     bool ok = g->kh >= 1 && g->kw >= 1 && g->oh >= 1 && g->ow >= 1 && y[0] == g->batch &&
               y[1] == g->oc && y[2] == g->oh && y[3] == g->ow &&

@@ -22,7 +22,8 @@ typedef struct {
  * channels, which one thread computes as one block and two threads as two (the same bits).
  * Sixteen output channels or more with taps batched run channels last (17, 24, 40, 64; the
  * input gradient of the 16-channel case, in bands), with padding and without (24); so do
- * weight gradients of sixteen input channels or more (16, 32). */
+ * weight gradients of sixteen input channels or more (16, 32), and with taps gathered those
+ * of sixteen output channels or more (33, 40). */
 static const conv_case cases[] = {
     {2, 3, 7, 9, 5, 3, 1},   {1, 1, 5, 5, 3, 1, 0},  {3, 4, 6, 6, 17, 5, 2},
     {2, 2, 8, 5, 3, 3, 0},   {1, 2, 20, 9, 5, 3, 1}, {2, 1, 9, 7, 33, 3, 2},

@@ -677,21 +677,20 @@ static void wgrad_gathered(const conv_wgrad *p, const char *grad, const char *x,
     for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = min64(p->chunk, g->batch - n0);
-        const char *b = grad + (size_t)((n0 * g->oc + task->oc0) * plane) * e;
+        const char *block = grad + (size_t)((n0 * g->oc + task->oc0) * plane) * e;
         for (int64_t i = 0; i < count; i++) {
             const char *image = padded_image(p, x, n0 + i, mine + p->at_image);
             char *a = mine + p->at_a + (size_t)i * p->a_bytes;
-            if (!g->channels_last) {
+            if (g->channels_last) { /* A: G^T, B: the im2col */
+                transpose_rows(g, m == p->ocb ? p->transpose_full : p->transpose_last,
+                               block + (size_t)(i * g->oc * plane) * e, plane, a, m, plane, m);
+                g->copy->gather_taps(g, image, p->plane, g->oh,
+                                     mine + p->at_b + (size_t)i * p->b_bytes, plane);
+            } else { /* A: the im2col transposed, B: G where it is */
                 g->copy->gather_taps_transposed(g, image, p->plane, a);
-                continue;
             }
-            transpose_rows(g, m == p->ocb ? p->transpose_full : p->transpose_last,
-                           b + (size_t)(i * g->oc * plane) * e, plane, a, m, plane, m);
-            g->copy->gather_taps(g, image, p->plane, g->oh, mine + p->at_b + i * p->b_bytes,
-                                 plane);
         }
-        if (g->channels_last)
-            b = mine + p->at_b;
+        const char *b = g->channels_last ? mine + p->at_b : block;
         brgemm_run(gemm, mine + p->at_a, b, part, (unsigned long long)count, p->offs,
                    p->offs + p->chunk);
         g->copy->add_partial(task->acc, part, m * ckk);

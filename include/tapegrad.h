@@ -325,7 +325,9 @@ typedef struct tg_plan tg_plan;
 /** Options of tg_compile; zeroed fields mean the defaults. */
 typedef struct {
     /** Passes to switch off, comma-separated ("cse,fuse"; "all" for every pass, "memplan" for
-     * the memory plan); TG_DISABLE_PASSES in the environment adds to it. NULL: none. */
+     * the memory plan, "native" for fused kernels compiled to machine code by the system's C
+     * compiler when the plan is built: interpreted instead); TG_DISABLE_PASSES in the
+     * environment adds to it. NULL: none. */
     const char *disable;
     /** A directory to write each pass's graph into (NN-name.txt, before and after), and the
      * memory plan; TG_DUMP_PASSES in the environment sets it too. NULL: no dumps. */

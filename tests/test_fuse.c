@@ -5,13 +5,19 @@
  * elementwise op or reduction left outside a fused kernel, batch norm + relu + max pool in
  * one kernel, the pool's backward gradient written once for batch norm's backward kernels),
  * bit-identical results for 1 and 2 threads, a planted wrong instruction that
- * the comparison catches, and programs the executor refuses. */
+ * the comparison catches, and programs the executor refuses. Every fused plan is run twice,
+ * its kernels compiled to machine code (compile/native.h; however small, here) and
+ * interpreted; the native code is shown to catch a planted instruction too, and a plan
+ * without a compiler to run interpreted. */
 #include "testing.h"
+#include "compile/native.h"
 #include "compile/plan_ops.h"
 #include "kernels/fused.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tapegrad_nn.h"
 
@@ -153,11 +159,14 @@ static void traced_free(traced *t)
     t->c->n_watch = 0;
 }
 
-static tg_plan *compile_case(traced *t, bool fuse)
+/* With fusion or without; fused kernels run natively (compile/native.h) where the emitter
+ * writes them unless `interpret`. */
+static tg_plan *compile_with(traced *t, bool fuse, bool interpret)
 {
     char disable[128];
-    snprintf(disable, sizeof disable, "%s%s%s", fuse ? "" : "fuse",
-             !fuse && t->c->disable ? "," : "", t->c->disable ? t->c->disable : "");
+    const char *off = !fuse ? "fuse" : interpret ? "native" : "";
+    snprintf(disable, sizeof disable, "%s%s%s", off, off[0] && t->c->disable ? "," : "",
+             t->c->disable ? t->c->disable : "");
     tg_compile_opts opts = {.disable = disable};
     tg_plan *plan = tg_compile(t->tape, t->n_out, t->out, &opts);
     ck_assert_msg(plan != NULL, "compile: %s", tg_last_error());
@@ -165,6 +174,8 @@ static tg_plan *compile_case(traced *t, bool fuse)
         ck_assert_int_eq(tg_plan_set_input(plan, t->c->in[i].name, t->data[i]), 0);
     return plan;
 }
+
+static tg_plan *compile_case(traced *t, bool fuse) { return compile_with(t, fuse, false); }
 
 /* Runs plan from the saved state and collects its outputs and the watched tensors. */
 static void run_case(traced *t, tg_plan *plan, results *r)
@@ -220,22 +231,28 @@ static void print_kernels(const tg_graph *g)
     }
 }
 
-/* The case with fusion against the case without; returns the fused plan (the caller frees
- * it) when keep is set. */
+/* The case with fusion, its kernels native and interpreted, against the case without;
+ * returns the fused native plan (the caller frees it) when keep is set. */
 static tg_plan *compare_case(fuse_case *c, traced *t, bool keep)
 {
     tg_plan *plain = compile_case(t, false), *fused = compile_case(t, true);
-    results a = {0}, b = {0};
+    tg_plan *interpreted = compile_with(t, true, true);
+    results a = {0}, b = {0}, r = {0};
     run_case(t, fused, &a);
     run_case(t, plain, &b);
+    run_case(t, interpreted, &r);
     check_all_fused(tg_plan_graph(fused));
-    double err = rel_error(&a, &b);
+    double err = rel_error(&a, &b), err_r = rel_error(&r, &b);
     if (!(err <= c->tol))
         print_kernels(tg_plan_graph(fused));
     ck_assert_msg(err <= c->tol, "fused differs from unfused by %g (tolerance %g)", err, c->tol);
+    ck_assert_msg(err_r <= c->tol, "fused and interpreted differs from unfused by %g "
+                  "(tolerance %g)", err_r, c->tol);
     results_free(&a);
     results_free(&b);
+    results_free(&r);
     tg_plan_free(plain);
+    tg_plan_free(interpreted);
     if (keep)
         return fused;
     tg_plan_free(fused);
@@ -1117,6 +1134,119 @@ START_TEST(threads_bit_identical)
 }
 END_TEST
 
+/* ---- native kernels ------------------------------------------------------------------------- */
+/* How many fused programs of g run as machine code. */
+static int count_native(const tg_graph *g)
+{
+    int count = 0;
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == TG_PLAN_OP_FUSED)
+            count += ((const tg_fused_program *)g->nodes[i].payload)->native != NULL;
+    return count;
+}
+
+static fuse_case batchnorm_case(tg_dtype dt)
+{
+    fuse_case c = {.dt = dt, .n_in = 4, .build = build_batchnorm, .tol = tol_for(dt, false)};
+    c.in[0] = (input_spec){"x", 4, {6, 5, 9, 7}, -1, 3, false};
+    c.in[1] = (input_spec){"w", 4, {6, 5, 9, 7}, -1, 1, false};
+    c.in[2] = (input_spec){"gamma", 1, {5}, 0.5, 1.5, false};
+    c.in[3] = (input_spec){"beta", 1, {5}, -0.5, 0.5, false};
+    return c;
+}
+
+/* Batch norm's kernels (sums of two values, a sum that stores, applies) and a max pool's
+ * (a max with tie counts: interpreted) compiled natively, against the interpreter. */
+START_TEST(native_kernels_run)
+{
+    for (int d = 0; d < 2; d++) {
+        fuse_case c = batchnorm_case(d ? TG_F64 : TG_F32);
+        traced t;
+        trace_case(&t, &c, 7);
+        tg_plan *fused = compare_case(&c, &t, true);
+        const tg_graph *g = tg_plan_graph(fused);
+        ck_assert_msg(count_native(g) >= 3, "%d native kernels", count_native(g));
+        for (int i = 0; i < g->n; i++) {
+            const tg_fused_program *p = g->nodes[i].payload;
+            if (g->nodes[i].op == TG_PLAN_OP_FUSED && p->native)
+                ck_assert(p->reduce_op != TG_OP_MAX && !p->count_ties);
+        }
+        tg_plan_free(fused);
+        traced_free(&t);
+    }
+    fuse_case pool = {.dt = TG_F32, .n_in = 4, .build = build_bn_pool, .tol = 1e-5};
+    pool.in[0] = (input_spec){"x", 4, {4, 6, 14, 14}, -1, 3, false};
+    pool.in[1] = (input_spec){"w", 4, {4, 6, 7, 7}, -1, 1, false};
+    pool.in[2] = (input_spec){"gamma", 1, {6}, 0.5, 1.5, false};
+    pool.in[3] = (input_spec){"beta", 1, {6}, -0.5, 0.5, false};
+    traced t;
+    trace_case(&t, &pool, 9);
+    tg_plan *fused = compare_case(&pool, &t, true);
+    ck_assert_int_gt(count_native(tg_plan_graph(fused)), 0);
+    ck_assert(has_kernel(tg_plan_graph(fused), "tie counts"));
+    tg_plan_free(fused);
+    traced_free(&t);
+}
+END_TEST
+
+/* A wrong instruction compiled into the native code is caught as the interpreter's is. */
+START_TEST(native_planted_instruction_is_caught)
+{
+    fuse_case c = batchnorm_case(TG_F64);
+    traced t;
+    trace_case(&t, &c, 11);
+    tg_plan *fused = compare_case(&c, &t, true), *plain = compile_case(&t, false);
+    tg_graph *g = (tg_graph *)tg_plan_graph(fused);
+    bool planted = false;
+    for (int i = 0; i < g->n && !planted; i++) {
+        tg_fused_program *p = g->nodes[i].payload;
+        if (g->nodes[i].op != TG_PLAN_OP_FUSED || !p->native)
+            continue;
+        for (int k = 0; k < p->n_instrs && !planted; k++) {
+            if (p->instr[k].op == TG_OP_MUL) {
+                p->instr[k].op = TG_OP_ADD;
+                planted = true;
+            }
+        }
+    }
+    ck_assert(planted);
+    int count;
+    const char *why;
+    void *code = tg_native_load(g, NULL, &count, &why); /* compiled again, with the plant */
+    ck_assert_msg(code != NULL, "no native code: %s", why ? why : "?");
+    results a = {0}, b = {0};
+    run_case(&t, fused, &a);
+    run_case(&t, plain, &b);
+    ck_assert_msg(rel_error(&a, &b) > 1e-3, "the planted add for mul went unnoticed");
+    results_free(&a);
+    results_free(&b);
+    tg_plan_free(fused);
+    tg_native_unload(code);
+    tg_plan_free(plain);
+    traced_free(&t);
+}
+END_TEST
+
+/* Without a compiler the plan is built and its kernels interpreted. */
+START_TEST(native_without_compiler)
+{
+    char dir[] = "/tmp/tg-native-test-XXXXXX"; /* an empty cache: nothing compiled before */
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    setenv("TG_NATIVE_CACHE", dir, 1);
+    setenv("TG_CC", "/nonexistent/cc", 1);
+    fuse_case c = batchnorm_case(TG_F32);
+    traced t;
+    trace_case(&t, &c, 13);
+    tg_plan *fused = compare_case(&c, &t, true);
+    ck_assert_int_eq(count_native(tg_plan_graph(fused)), 0);
+    tg_plan_free(fused);
+    traced_free(&t);
+    unsetenv("TG_CC");
+    unsetenv("TG_NATIVE_CACHE");
+    ck_assert_int_eq(rmdir(dir), 0); /* nothing left behind */
+}
+END_TEST
+
 /* ---- a planted bug must be caught -------------------------------------------------------------- */
 START_TEST(planted_wrong_instruction_is_caught)
 {
@@ -1252,6 +1382,8 @@ END_TEST
 
 int main(void)
 {
+    /* every fused kernel the emitter writes runs natively, however small (compile/native.c) */
+    setenv("TG_NATIVE_MIN_POINTS", "0", 1);
     Suite *s = suite_create("fuse");
     TCase *tc = tcase_create("fuse");
     tcase_set_timeout(tc, 300);
@@ -1273,6 +1405,9 @@ int main(void)
     tcase_add_test(tc, training_step);
     tcase_add_test(tc, threads_bit_identical);
     tcase_add_test(tc, planted_wrong_instruction_is_caught);
+    tcase_add_test(tc, native_kernels_run);
+    tcase_add_test(tc, native_planted_instruction_is_caught);
+    tcase_add_test(tc, native_without_compiler);
     tcase_add_test(tc, executor_hand_programs);
     tcase_add_test(tc, executor_per_plane_values);
     suite_add_tcase(s, tc);

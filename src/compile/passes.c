@@ -21,8 +21,11 @@ static const struct {
 
 const char *tg_pass_name(int id)
 {
-    return id == TG_PASS_ID_memplan ? "memplan" : id >= 0 && id < TG_PASS_COUNT ? passes[id].name
-                                                                               : "?";
+    if (id == TG_PASS_ID_memplan)
+        return "memplan";
+    if (id == TG_PASS_ID_native)
+        return "native";
+    return id >= 0 && id < TG_PASS_COUNT ? passes[id].name : "?";
 }
 
 /* Adds the names in a comma-separated list to *mask; "all" means every pass. */
@@ -31,7 +34,7 @@ static int parse_disable(const char *list, uint32_t *mask)
     while (list && *list) {
         size_t len = strcspn(list, ",");
         bool found = false;
-        for (int id = 0; id <= TG_PASS_ID_memplan; id++) {
+        for (int id = 0; id <= TG_PASS_ID_native; id++) {
             const char *name = tg_pass_name(id);
             if (strlen(name) == len && strncmp(name, list, len) == 0) {
                 *mask |= 1u << id;
@@ -45,7 +48,7 @@ static int parse_disable(const char *list, uint32_t *mask)
         if (!found && len > 0)
             return tg_fail(TG_ERR_ARG, "compile: no pass is called '%.*s' (passes: dce, "
                            "simplify, cse, fold_scale, lower_conv, fuse, fuse_stores, "
-                           "memplan, all)",
+                           "memplan, native, all)",
                            (int)len, list);
         list += len;
         if (*list == ',')

@@ -10,6 +10,7 @@ typedef enum {
 #undef TG_PASS
     TG_PASS_COUNT,
     TG_PASS_ID_memplan = TG_PASS_COUNT, /* the memory plan, switchable like a pass */
+    TG_PASS_ID_native,                  /* fused kernels as machine code (native.h), too */
 } tg_pass_id;
 
 /* What a pass may want to know about the plan it works for. */

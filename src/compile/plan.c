@@ -5,6 +5,7 @@
  * their source's pointer, kernels run on the pointers of their inputs, then the updates copy
  * their values into their targets. Nothing is allocated while running: libxsmm's kernels
  * are dispatched and OpenMP's threads started when the plan is built. */
+#include "native.h"
 #include "pipeline.h"
 #include "plan_ops.h"
 #include "../kernels/kernels.h"
@@ -37,6 +38,9 @@ struct tg_plan {
     tg_plan_stage stages[TG_MAX_STAGES];
     int n_stages;
     tg_comm *comm;           /* the all-reduce's ranks: the tape's when it was compiled */
+    void *native;            /* the fused kernels compiled to machine code (native.h) */
+    int n_native;
+    const char *native_why;  /* why none were, when that failed */
 #ifdef TG_PLAN_PROFILE
     double *seconds; /* per node, summed over runs */
     long runs;
@@ -96,6 +100,7 @@ void tg_plan_free(tg_plan *plan)
     free(plan->seconds);
 #endif
     tg_graph_free(&plan->g);
+    tg_native_unload(plan->native);
     tg_memplan_free(&plan->mem);
     free(plan->arena);
     free(plan->value);
@@ -209,6 +214,8 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     mirror_nodes(p);
     if (prepare_kernels(p) != TG_OK)
         goto fail;
+    if (!((disabled >> TG_PASS_ID_native) & 1))
+        p->native = tg_native_load(&p->g, dump_dir, &p->n_native, &p->native_why);
     bool planned = !((disabled >> TG_PASS_ID_memplan) & 1);
     if (tg_memplan_build(&p->g, p->threads, planned, &p->mem) != TG_OK)
         goto fail;
@@ -224,9 +231,10 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     if (dump_dir) {
         char note[256];
         snprintf(note, sizeof note, "# memory plan: arena %.2f MB (%s), a buffer each would "
-                 "take %.2f MB\n", (double)p->mem.arena_bytes / 1e6,
+                 "take %.2f MB\n# native kernels: %d%s%s\n", (double)p->mem.arena_bytes / 1e6,
                  planned ? "planned" : "switched off: a buffer each",
-                 (double)p->mem.unplanned_bytes / 1e6);
+                 (double)p->mem.unplanned_bytes / 1e6, p->n_native,
+                 p->native_why ? ", none compiled: " : "", p->native_why ? p->native_why : "");
         if (tg_pipeline_dump(&p->g, dump_dir, p->n_stages, "memplan", p->mem.offset, note) !=
             TG_OK)
             goto fail;

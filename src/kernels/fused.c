@@ -1015,6 +1015,23 @@ static void collapse(axes *x)
     *x = y;
 }
 
+void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loops *out)
+{
+    axes x;
+    program_axes(p, &x);
+    if (kept_first && p->reduce_op != TG_OP_LEAF)
+        reorder(&x, p->reduce_mask);
+    collapse(&x);
+    memset(out, 0, sizeof *out);
+    out->ndim = x.ndim;
+    memcpy(out->shape, x.shape, sizeof out->shape);
+    memcpy(out->out_stride, x.stride[0], sizeof out->out_stride);
+    for (int l = 0; l < p->n_loads; l++)
+        memcpy(out->stride[l], x.stride[1 + l], sizeof out->stride[l]);
+    if (p->stores)
+        memcpy(out->store_stride, x.stride[1 + p->n_loads], sizeof out->store_stride);
+}
+
 /* Whether every reduced axis lies in a trailing block of at most TILE points that also
  * holds kept axes (a pooling window's [a, j, b] of [.., i, a, j, b]): a tile then holds whole
  * windows in the program's own order, so loads stay contiguous and no reorder (which would
@@ -1742,6 +1759,8 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
         free_indexes(e);
     memset(e, 0, sizeof *e);
     p->exec = e;
+    p->native = NULL; /* compiled for the program as it was (compile/native.c) */
+    p->native_units = 0;
 
     if (!lay_out(p, e, true)) { /* segmented tiles do not suit this program */
         memset(e, 0, sizeof *e);
@@ -2284,7 +2303,7 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
         return;
     }
     int threads = points >= TG_PARALLEL_MIN ? tg_num_threads() : 1;
-    if (threads > e->n_units)
+    if (!p->native && threads > e->n_units)
         threads = (int)e->n_units;
     size_t block = n->scratch_bytes;
     /* A reduction that stores: its points first, then its blocks. */
@@ -2295,6 +2314,16 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     for (int l = 0; l < p->n_loads; l++)
         first[l] = (const char *)in[p->load[l].input] +
                    p->load[l].offset * (int64_t)elem_size(p->load[l].dtype);
+    if (p->native) { /* compiled to machine code (compile/native.c): its own units */
+        int64_t units = p->native_units;
+        if (threads > units)
+            threads = (int)units;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int th = 0; th < threads; th++)
+            p->native(first, reduce ? folds : out, stores, units * th / threads,
+                      units * (th + 1) / threads);
+        return;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int th = 0; th < threads; th++) {
         int64_t u0 = e->n_units * th / threads, u1 = e->n_units * (th + 1) / threads;
@@ -2351,5 +2380,7 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
     for (int v = 0; e && v < p->n_loads + p->n_instrs; v++)
         chains += e->chained[v];
     if (chains > 0 && used < size)
-        snprintf(buf + used, size - used, " (%d chained)", chains);
+        used += (size_t)snprintf(buf + used, size - used, " (%d chained)", chains);
+    if (p && p->native && used < size)
+        snprintf(buf + used, size - used, " native");
 }

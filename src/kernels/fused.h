@@ -41,6 +41,14 @@ typedef struct {
 
 struct tg_fused_exec; /* how kernels/fused.c runs the program: made by tg_fused_prepare */
 
+/* A program compiled to machine code (compile/native.c, from kernels/fused_emit.c's C):
+ * iteration units u0 .. u1 - 1 of native_units, `first` each load's element at the origin,
+ * `out` the output (a reduction's blocks, after the stored points), `stores` a reduction's
+ * stored points (NULL without). Each unit is whole outputs, so results do not depend on how
+ * units are shared among threads. */
+typedef void (*tg_fused_native_fn)(const char *const *first, char *out, char *stores,
+                                   int64_t u0, int64_t u1);
+
 typedef struct {
     int ndim;
     int64_t shape[TG_FUSED_MAX_DIMS]; /* the iteration space */
@@ -68,7 +76,33 @@ typedef struct {
     bool stores;
     int store;
     struct tg_fused_exec *exec;
+    /* Set by compile/native.c when the program runs as machine code (the interpreter,
+     * kernels/fused.c, otherwise); the code belongs to the plan, which unloads it. */
+    tg_fused_native_fn native;
+    int64_t native_units;
 } tg_fused_program;
+
+/* The iteration space as plain loops walk it: in the program's order, or with kept_first a
+ * reduction's axes ordered [kept, reduced, kept] (one output's points in the middle);
+ * size-1 axes dropped and axes every operand
+ * steps through as one merged (at least 2 axes). Strides in elements, per load, for the
+ * output (0 along reduced axes; row-major over the kept ones) and for a reduction's stored
+ * points (row-major over all). */
+typedef struct {
+    int ndim;
+    int64_t shape[TG_FUSED_MAX_DIMS];
+    int64_t out_stride[TG_FUSED_MAX_DIMS];
+    int64_t store_stride[TG_FUSED_MAX_DIMS];
+    int64_t stride[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
+} tg_fused_loops;
+void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loops *out);
+
+/* Appends to text (compile/native.h) a C function `name` with tg_fused_native_fn's
+ * signature that computes p; false, with nothing appended, for a program it does not
+ * emit (a max, tie counts), which the interpreter keeps. *units: see native_units. */
+struct tg_text;
+bool tg_fused_emit(const tg_fused_program *p, const char *name, struct tg_text *text,
+                   int64_t *units);
 
 /* A zeroed program for a FUSED node's payload (tg_fused_release frees it); NULL when out of
  * memory. */

@@ -1,0 +1,532 @@
+/* A fused program as C (compile/native.h): plain loops over its iteration space
+ * (tg_fused_loops_of), every value a local of the innermost loop's body. The interpreter
+ * (fused.c) runs a tile's values one loop each through buffers in L1; here one loop
+ * computes them all per point, in registers, and the compiler schedules the loads of the
+ * full-size arrays among the arithmetic, which is what the interpreter's steps could not.
+ *
+ * The loops: the leading axes are decoded from a unit number (units are what threads
+ * share), the innermost axis is the vector loop (`w`, in steps of LANES points, each asking
+ * for the contiguous loads' points READ_AHEAD elements on: without that the hardware's
+ * prefetcher fell behind, 2.4 ms against 0.95 for batch norm's backward sums at 28x28), the
+ * axes between are nested loops. Programs whose innermost axis is shorter than INNER_MIN (a
+ * pool's windows, [.., i, a, j, b] with b of 2) stay with the interpreter, whose tiles
+ * copy the pooled values out to their windows: plain loops would spend a vector on two
+ * points; the window axes merged into one loop, the pooled operands' points computed by
+ * division ran 6x slower than the tiles, read through a table of offsets (gathers) as fast
+ * (pool backward at 28x28: 3.9 against 3.7 ms), for more code.
+ * A reduction's unit is one box of outputs, folded whole by one thread in a fixed order,
+ * so its results do not depend on the thread count: one kept axis with reduced axes outside
+ * it walked in memory order (emit_reduction_interleaved), else the leading kept axes of
+ * [kept, reduced, kept] (emit_reduction_by_unit). The folds:
+ *   - the innermost axis reduced: runs of at most LANE_RUN points summed in LANES lanes of
+ *     the value's dtype (vector registers), the lanes added pairwise in double, the runs
+ *     added in double;
+ *   - kept axes innermost: each point added in double into its output's accumulator.
+ * Each operation rounds as the interpreter's (C11: no contraction into fused multiply-adds,
+ * the same libm), so elementwise kernels give the same bits; sums differ by the grouping of
+ * their additions. */
+#include "fused.h"
+#include "../compile/native.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define LANES 16
+#define LANE_RUN 256   /* points per run: 16 a lane before they meet in double */
+#define INNER_MIN 16   /* points of the innermost axis, at least: a vector's */
+#define UNITS_MIN 64   /* units wanted, for threads to share evenly */
+#define MAX_ACC 4096   /* a unit's accumulators, on the stack */
+#ifndef READ_AHEAD
+#define READ_AHEAD 2048 /* elements: how far ahead loads ask for their points */
+#endif
+
+typedef struct {
+    const tg_fused_program *p;
+    tg_fused_loops x;
+    int units_axes; /* axes 0 .. units_axes - 1: decoded from the unit */
+    int inner;      /* axes inner .. ndim - 1: the innermost loop, w */
+    tg_text *t;
+    char acc[32]; /* the unit's accumulators: acc[block][output in the unit] */
+} emitter;
+
+static const char *ctype(tg_dtype dt) { return dt == TG_F64 ? "double" : "float"; }
+static const char *suffix(tg_dtype dt) { return dt == TG_F64 ? "f64" : "f32"; }
+
+static tg_dtype value_dtype(const tg_fused_program *p, int v)
+{
+    return v < p->n_loads ? p->load[v].dtype : p->instr[v - p->n_loads].dtype;
+}
+
+static int64_t extent(const emitter *e, int from, int to)
+{
+    int64_t n = 1;
+    for (int k = from; k < to; k++)
+        n *= e->x.shape[k];
+    return n;
+}
+
+/* An operand's element at the loops' position: the outer axes' variables i<k>, the
+ * innermost axis's w. */
+static void emit_index(const emitter *e, const int64_t *stride)
+{
+    const tg_fused_loops *x = &e->x;
+    bool any = false;
+    for (int k = 0; k < x->ndim; k++) {
+        if (stride[k] == 0 || x->shape[k] == 1)
+            continue;
+        if (k == e->inner)
+            tg_text_printf(e->t, "%sw * %lldLL", any ? " + " : "", (long long)stride[k]);
+        else
+            tg_text_printf(e->t, "%si%d * %lldLL", any ? " + " : "", k, (long long)stride[k]);
+        any = true;
+    }
+    if (!any)
+        tg_text_printf(e->t, "0");
+}
+
+static void emit_constant(tg_text *t, double v, tg_dtype dt)
+{
+    if (isnan(v))
+        tg_text_printf(t, "(%s)NAN", ctype(dt));
+    else if (isinf(v))
+        tg_text_printf(t, "(%s)%sINFINITY", ctype(dt), v < 0 ? "-" : "");
+    else
+        tg_text_printf(t, "(%s)%a", ctype(dt), v);
+}
+
+static bool emittable(int op)
+{
+    switch (op) {
+    case TG_OP_LEAF: case TG_OP_NEG: case TG_OP_EXP: case TG_OP_LOG: case TG_OP_SQRT:
+    case TG_OP_RECIP: case TG_OP_ADD: case TG_OP_SUB: case TG_OP_MUL: case TG_OP_DIV:
+    case TG_OP_MAXIMUM: case TG_OP_LT: case TG_OP_EQ: case TG_OP_WHERE: case TG_OP_CAST:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Every value at one point, v<n> in the program's numbering, with the eager kernels'
+ * semantics (maximum takes a on ties and NaN in a; where tests cond != 0 and picks by bits,
+ * as the interpreter does, so that no load is made conditional). */
+static void emit_values(const emitter *e)
+{
+    const tg_fused_program *p = e->p;
+    tg_text *t = e->t;
+    for (int l = 0; l < p->n_loads; l++) {
+        tg_text_printf(t, "const %s v%d = in%d[", ctype(p->load[l].dtype), l, l);
+        emit_index(e, e->x.stride[l]);
+        tg_text_printf(t, "];\n");
+    }
+    for (int i = 0; i < p->n_instrs; i++) {
+        const tg_fused_instr *in = &p->instr[i];
+        const char *T = ctype(in->dtype);
+        bool f64 = in->dtype == TG_F64;
+        int a = in->arg[0], b = in->arg[1], c = in->arg[2];
+        tg_text_printf(t, "const %s v%d = ", T, p->n_loads + i);
+        switch (in->op) {
+        case TG_OP_LEAF: emit_constant(t, in->value, in->dtype); break;
+        case TG_OP_NEG: tg_text_printf(t, "-v%d", a); break;
+        case TG_OP_EXP: tg_text_printf(t, "%s(v%d)", f64 ? "exp" : "expf", a); break;
+        case TG_OP_LOG: tg_text_printf(t, "%s(v%d)", f64 ? "log" : "logf", a); break;
+        case TG_OP_SQRT: tg_text_printf(t, "%s(v%d)", f64 ? "sqrt" : "sqrtf", a); break;
+        case TG_OP_RECIP: tg_text_printf(t, "(%s)1 / v%d", T, a); break;
+        case TG_OP_ADD: tg_text_printf(t, "v%d + v%d", a, b); break;
+        case TG_OP_SUB: tg_text_printf(t, "v%d - v%d", a, b); break;
+        case TG_OP_MUL: tg_text_printf(t, "v%d * v%d", a, b); break;
+        case TG_OP_DIV: tg_text_printf(t, "v%d / v%d", a, b); break;
+        case TG_OP_MAXIMUM:
+            tg_text_printf(t, "(v%d >= v%d || v%d != v%d) ? v%d : v%d", a, b, a, a, a, b);
+            break;
+        case TG_OP_LT: tg_text_printf(t, "(%s)(v%d < v%d)", T, a, b); break;
+        case TG_OP_EQ: tg_text_printf(t, "(%s)(v%d == v%d)", T, a, b); break;
+        case TG_OP_WHERE:
+            tg_text_printf(t, "tg_pick_%s(v%d != 0, v%d, v%d)", suffix(in->dtype), a, b, c);
+            break;
+        default: /* TG_OP_CAST (emittable() admits nothing else) */
+            tg_text_printf(t, "(%s)v%d", T, a);
+            break;
+        }
+        tg_text_printf(t, ";\n");
+    }
+}
+
+static void emit_head(const emitter *e, const char *name)
+{
+    const tg_fused_program *p = e->p;
+    tg_text *t = e->t;
+    tg_text_printf(t, "void %s(const char *const *first, char *out, char *stores, "
+                   "int64_t u0, int64_t u1)\n{\n(void)first; (void)stores;\n", name);
+    for (int l = 0; l < p->n_loads; l++)
+        tg_text_printf(t, "const %s *in%d = (const %s *)first[%d];\n", ctype(p->load[l].dtype),
+                       l, ctype(p->load[l].dtype), l);
+    tg_text_printf(t, "%s *y = (%s *)out;\n", ctype(value_dtype(p, p->result)),
+                   ctype(value_dtype(p, p->result)));
+    if (p->stores)
+        tg_text_printf(t, "%s *st = (%s *)stores;\n", ctype(value_dtype(p, p->store)),
+                       ctype(value_dtype(p, p->store)));
+}
+
+/* The loop over the thread's units, each decoded into the leading axes' variables. */
+static void emit_units(const emitter *e)
+{
+    tg_text *t = e->t;
+    tg_text_printf(t, "for (int64_t u = u0; u < u1; u++) {\n");
+    /* the unit's axes, the last fastest */
+    if (e->units_axes == 0)
+        tg_text_printf(t, "(void)u;\n");
+    else if (e->units_axes == 1)
+        tg_text_printf(t, "const int64_t i0 = u;\n");
+    else {
+        tg_text_printf(t, "int64_t rest = u;\n");
+        for (int k = e->units_axes - 1; k > 0; k--)
+            tg_text_printf(t, "const int64_t i%d = rest %% %lldLL; rest /= %lldLL;\n", k,
+                           (long long)e->x.shape[k], (long long)e->x.shape[k]);
+        tg_text_printf(t, "const int64_t i0 = rest;\n");
+    }
+}
+
+static void open_loops(const emitter *e, int from, int to)
+{
+    for (int k = from; k < to; k++)
+        tg_text_printf(e->t, "for (int64_t i%d = 0; i%d < %lldLL; i%d++) {\n", k, k,
+                       (long long)e->x.shape[k], k);
+}
+
+static void close_loops(const emitter *e, int from, int to)
+{
+    for (int k = from; k < to; k++)
+        tg_text_printf(e->t, "}\n");
+}
+
+/* The innermost loop's start, over w. */
+static void open_inner(const emitter *e)
+{
+    tg_text_printf(e->t, "_Pragma(\"omp simd\") for (int64_t w = 0; w < %lldLL; w++) {\n",
+                   (long long)extent(e, e->inner, e->x.ndim));
+}
+
+/* Cuts the innermost axis into [n / c, c], c a divisor of n from 4096 down to 256, so that
+ * a long flat kernel has units to share; false when none divides. */
+static bool split_innermost(tg_fused_loops *x, int nops)
+{
+    int d = x->ndim;
+    if (d >= TG_FUSED_MAX_DIMS)
+        return false;
+    int64_t n = x->shape[d - 1], c = 4096;
+    while (c >= 256 && n % c != 0)
+        c--;
+    if (c < 256)
+        return false;
+    x->shape[d - 1] = n / c;
+    x->shape[d] = c;
+    x->out_stride[d] = x->out_stride[d - 1];
+    x->out_stride[d - 1] *= c;
+    for (int o = 0; o < nops; o++) {
+        x->stride[o][d] = x->stride[o][d - 1];
+        x->stride[o][d - 1] *= c;
+    }
+    x->ndim = d + 1;
+    return true;
+}
+
+/* Requests for the points READ_AHEAD elements on of every load that steps through the
+ * innermost loop as one contiguous run, at w = `at`: one request per LANES points (a line
+ * of floats). */
+static void emit_read_ahead(const emitter *e, const char *at)
+{
+    const tg_fused_program *p = e->p;
+    const tg_fused_loops *x = &e->x;
+    int d = x->ndim;
+    for (int l = 0; l < p->n_loads; l++) {
+        if (x->stride[l][d - 1] != 1)
+            continue;
+        tg_text_printf(e->t, "{ const int64_t w = %s + %d; __builtin_prefetch(&in%d[", at,
+                       READ_AHEAD, l);
+        emit_index(e, x->stride[l]);
+        tg_text_printf(e->t, "], 0, 2); }\n");
+    }
+}
+
+/* An elementwise kernel's point: its values and its result stored. */
+static void emit_point(const emitter *e)
+{
+    emit_values(e);
+    tg_text_printf(e->t, "y[");
+    emit_index(e, e->x.out_stride);
+    tg_text_printf(e->t, "] = v%d;\n", e->p->result);
+}
+
+static bool emit_elementwise(emitter *e, const char *name, int64_t *units)
+{
+    tg_fused_loops *x = &e->x;
+    int64_t u = 1;
+    for (int k = 0; k < x->ndim - 1; k++)
+        u *= x->shape[k];
+    if (u < UNITS_MIN / 4 && x->shape[x->ndim - 1] >= 16 * 256)
+        split_innermost(x, e->p->n_loads);
+    int nu = 0;
+    u = 1;
+    while (nu < x->ndim - 1 && u < UNITS_MIN)
+        u *= x->shape[nu++];
+    e->units_axes = nu;
+    e->inner = x->ndim - 1;
+    *units = u;
+    if (x->shape[e->inner] < INNER_MIN)
+        return false;
+    emit_head(e, name);
+    emit_units(e);
+    open_loops(e, nu, e->inner);
+    /* vectors of LANES points, each asking for its loads' points ahead, then the rest */
+    int64_t n = extent(e, e->inner, x->ndim);
+    tg_text_printf(e->t, "int64_t w0 = 0;\nfor (; w0 + %d <= %lldLL; w0 += %d) {\n", LANES,
+                   (long long)n, LANES);
+    emit_read_ahead(e, "w0");
+    tg_text_printf(e->t, "_Pragma(\"omp simd\") for (int l = 0; l < %d; l++) {\n"
+                   "const int64_t w = w0 + l;\n", LANES);
+    emit_point(e);
+    tg_text_printf(e->t, "}\n}\nfor (; w0 < %lldLL; w0++) {\nconst int64_t w = w0;\n",
+                   (long long)n);
+    emit_point(e);
+    tg_text_printf(e->t, "}\n");
+    close_loops(e, nu, e->inner);
+    tg_text_printf(e->t, "}\n}\n");
+    return true;
+}
+
+/* The values a reduction folds: its result's, then more[]'s. */
+static int folded(const tg_fused_program *p, int b) { return b == 0 ? p->result : p->more[b - 1]; }
+
+static void emit_store_point(const emitter *e)
+{
+    if (!e->p->stores)
+        return;
+    tg_text_printf(e->t, "st[");
+    emit_index(e, e->x.store_stride);
+    tg_text_printf(e->t, "] = v%d;\n", e->p->store);
+}
+
+/* The innermost axis reduced: runs of lanes (see the header). */
+static void emit_lane_runs(const emitter *e, int blocks)
+{
+    const tg_fused_program *p = e->p;
+    tg_text *t = e->t;
+    int64_t n = extent(e, e->inner, e->x.ndim);
+    tg_text_printf(t, "for (int64_t r0 = 0; r0 < %lldLL; r0 += %d) {\n", (long long)n, LANE_RUN);
+    tg_text_printf(t, "const int64_t rn = %lldLL - r0 < %d ? %lldLL - r0 : %d;\n", (long long)n,
+                   LANE_RUN, (long long)n, LANE_RUN);
+    for (int b = 0; b < blocks; b++)
+        tg_text_printf(t, "%s lane%d[%d] = {0};\n", ctype(value_dtype(p, folded(p, b))), b,
+                       LANES);
+    tg_text_printf(t, "int64_t r = 0;\nfor (; r + %d <= rn; r += %d) {\n", LANES, LANES);
+    emit_read_ahead(e, "r0 + r");
+    tg_text_printf(t, "_Pragma(\"omp simd\") for (int l = 0; l < %d; l++) {\n", LANES);
+    tg_text_printf(t, "const int64_t w = r0 + r + l;\n");
+    emit_values(e);
+    emit_store_point(e);
+    for (int b = 0; b < blocks; b++)
+        tg_text_printf(t, "lane%d[l] += v%d;\n", b, folded(p, b));
+    tg_text_printf(t, "}\n}\n");
+    for (int b = 0; b < blocks; b++)
+        tg_text_printf(t, "double sum%d = tg_lanes_%s(lane%d);\n", b,
+                       suffix(value_dtype(p, folded(p, b))), b);
+    tg_text_printf(t, "for (; r < rn; r++) {\nconst int64_t w = r0 + r;\n");
+    emit_values(e);
+    emit_store_point(e);
+    for (int b = 0; b < blocks; b++)
+        tg_text_printf(t, "sum%d += (double)v%d;\n", b, folded(p, b));
+    tg_text_printf(t, "}\n");
+    for (int b = 0; b < blocks; b++)
+        tg_text_printf(t, "%s[%d][0] += sum%d;\n", e->acc, b, b);
+    tg_text_printf(t, "}\n");
+}
+
+/* The accumulator of the point's output inside the unit: row-major over the trailing kept
+ * axes from `kept` on (the innermost loop's w enumerates the last ones). */
+static void emit_acc_index(const emitter *e, int kept)
+{
+    for (int k = kept; k < e->inner; k++)
+        tg_text_printf(e->t, "i%d * %lldLL + ", k, (long long)extent(e, k + 1, e->x.ndim));
+    tg_text_printf(e->t, "w");
+}
+
+/* The reduced axes' span in e's loops: first and last. */
+static void reduced_span(const emitter *e, int *first_red, int *last_red)
+{
+    *first_red = *last_red = -1;
+    for (int k = 0; k < e->x.ndim; k++) {
+        if (e->x.out_stride[k] == 0 && e->x.shape[k] > 1) {
+            *last_red = k;
+            if (*first_red < 0)
+                *first_red = k;
+        }
+    }
+}
+
+static int64_t outputs_per_block(const tg_fused_program *p)
+{
+    int64_t n = 1;
+    for (int k = 0; k < p->ndim; k++)
+        if (!((p->reduce_mask >> k) & 1))
+            n *= p->shape[k];
+    return n;
+}
+
+/* The folds and the stores of the unit's outputs, inside loops opened up to axis `from`
+ * (the unit's variables set, its accumulators zero); closes what it opens. */
+static void emit_folds(emitter *e, int from, int last_red)
+{
+    const tg_fused_program *p = e->p;
+    const tg_fused_loops *x = &e->x;
+    tg_text *t = e->t;
+    int d = x->ndim, blocks = 1 + p->n_more;
+    bool lanes = last_red == d - 1;
+    open_loops(e, from, e->inner);
+    if (lanes) {
+        emit_lane_runs(e, blocks);
+    } else {
+        open_inner(e);
+        emit_values(e);
+        emit_store_point(e);
+        for (int b = 0; b < blocks; b++) {
+            tg_text_printf(t, "%s[%d][", e->acc, b);
+            emit_acc_index(e, last_red + 1);
+            tg_text_printf(t, "] += (double)v%d;\n", folded(p, b));
+        }
+        tg_text_printf(t, "}\n");
+    }
+    close_loops(e, from, e->inner);
+}
+
+/* The unit's outputs: its kept axes inside, the reduced ones at 0. */
+static void emit_results(emitter *e, int last_red)
+{
+    const tg_fused_program *p = e->p;
+    const tg_fused_loops *x = &e->x;
+    tg_text *t = e->t;
+    int d = x->ndim, blocks = 1 + p->n_more;
+    int64_t block_numel = outputs_per_block(p);
+    bool lanes = last_red == d - 1;
+    if (lanes) {
+        for (int b = 0; b < blocks; b++) {
+            tg_text_printf(t, "y[%lldLL + ", (long long)(b * block_numel));
+            int inner = e->inner;
+            e->inner = d;
+            emit_index(e, x->out_stride);
+            e->inner = inner;
+            tg_text_printf(t, "] = (%s)%s[%d][0];\n", ctype(value_dtype(p, p->result)), e->acc,
+                           b);
+        }
+    } else {
+        open_loops(e, last_red + 1, e->inner);
+        tg_text_printf(t, "for (int64_t w = 0; w < %lldLL; w++) {\n",
+                       (long long)extent(e, e->inner, d));
+        for (int b = 0; b < blocks; b++) {
+            tg_text_printf(t, "y[%lldLL + ", (long long)(b * block_numel));
+            emit_index(e, x->out_stride);
+            tg_text_printf(t, "] = (%s)%s[%d][", ctype(value_dtype(p, p->result)), e->acc, b);
+            emit_acc_index(e, last_red + 1);
+            tg_text_printf(t, "];\n");
+        }
+        tg_text_printf(t, "}\n");
+        close_loops(e, last_red + 1, e->inner);
+    }
+}
+
+/* Units as the leading kept axes, each folded whole before the next ([kept, reduced, kept]
+ * axes). */
+static bool emit_reduction_by_unit(emitter *e, const char *name, int64_t *units)
+{
+    int first_red, last_red, d = e->x.ndim, blocks = 1 + e->p->n_more;
+    reduced_span(e, &first_red, &last_red);
+    int64_t kept_inside = extent(e, last_red + 1, d);
+    if (first_red < 0 || kept_inside * blocks > MAX_ACC)
+        return false;
+    e->units_axes = first_red;
+    *units = extent(e, 0, first_red);
+    e->inner = d - 1;
+    snprintf(e->acc, sizeof e->acc, "acc");
+    if (e->x.shape[e->inner] < INNER_MIN)
+        return false;
+    emit_head(e, name);
+    emit_units(e);
+    tg_text_printf(e->t, "double acc[%d][%lld];\nmemset(acc, 0, sizeof acc);\n", blocks,
+                   (long long)kept_inside);
+    emit_folds(e, first_red, last_red);
+    emit_results(e, last_red);
+    tg_text_printf(e->t, "}\n}\n");
+    return true;
+}
+
+/* Units as one kept axis with reduced axes outside it, walked in memory order: batch
+ * norm's sums over (N, H, W) visit image by image the thread's channels' planes, every
+ * channel's accumulators live, where unit by unit would jump an image's size from plane
+ * to plane. Each output's points are still folded in one fixed order. False where the
+ * axes are not of that form (the by-unit order is then memory order or near it). */
+static bool emit_reduction_interleaved(emitter *e, const char *name, int64_t *units)
+{
+    int first_red, last_red, d = e->x.ndim, blocks = 1 + e->p->n_more, unit_axis = -1;
+    reduced_span(e, &first_red, &last_red);
+    if (first_red != 0)
+        return false;
+    for (int k = 0; k < last_red; k++) {
+        if (e->x.out_stride[k] == 0 || e->x.shape[k] == 1)
+            continue;
+        if (unit_axis >= 0)
+            return false;
+        unit_axis = k;
+    }
+    int64_t kept_inside = extent(e, last_red + 1, d);
+    if (unit_axis < 0 || e->x.shape[unit_axis] * kept_inside * blocks > MAX_ACC)
+        return false;
+    e->units_axes = 0;
+    *units = e->x.shape[unit_axis];
+    e->inner = d - 1;
+    snprintf(e->acc, sizeof e->acc, "acc[i%d]", unit_axis);
+    if (e->x.shape[e->inner] < INNER_MIN)
+        return false;
+    emit_head(e, name);
+    tg_text_printf(e->t, "double acc[%lld][%d][%lld];\n"
+                   "memset(acc[u0], 0, (size_t)(u1 - u0) * sizeof acc[0]);\n",
+                   (long long)*units, blocks, (long long)kept_inside);
+    open_loops(e, 0, unit_axis);
+    tg_text_printf(e->t, "for (int64_t i%d = u0; i%d < u1; i%d++) {\n", unit_axis, unit_axis,
+                   unit_axis);
+    emit_folds(e, unit_axis + 1, last_red);
+    tg_text_printf(e->t, "}\n");
+    close_loops(e, 0, unit_axis);
+    tg_text_printf(e->t, "for (int64_t i%d = u0; i%d < u1; i%d++) {\n", unit_axis, unit_axis,
+                   unit_axis);
+    emit_results(e, last_red);
+    tg_text_printf(e->t, "}\n}\n");
+    return true;
+}
+
+bool tg_fused_emit(const tg_fused_program *p, const char *name, tg_text *text, int64_t *units)
+{
+    if (p->count_ties || (p->reduce_op != TG_OP_LEAF && p->reduce_op != TG_OP_SUM))
+        return false;
+    for (int i = 0; i < p->n_instrs; i++)
+        if (!emittable(p->instr[i].op))
+            return false;
+    emitter e = {.p = p, .t = text};
+    size_t mark = text->len;
+    bool ok = true;
+    tg_fused_loops_of(p, false, &e.x);
+    if (p->reduce_op == TG_OP_LEAF) {
+        ok = emit_elementwise(&e, name, units);
+    } else {
+        ok = emit_reduction_interleaved(&e, name, units);
+        if (!ok) {
+            text->len = mark;
+            tg_fused_loops_of(p, true, &e.x);
+            ok = emit_reduction_by_unit(&e, name, units);
+        }
+    }
+    if (!ok && text->s) {
+        text->len = mark;
+        text->s[mark] = '\0';
+    }
+    return ok && !text->failed;
+}

@@ -8,12 +8,13 @@
  * share), the innermost axis is the vector loop (`w`, in steps of LANES points, each asking
  * for the contiguous loads' points READ_AHEAD elements on: without that the hardware's
  * prefetcher fell behind, 2.4 ms against 0.95 for batch norm's backward sums at 28x28), the
- * axes between are nested loops. Programs whose innermost axis is shorter than INNER_MIN (a
- * pool's windows, [.., i, a, j, b] with b of 2) stay with the interpreter, whose tiles
- * copy the pooled values out to their windows: plain loops would spend a vector on two
- * points; the window axes merged into one loop, the pooled operands' points computed by
- * division ran 6x slower than the tiles, read through a table of offsets (gathers) as fast
- * (pool backward at 28x28: 3.9 against 3.7 ms), for more code.
+ * axes between are nested loops. Where the innermost axis is short (a pool's windows,
+ * [.., i, a, j, b] with b of 2), the axes before it join the innermost loop up to
+ * MERGE_BELOW points (784 at 28x28); a load that does not step through them as one (the
+ * pooled value, broadcast over its window) is first copied out for the outer position into
+ * a buffer the loop reads contiguously. Its indices computed by division in the loop ran
+ * 6x slower than the interpreter's tiles; read through a table of offsets (vector gathers)
+ * as fast; copied, twice as fast (pool backward at 28x28: 1.7-1.8 against 3.7 ms).
  * A reduction's unit is one box of outputs, folded whole by one thread in a fixed order,
  * so its results do not depend on the thread count: one kept axis with reduced axes outside
  * it walked in memory order (emit_reduction_interleaved), else the leading kept axes of
@@ -34,7 +35,9 @@
 
 #define LANES 16
 #define LANE_RUN 256   /* points per run: 16 a lane before they meet in double */
-#define INNER_MIN 16   /* points of the innermost axis, at least: a vector's */
+#define INNER_MIN 16   /* points of the innermost loop, at least: a vector's */
+#define MERGE_BELOW 64 /* the innermost loop takes in outer axes while shorter than this */
+#define COPY_MAX 4096  /* points of an innermost loop of merged axes, at most */
 #define UNITS_MIN 64   /* units wanted, for threads to share evenly */
 #define MAX_ACC 4096   /* a unit's accumulators, on the stack */
 #ifndef READ_AHEAD
@@ -48,6 +51,10 @@ typedef struct {
     int inner;      /* axes inner .. ndim - 1: the innermost loop, w */
     tg_text *t;
     char acc[32]; /* the unit's accumulators: acc[block][output in the unit] */
+    /* Loads that do not step through the innermost loop's merged axes as through one (a
+     * pooled value over its window): copied, for each position of the outer loops, into
+     * a buffer c<l> that the innermost loop then reads as a contiguous one. */
+    bool copied[TG_FUSED_MAX_LOADS];
 } emitter;
 
 static const char *ctype(tg_dtype dt) { return dt == TG_F64 ? "double" : "float"; }
@@ -66,19 +73,91 @@ static int64_t extent(const emitter *e, int from, int to)
     return n;
 }
 
+/* Whether an operand steps through the innermost loop's axes as through one. */
+static bool as_one(const emitter *e, const int64_t *stride)
+{
+    for (int k = e->inner; k + 1 < e->x.ndim; k++)
+        if (stride[k] != stride[k + 1] * e->x.shape[k + 1])
+            return false;
+    return true;
+}
+
+/* Which loads are copied (see emitter); false where the output or the stored points would
+ * need it too, or the innermost loop is too short or too long. */
+static bool plan_copies(emitter *e)
+{
+    const tg_fused_program *p = e->p;
+    int64_t n = extent(e, e->inner, e->x.ndim);
+    if (n < INNER_MIN || n > COPY_MAX || !as_one(e, e->x.out_stride) ||
+        (p->stores && !as_one(e, e->x.store_stride)))
+        return false;
+    for (int l = 0; l < p->n_loads; l++)
+        e->copied[l] = !as_one(e, e->x.stride[l]);
+    return true;
+}
+
+static void declare_copies(const emitter *e)
+{
+    for (int l = 0; l < e->p->n_loads; l++)
+        if (e->copied[l])
+            tg_text_printf(e->t, "%s c%d[%lld];\n", ctype(e->p->load[l].dtype), l,
+                           (long long)extent(e, e->inner, e->x.ndim));
+}
+
+static bool emit_outer_index(const emitter *e, const int64_t *stride);
+
+/* The copies for the outer loops' position: loops over the merged axes (variables j<k>),
+ * each buffer filled row-major. */
+static void emit_copies(const emitter *e)
+{
+    const tg_fused_loops *x = &e->x;
+    int d = x->ndim;
+    for (int l = 0; l < e->p->n_loads; l++) {
+        if (!e->copied[l])
+            continue;
+        for (int k = e->inner; k < d; k++)
+            tg_text_printf(e->t, "for (int64_t j%d = 0; j%d < %lldLL; j%d++)\n", k, k,
+                           (long long)x->shape[k], k);
+        tg_text_printf(e->t, "c%d[", l);
+        for (int k = e->inner + 1; k < d; k++)
+            tg_text_printf(e->t, "(");
+        tg_text_printf(e->t, "j%d", e->inner);
+        for (int k = e->inner + 1; k < d; k++)
+            tg_text_printf(e->t, " * %lldLL + j%d)", (long long)x->shape[k], k);
+        tg_text_printf(e->t, "] = in%d[", l);
+        bool any = emit_outer_index(e, x->stride[l]);
+        for (int k = e->inner; k < d; k++) {
+            if (x->stride[l][k] == 0)
+                continue;
+            tg_text_printf(e->t, "%sj%d * %lldLL", any ? " + " : "", k,
+                           (long long)x->stride[l][k]);
+            any = true;
+        }
+        tg_text_printf(e->t, "%s];\n", any ? "" : "0");
+    }
+}
+
+/* The outer loops' part of an operand's element: the variables i<k>; true if any. */
+static bool emit_outer_index(const emitter *e, const int64_t *stride)
+{
+    bool any = false;
+    for (int k = 0; k < e->inner; k++) {
+        if (stride[k] == 0 || e->x.shape[k] == 1)
+            continue;
+        tg_text_printf(e->t, "%si%d * %lldLL", any ? " + " : "", k, (long long)stride[k]);
+        any = true;
+    }
+    return any;
+}
+
 /* An operand's element at the loops' position: the outer axes' variables i<k>, the
- * innermost axis's w. */
+ * innermost loop's w (the operand must step through the innermost loop's axes as one). */
 static void emit_index(const emitter *e, const int64_t *stride)
 {
     const tg_fused_loops *x = &e->x;
-    bool any = false;
-    for (int k = 0; k < x->ndim; k++) {
-        if (stride[k] == 0 || x->shape[k] == 1)
-            continue;
-        if (k == e->inner)
-            tg_text_printf(e->t, "%sw * %lldLL", any ? " + " : "", (long long)stride[k]);
-        else
-            tg_text_printf(e->t, "%si%d * %lldLL", any ? " + " : "", k, (long long)stride[k]);
+    bool any = emit_outer_index(e, stride);
+    if (e->inner < x->ndim && stride[x->ndim - 1] != 0) {
+        tg_text_printf(e->t, "%sw * %lldLL", any ? " + " : "", (long long)stride[x->ndim - 1]);
         any = true;
     }
     if (!any)
@@ -115,6 +194,10 @@ static void emit_values(const emitter *e)
     const tg_fused_program *p = e->p;
     tg_text *t = e->t;
     for (int l = 0; l < p->n_loads; l++) {
+        if (e->copied[l]) {
+            tg_text_printf(t, "const %s v%d = c%d[w];\n", ctype(p->load[l].dtype), l, l);
+            continue;
+        }
         tg_text_printf(t, "const %s v%d = in%d[", ctype(p->load[l].dtype), l, l);
         emit_index(e, e->x.stride[l]);
         tg_text_printf(t, "];\n");
@@ -166,6 +249,7 @@ static void emit_head(const emitter *e, const char *name)
     if (p->stores)
         tg_text_printf(t, "%s *st = (%s *)stores;\n", ctype(value_dtype(p, p->store)),
                        ctype(value_dtype(p, p->store)));
+    declare_copies(e);
 }
 
 /* The loop over the thread's units, each decoded into the leading axes' variables. */
@@ -207,6 +291,17 @@ static void open_inner(const emitter *e)
                    (long long)extent(e, e->inner, e->x.ndim));
 }
 
+/* The innermost loop: the last axis, and axes from `from` on before it while it is shorter
+ * than MERGE_BELOW points (a pool's window axes [i, a, j, b]: 784 points at 28x28). */
+static int choose_inner(const tg_fused_loops *x, int from)
+{
+    int inner = x->ndim - 1;
+    int64_t n = x->shape[inner];
+    while (inner > from && n < MERGE_BELOW && n * x->shape[inner - 1] <= COPY_MAX)
+        n *= x->shape[--inner];
+    return inner;
+}
+
 /* Cuts the innermost axis into [n / c, c], c a divisor of n from 4096 down to 256, so that
  * a long flat kernel has units to share; false when none divides. */
 static bool split_innermost(tg_fused_loops *x, int nops)
@@ -240,7 +335,7 @@ static void emit_read_ahead(const emitter *e, const char *at)
     const tg_fused_loops *x = &e->x;
     int d = x->ndim;
     for (int l = 0; l < p->n_loads; l++) {
-        if (x->stride[l][d - 1] != 1)
+        if (x->stride[l][d - 1] != 1 || !as_one(e, x->stride[l]))
             continue;
         tg_text_printf(e->t, "{ const int64_t w = %s + %d; __builtin_prefetch(&in%d[", at,
                        READ_AHEAD, l);
@@ -271,13 +366,14 @@ static bool emit_elementwise(emitter *e, const char *name, int64_t *units)
     while (nu < x->ndim - 1 && u < UNITS_MIN)
         u *= x->shape[nu++];
     e->units_axes = nu;
-    e->inner = x->ndim - 1;
+    e->inner = choose_inner(x, nu);
     *units = u;
-    if (x->shape[e->inner] < INNER_MIN)
+    if (!plan_copies(e))
         return false;
     emit_head(e, name);
     emit_units(e);
     open_loops(e, nu, e->inner);
+    emit_copies(e);
     /* vectors of LANES points, each asking for its loads' points ahead, then the rest */
     int64_t n = extent(e, e->inner, x->ndim);
     tg_text_printf(e->t, "int64_t w0 = 0;\nfor (; w0 + %d <= %lldLL; w0 += %d) {\n", LANES,
@@ -383,6 +479,7 @@ static void emit_folds(emitter *e, int from, int last_red)
     int d = x->ndim, blocks = 1 + p->n_more;
     bool lanes = last_red == d - 1;
     open_loops(e, from, e->inner);
+    emit_copies(e);
     if (lanes) {
         emit_lane_runs(e, blocks);
     } else {
@@ -445,9 +542,9 @@ static bool emit_reduction_by_unit(emitter *e, const char *name, int64_t *units)
         return false;
     e->units_axes = first_red;
     *units = extent(e, 0, first_red);
-    e->inner = d - 1;
+    e->inner = choose_inner(&e->x, last_red == d - 1 ? first_red : last_red + 1);
     snprintf(e->acc, sizeof e->acc, "acc");
-    if (e->x.shape[e->inner] < INNER_MIN)
+    if (!plan_copies(e))
         return false;
     emit_head(e, name);
     emit_units(e);
@@ -482,9 +579,9 @@ static bool emit_reduction_interleaved(emitter *e, const char *name, int64_t *un
         return false;
     e->units_axes = 0;
     *units = e->x.shape[unit_axis];
-    e->inner = d - 1;
+    e->inner = choose_inner(&e->x, last_red == d - 1 ? unit_axis + 1 : last_red + 1);
     snprintf(e->acc, sizeof e->acc, "acc[i%d]", unit_axis);
-    if (e->x.shape[e->inner] < INNER_MIN)
+    if (!plan_copies(e))
         return false;
     emit_head(e, name);
     tg_text_printf(e->t, "double acc[%lld][%d][%lld];\n"

@@ -16,9 +16,11 @@
  * 6x slower than the interpreter's tiles; read through a table of offsets (vector gathers)
  * as fast; copied, twice as fast (pool backward at 28x28: 1.7-1.8 against 3.7 ms).
  * A reduction's unit is one box of outputs, folded whole by one thread in a fixed order,
- * so its results do not depend on the thread count: one kept axis with reduced axes outside
- * it walked in memory order (emit_reduction_interleaved), else the leading kept axes of
- * [kept, reduced, kept] (emit_reduction_by_unit). The folds:
+ * so its results do not depend on the thread count: the planes of a reduction over small
+ * windows (emit_window_reduction: a pool's max and its tie counts, the window's points
+ * unrolled in the loop's body), one kept axis with reduced axes outside it walked in memory
+ * order (emit_reduction_interleaved), else the leading kept axes of [kept, reduced, kept]
+ * (emit_reduction_by_unit). The folds of the latter two:
  *   - the innermost axis reduced: runs of at most LANE_RUN points summed in LANES lanes of
  *     the value's dtype (vector registers), the lanes added pairwise in double, the runs
  *     added in double;
@@ -55,6 +57,12 @@ typedef struct {
      * pooled value over its window): copied, for each position of the outer loops, into
      * a buffer c<l> that the innermost loop then reads as a contiguous one. */
     bool copied[TG_FUSED_MAX_LOADS];
+    /* A window reduction (emit_window_reduction) emits each of its n_window points with
+     * the reduced axes at point `window`: the loads shifted by shift[l] elements, their
+     * copies c<l>_<window>. */
+    int n_window, window;
+    int64_t shift[TG_FUSED_MAX_LOADS];
+    bool windowed[TG_FUSED_MAX_LOADS]; /* varies over the window: a copy per point */
 } emitter;
 
 static const char *ctype(tg_dtype dt) { return dt == TG_F64 ? "double" : "float"; }
@@ -96,12 +104,24 @@ static bool plan_copies(emitter *e)
     return true;
 }
 
+static void copy_name(const emitter *e, int l, int window)
+{
+    if (e->n_window > 0)
+        tg_text_printf(e->t, "c%d_%d", l, e->windowed[l] ? window : 0);
+    else
+        tg_text_printf(e->t, "c%d", l);
+}
+
 static void declare_copies(const emitter *e)
 {
-    for (int l = 0; l < e->p->n_loads; l++)
-        if (e->copied[l])
-            tg_text_printf(e->t, "%s c%d[%lld];\n", ctype(e->p->load[l].dtype), l,
-                           (long long)extent(e, e->inner, e->x.ndim));
+    for (int l = 0; l < e->p->n_loads; l++) {
+        int copies = e->n_window > 0 && e->windowed[l] ? e->n_window : 1;
+        for (int r = 0; e->copied[l] && r < copies; r++) {
+            tg_text_printf(e->t, "%s ", ctype(e->p->load[l].dtype));
+            copy_name(e, l, r);
+            tg_text_printf(e->t, "[%lld];\n", (long long)extent(e, e->inner, e->x.ndim));
+        }
+    }
 }
 
 static bool emit_outer_index(const emitter *e, const int64_t *stride);
@@ -113,12 +133,13 @@ static void emit_copies(const emitter *e)
     const tg_fused_loops *x = &e->x;
     int d = x->ndim;
     for (int l = 0; l < e->p->n_loads; l++) {
-        if (!e->copied[l])
+        if (!e->copied[l] || (e->n_window > 0 && e->window > 0 && !e->windowed[l]))
             continue;
         for (int k = e->inner; k < d; k++)
             tg_text_printf(e->t, "for (int64_t j%d = 0; j%d < %lldLL; j%d++)\n", k, k,
                            (long long)x->shape[k], k);
-        tg_text_printf(e->t, "c%d[", l);
+        copy_name(e, l, e->window);
+        tg_text_printf(e->t, "[");
         for (int k = e->inner + 1; k < d; k++)
             tg_text_printf(e->t, "(");
         tg_text_printf(e->t, "j%d", e->inner);
@@ -133,7 +154,7 @@ static void emit_copies(const emitter *e)
                            (long long)x->stride[l][k]);
             any = true;
         }
-        tg_text_printf(e->t, "%s];\n", any ? "" : "0");
+        tg_text_printf(e->t, "%s + %lldLL];\n", any ? "" : "0", (long long)e->shift[l]);
     }
 }
 
@@ -195,11 +216,15 @@ static void emit_values(const emitter *e)
     tg_text *t = e->t;
     for (int l = 0; l < p->n_loads; l++) {
         if (e->copied[l]) {
-            tg_text_printf(t, "const %s v%d = c%d[w];\n", ctype(p->load[l].dtype), l, l);
+            tg_text_printf(t, "const %s v%d = ", ctype(p->load[l].dtype), l);
+            copy_name(e, l, e->window);
+            tg_text_printf(t, "[w];\n");
             continue;
         }
         tg_text_printf(t, "const %s v%d = in%d[", ctype(p->load[l].dtype), l, l);
         emit_index(e, e->x.stride[l]);
+        if (e->shift[l] != 0)
+            tg_text_printf(t, " + %lldLL", (long long)e->shift[l]);
         tg_text_printf(t, "];\n");
     }
     for (int i = 0; i < p->n_instrs; i++) {
@@ -600,9 +625,168 @@ static bool emit_reduction_interleaved(emitter *e, const char *name, int64_t *un
     return true;
 }
 
+/* One window's points folded (a max, with its ties counted, or sums), the values u<b>_<r>
+ * made: the max as the eager max keeps NaN (a NaN point wins; its count is 0). */
+static void emit_window_fold(const emitter *e, int64_t block_numel)
+{
+    const tg_fused_program *p = e->p;
+    tg_text *t = e->t;
+    const char *T = ctype(value_dtype(p, p->result));
+    int blocks = 1 + p->n_more;
+    if (p->reduce_op == TG_OP_SUM) {
+        for (int b = 0; b < blocks; b++) {
+            tg_text_printf(t, "{ double s = 0;\n");
+            for (int r = 0; r < e->n_window; r++)
+                tg_text_printf(t, "s += (double)u%d_%d;\n", b, r);
+            tg_text_printf(t, "y[%lldLL + ", (long long)(b * block_numel));
+            emit_index(e, e->x.out_stride);
+            tg_text_printf(t, "] = (%s)s; }\n", T);
+        }
+        return;
+    }
+    /* the NaN flag in T: GCC 12 vectorizes no loop that mixes it as an int with floats */
+    tg_text_printf(t, "{ %s best = u0_0, nan = best != best ? 1 : 0;\n", T);
+    for (int r = 1; r < e->n_window; r++)
+        tg_text_printf(t, "nan += u0_%d != u0_%d ? 1 : 0; best = u0_%d > best ? u0_%d : best;\n",
+                       r, r, r, r);
+    tg_text_printf(t, "y[");
+    emit_index(e, e->x.out_stride);
+    tg_text_printf(t, "] = nan != 0 ? (%s)NAN : best;\n", T);
+    if (p->count_ties) {
+        tg_text_printf(t, "%s count = 0;\n", T);
+        for (int r = 0; r < e->n_window; r++)
+            tg_text_printf(t, "count += u0_%d == best ? (%s)1 : (%s)0;\n", r, T, T);
+        tg_text_printf(t, "y[%lldLL + ", (long long)block_numel);
+        emit_index(e, e->x.out_stride);
+        tg_text_printf(t, "] = nan != 0 ? (%s)0 : count;\n", T);
+    }
+    tg_text_printf(t, "}\n");
+}
+
+/* Window point r: the loads' shifts for the reduced axes' position (the last fastest). */
+static void set_window_point(emitter *e, const tg_fused_loops *full, int block_start, int r)
+{
+    int64_t rest = r;
+    for (int l = 0; l < e->p->n_loads; l++)
+        e->shift[l] = 0;
+    for (int k = full->ndim - 1; k >= block_start; k--) {
+        if (full->out_stride[k] != 0 || full->shape[k] == 1)
+            continue;
+        int64_t at = rest % full->shape[k];
+        rest /= full->shape[k];
+        for (int l = 0; l < e->p->n_loads; l++)
+            e->shift[l] += at * full->stride[l][k];
+    }
+    e->window = r;
+}
+
+/* Every window point's values, into u<b>_<r>. */
+static void emit_window_points(emitter *e, const tg_fused_loops *full, int block_start)
+{
+    const tg_fused_program *p = e->p;
+    tg_text *t = e->t;
+    int blocks = 1 + p->n_more;
+    for (int r = 0; r < e->n_window; r++) {
+        set_window_point(e, full, block_start, r);
+        tg_text_printf(t, "{\n");
+        emit_values(e);
+        for (int b = 0; b < blocks; b++)
+            tg_text_printf(t, "u%d_%d = v%d;\n", b, r, folded(p, b));
+        tg_text_printf(t, "}\n");
+    }
+}
+
+/* A reduction over small windows of planes (a pool's [.., a, b, i, j] or [.., i, a, j, b]
+ * over a and b): one output per point of the plane's kept axes (i, j), which are the
+ * vector loop; each window point's values made in the loop's body (the window's points
+ * unrolled) and folded there. Loads that do not step through the plane's kept axes as one
+ * (the full-size input, stepping 2 along j) are copied for the unit, per window point
+ * where they vary over the window, as emit_copies does. */
+static bool emit_window_reduction(emitter *e, const char *name, int64_t *units)
+{
+    const tg_fused_program *p = e->p;
+    tg_fused_loops full = e->x;
+    int d = full.ndim, first_red = -1;
+    int64_t window = 1;
+    for (int k = 0; k < d; k++) {
+        if (full.out_stride[k] == 0 && full.shape[k] > 1) {
+            window *= full.shape[k];
+            if (first_red < 0)
+                first_red = k;
+        }
+    }
+    if (first_red < 0 || window < 2 || window > 16 || p->stores)
+        return false;
+    /* The plane: the kept axes after the reduced ones, where the reduced axes are one block
+     * ([.., a, b, i, j]); else from the kept axis before the first reduced one. Units:
+     * the axes before the plane and the window. */
+    int last_red = first_red, block = first_red;
+    bool inside = false;
+    for (int k = first_red; k < d; k++) {
+        bool red = full.out_stride[k] == 0 && full.shape[k] > 1;
+        inside |= !red && full.shape[k] > 1 && k < last_red;
+        last_red = red ? k : last_red;
+    }
+    for (int k = first_red; k < last_red; k++)
+        inside |= full.out_stride[k] != 0 && full.shape[k] > 1;
+    if (inside || last_red == d - 1)
+        block = first_red - 1;
+    if (block < 0)
+        return false;
+    for (int l = 0; l < p->n_loads; l++)
+        for (int k = block; k < d; k++)
+            e->windowed[l] |= full.out_stride[k] == 0 && full.shape[k] > 1 &&
+                              full.stride[l][k] != 0;
+    tg_fused_loops kept = {0};
+    for (int k = 0; k < d; k++) {
+        if (k >= block && full.out_stride[k] == 0 && full.shape[k] > 1)
+            continue;
+        int j = kept.ndim++;
+        kept.shape[j] = full.shape[k];
+        kept.out_stride[j] = full.out_stride[k];
+        for (int l = 0; l < p->n_loads; l++)
+            kept.stride[l][j] = full.stride[l][k];
+    }
+    e->x = kept;
+    e->units_axes = block;
+    e->inner = block;
+    e->n_window = (int)window;
+    *units = extent(e, 0, block);
+    if (!plan_copies(e))
+        return false;
+    int64_t n = extent(e, block, kept.ndim), block_numel = outputs_per_block(p);
+    int blocks = 1 + p->n_more;
+    emit_head(e, name);
+    emit_units(e);
+    for (int r = 0; r < e->n_window; r++) {
+        set_window_point(e, &full, block, r);
+        emit_copies(e);
+    }
+    for (int pass = 0; pass < 2; pass++) { /* vectors of LANES points, then the rest */
+        if (pass == 0)
+            tg_text_printf(e->t, "int64_t w0 = 0;\nfor (; w0 + %d <= %lldLL; w0 += %d) {\n"
+                           "_Pragma(\"omp simd\") for (int l = 0; l < %d; l++) {\n"
+                           "const int64_t w = w0 + l;\n", LANES, (long long)n, LANES, LANES);
+        else
+            tg_text_printf(e->t, "for (; w0 < %lldLL; w0++) {\nconst int64_t w = w0;\n",
+                           (long long)n);
+        for (int b = 0; b < blocks; b++) {
+            tg_text_printf(e->t, "%s", ctype(value_dtype(p, folded(p, b))));
+            for (int r = 0; r < e->n_window; r++)
+                tg_text_printf(e->t, "%s u%d_%d", r ? "," : "", b, r);
+            tg_text_printf(e->t, ";\n");
+        }
+        emit_window_points(e, &full, block);
+        emit_window_fold(e, block_numel);
+        tg_text_printf(e->t, pass == 0 ? "}\n}\n" : "}\n");
+    }
+    tg_text_printf(e->t, "}\n}\n");
+    return true;
+}
+
 bool tg_fused_emit(const tg_fused_program *p, const char *name, tg_text *text, int64_t *units)
 {
-    if (p->count_ties || (p->reduce_op != TG_OP_LEAF && p->reduce_op != TG_OP_SUM))
+    if (p->reduce_op != TG_OP_LEAF && p->reduce_op != TG_OP_SUM && p->reduce_op != TG_OP_MAX)
         return false;
     for (int i = 0; i < p->n_instrs; i++)
         if (!emittable(p->instr[i].op))
@@ -613,10 +797,18 @@ bool tg_fused_emit(const tg_fused_program *p, const char *name, tg_text *text, i
     tg_fused_loops_of(p, false, &e.x);
     if (p->reduce_op == TG_OP_LEAF) {
         ok = emit_elementwise(&e, name, units);
+    } else if (emit_window_reduction(&e, name, units)) {
+        ok = true;
+    } else if (p->reduce_op == TG_OP_MAX) {
+        ok = false;
     } else {
+        text->len = mark;
+        e = (emitter){.p = p, .t = text};
+        tg_fused_loops_of(p, false, &e.x);
         ok = emit_reduction_interleaved(&e, name, units);
         if (!ok) {
             text->len = mark;
+            e = (emitter){.p = p, .t = text};
             tg_fused_loops_of(p, true, &e.x);
             ok = emit_reduction_by_unit(&e, name, units);
         }

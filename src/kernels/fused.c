@@ -1015,6 +1015,20 @@ static void collapse(axes *x)
     *x = y;
 }
 
+/* The axes' shape and each operand's strides, into the arrays of one (an exec, loops). */
+static void split_axes(const tg_fused_program *p, const axes *x, int64_t *shape,
+                       int64_t *out_stride, int64_t (*stride)[TG_FUSED_MAX_DIMS],
+                       int64_t *store_stride)
+{
+    size_t row = sizeof x->shape;
+    memcpy(shape, x->shape, row);
+    memcpy(out_stride, x->stride[0], row);
+    for (int l = 0; l < p->n_loads; l++)
+        memcpy(stride[l], x->stride[1 + l], row);
+    if (p->stores)
+        memcpy(store_stride, x->stride[1 + p->n_loads], row);
+}
+
 void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loops *out)
 {
     axes x;
@@ -1024,12 +1038,7 @@ void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loop
     collapse(&x);
     memset(out, 0, sizeof *out);
     out->ndim = x.ndim;
-    memcpy(out->shape, x.shape, sizeof out->shape);
-    memcpy(out->out_stride, x.stride[0], sizeof out->out_stride);
-    for (int l = 0; l < p->n_loads; l++)
-        memcpy(out->stride[l], x.stride[1 + l], sizeof out->stride[l]);
-    if (p->stores)
-        memcpy(out->store_stride, x.stride[1 + p->n_loads], sizeof out->store_stride);
+    split_axes(p, &x, out->shape, out->out_stride, out->stride, out->store_stride);
 }
 
 /* Whether every reduced axis lies in a trailing block of at most TILE points that also
@@ -1713,12 +1722,7 @@ static bool lay_out(const tg_fused_program *p, struct tg_fused_exec *e, bool seg
     }
     collapse(&x);
     e->ndim = x.ndim;
-    memcpy(e->shape, x.shape, sizeof e->shape);
-    memcpy(e->out_stride, x.stride[0], sizeof e->out_stride);
-    for (int l = 0; l < p->n_loads; l++)
-        memcpy(e->stride[l], x.stride[1 + l], sizeof e->stride[l]);
-    if (p->stores)
-        memcpy(e->store_stride, x.stride[1 + p->n_loads], sizeof e->store_stride);
+    split_axes(p, &x, e->shape, e->out_stride, e->stride, e->store_stride);
     for (int k = 0; k < e->ndim; k++)
         if (reduce && e->out_stride[k] == 0 && e->shape[k] > 1)
             e->reduced |= 1u << k;

@@ -1386,8 +1386,10 @@ END_TEST
 
 int main(void)
 {
-    /* every fused kernel the emitter writes runs natively, however small (compile/native.c) */
+    /* every fused kernel the emitter writes runs natively, however small (compile/native.c),
+     * and each case switches passes off itself */
     setenv("TG_NATIVE_MIN_POINTS", "0", 1);
+    unsetenv("TG_DISABLE_PASSES");
     Suite *s = suite_create("fuse");
     TCase *tc = tcase_create("fuse");
     tcase_set_timeout(tc, 300);

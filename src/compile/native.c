@@ -2,12 +2,14 @@
  * emitter writes (kernels/fused_emit.c), compiled by the system's C compiler into a shared
  * object and loaded with dlopen.
  *
- * Compiled objects are kept in a cache directory under the hash of their source, compiler
- * and flags, so a plan built again (the next run of a program, another test) loads its
- * object without compiling: $TG_NATIVE_CACHE, else $XDG_CACHE_HOME/tapegrad, else
- * ~/.cache/tapegrad, else /tmp/tapegrad-<uid>. A compile writes files of its own (the
- * process id in their names) and renames the object into place, so processes that build
- * the same plan at once do not see each other's half-written files.
+ * Compiled objects are kept in a cache directory under the hash of their source, compiler,
+ * flags and the CPU (its model and feature flags: code for -march=native must not run on
+ * another machine that shares the directory), so a plan built again (the next run of a
+ * program, another test) loads its object without compiling: $TG_NATIVE_CACHE, else
+ * $XDG_CACHE_HOME/tapegrad, else ~/.cache/tapegrad, else /tmp/tapegrad-<uid>. A compile
+ * writes files of its own (the process id and a serial number in their names) and renames
+ * the object into place, so builds of the same plan at once do not see each other's
+ * half-written files.
  *
  * The compiler is $TG_CC, else `cc`, run with the flags the library was built with for the
  * machine (-march=native unless built portable) and $TG_CC_FLAGS after them; its output is
@@ -21,6 +23,7 @@
 #include "../kernels/fused.h"
 
 #include <dlfcn.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -103,6 +106,24 @@ static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)
         h ^= (unsigned char)s[i];
         h *= 1099511628211ull;
     }
+    return h;
+}
+
+/* The CPU's model and feature flags, as /proc/cpuinfo gives them for its first processor
+ * (nothing where it cannot be read). */
+static uint64_t hash_cpu(uint64_t h)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[8192];
+    int found = 0;
+    while (f && found < 2 && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0 || strncmp(line, "flags", 5) == 0) {
+            h = hash_bytes(h, line, strlen(line));
+            found++;
+        }
+    }
+    if (f)
+        fclose(f);
     return h;
 }
 
@@ -212,6 +233,7 @@ static void *load_object(const tg_text *source, const char **why)
     uint64_t h = hash_bytes(1469598103934665603ull, source->s, source->len);
     for (int i = 0; i < c.argc; i++)
         h = hash_bytes(h, c.argv[i], strlen(c.argv[i]) + 1);
+    h = hash_cpu(h);
     char dir[1024], so[1200], tmp_so[1300], tmp_c[1300];
     if (!cache_dir(dir, sizeof dir)) {
         *why = "no cache directory could be made";
@@ -221,9 +243,11 @@ static void *load_object(const tg_text *source, const char **why)
     void *handle = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     if (handle)
         return handle;
+    static atomic_uint serial;
     long pid = (long)getpid();
-    snprintf(tmp_c, sizeof tmp_c, "%s/k%016llx.%ld.c", dir, (unsigned long long)h, pid);
-    snprintf(tmp_so, sizeof tmp_so, "%s/k%016llx.%ld.so", dir, (unsigned long long)h, pid);
+    unsigned n = atomic_fetch_add(&serial, 1);
+    snprintf(tmp_c, sizeof tmp_c, "%s/k%016llx.%ld.%u.c", dir, (unsigned long long)h, pid, n);
+    snprintf(tmp_so, sizeof tmp_so, "%s/k%016llx.%ld.%u.so", dir, (unsigned long long)h, pid, n);
     bool ok = write_file(tmp_c, source->s, source->len);
     if (!ok)
         *why = "the kernels' source could not be written to the cache directory";

@@ -40,6 +40,7 @@
 #define INNER_MIN 16   /* points of the innermost loop, at least: a vector's */
 #define MERGE_BELOW 64 /* the innermost loop takes in outer axes while shorter than this */
 #define COPY_MAX 4096  /* points of an innermost loop of merged axes, at most */
+#define COPY_BYTES (128 * 1024) /* copies on a thread's stack, at most */
 #define UNITS_MIN 64   /* units wanted, for threads to share evenly */
 #define MAX_ACC 4096   /* a unit's accumulators, on the stack */
 #ifndef READ_AHEAD
@@ -91,17 +92,21 @@ static bool as_one(const emitter *e, const int64_t *stride)
 }
 
 /* Which loads are copied (see emitter); false where the output or the stored points would
- * need it too, or the innermost loop is too short or too long. */
+ * need it too, the innermost loop is too short or too long, or the copies would take more
+ * than COPY_BYTES of the thread's stack. */
 static bool plan_copies(emitter *e)
 {
     const tg_fused_program *p = e->p;
-    int64_t n = extent(e, e->inner, e->x.ndim);
+    int64_t n = extent(e, e->inner, e->x.ndim), bytes = 0;
     if (n < INNER_MIN || n > COPY_MAX || !as_one(e, e->x.out_stride) ||
         (p->stores && !as_one(e, e->x.store_stride)))
         return false;
-    for (int l = 0; l < p->n_loads; l++)
+    for (int l = 0; l < p->n_loads; l++) {
         e->copied[l] = !as_one(e, e->x.stride[l]);
-    return true;
+        int copies = e->n_window > 0 && e->windowed[l] ? e->n_window : 1;
+        bytes += e->copied[l] ? copies * n * (p->load[l].dtype == TG_F64 ? 8 : 4) : 0;
+    }
+    return bytes <= COPY_BYTES;
 }
 
 static void copy_name(const emitter *e, int l, int window)

@@ -43,9 +43,7 @@
 #define COPY_BYTES (128 * 1024) /* copies on a thread's stack, at most */
 #define UNITS_MIN 64   /* units wanted, for threads to share evenly */
 #define MAX_ACC 4096   /* a unit's accumulators, on the stack */
-#ifndef READ_AHEAD
 #define READ_AHEAD 2048 /* elements: how far ahead loads ask for their points */
-#endif
 
 typedef struct {
     const tg_fused_program *p;

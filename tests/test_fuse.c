@@ -6,7 +6,8 @@
  * one kernel, the pool's backward gradient written once for batch norm's backward kernels),
  * bit-identical results for 1 and 2 threads, a planted wrong instruction that
  * the comparison catches, and programs the executor refuses. Every fused plan is run twice,
- * its kernels compiled to machine code (compile/native.h; however small, here) and
+ * its kernels compiled to machine code (compile/native.h, the C written by
+ * kernels/fused_emit.c; however small, here) and
  * interpreted; the native code is shown to catch a planted instruction too, and a plan
  * without a compiler to run interpreted. */
 #include "testing.h"

@@ -4,7 +4,8 @@
  * memory plan), and a table of value pointers. Running walks the nodes in order: views take
  * their source's pointer, kernels run on the pointers of their inputs, then the updates copy
  * their values into their targets. Nothing is allocated while running: libxsmm's kernels
- * are dispatched and OpenMP's threads started when the plan is built. */
+ * are dispatched, the fused kernels compiled to machine code (native.h) and OpenMP's
+ * threads started when the plan is built. */
 #include "native.h"
 #include "pipeline.h"
 #include "plan_ops.h"

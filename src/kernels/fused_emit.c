@@ -331,17 +331,17 @@ static int choose_inner(const tg_fused_loops *x, int from)
 }
 
 /* Cuts the innermost axis into [n / c, c], c a divisor of n from 4096 down to 256, so that
- * a long flat kernel has units to share; false when none divides. */
-static bool split_innermost(tg_fused_loops *x, int nops)
+ * a long flat kernel has units to share; as it was when none divides. */
+static void split_innermost(tg_fused_loops *x, int nops)
 {
     int d = x->ndim;
     if (d >= TG_FUSED_MAX_DIMS)
-        return false;
+        return;
     int64_t n = x->shape[d - 1], c = 4096;
     while (c >= 256 && n % c != 0)
         c--;
     if (c < 256)
-        return false;
+        return;
     x->shape[d - 1] = n / c;
     x->shape[d] = c;
     x->out_stride[d] = x->out_stride[d - 1];
@@ -351,7 +351,6 @@ static bool split_innermost(tg_fused_loops *x, int nops)
         x->stride[o][d - 1] *= c;
     }
     x->ndim = d + 1;
-    return true;
 }
 
 /* Requests for the points READ_AHEAD elements on of every load that steps through the
@@ -431,6 +430,16 @@ static void emit_store_point(const emitter *e)
     tg_text_printf(e->t, "] = v%d;\n", e->p->store);
 }
 
+/* A reduction's point: its values, its stored point, and each folded value v<b> added by
+ * `fold` (a format taking the block and the value's number). */
+static void emit_folded_point(const emitter *e, int blocks, const char *fold)
+{
+    emit_values(e);
+    emit_store_point(e);
+    for (int b = 0; b < blocks; b++)
+        tg_text_printf(e->t, fold, b, folded(e->p, b));
+}
+
 /* The innermost axis reduced: runs of lanes (see the header). */
 static void emit_lane_runs(const emitter *e, int blocks)
 {
@@ -447,19 +456,13 @@ static void emit_lane_runs(const emitter *e, int blocks)
     emit_read_ahead(e, "r0 + r");
     tg_text_printf(t, "_Pragma(\"omp simd\") for (int l = 0; l < %d; l++) {\n", LANES);
     tg_text_printf(t, "const int64_t w = r0 + r + l;\n");
-    emit_values(e);
-    emit_store_point(e);
-    for (int b = 0; b < blocks; b++)
-        tg_text_printf(t, "lane%d[l] += v%d;\n", b, folded(p, b));
+    emit_folded_point(e, blocks, "lane%d[l] += v%d;\n");
     tg_text_printf(t, "}\n}\n");
     for (int b = 0; b < blocks; b++)
         tg_text_printf(t, "double sum%d = tg_lanes_%s(lane%d);\n", b,
                        suffix(value_dtype(p, folded(p, b))), b);
     tg_text_printf(t, "for (; r < rn; r++) {\nconst int64_t w = r0 + r;\n");
-    emit_values(e);
-    emit_store_point(e);
-    for (int b = 0; b < blocks; b++)
-        tg_text_printf(t, "sum%d += (double)v%d;\n", b, folded(p, b));
+    emit_folded_point(e, blocks, "sum%d += (double)v%d;\n");
     tg_text_printf(t, "}\n");
     for (int b = 0; b < blocks; b++)
         tg_text_printf(t, "%s[%d][0] += sum%d;\n", e->acc, b, b);
@@ -535,11 +538,9 @@ static void emit_results(emitter *e, int last_red)
     bool lanes = last_red == d - 1;
     if (lanes) {
         for (int b = 0; b < blocks; b++) {
+            /* the innermost loop's axes are reduced: out_stride 0 there, so no w */
             tg_text_printf(t, "y[%lldLL + ", (long long)(b * block_numel));
-            int inner = e->inner;
-            e->inner = d;
             emit_index(e, x->out_stride);
-            e->inner = inner;
             tg_text_printf(t, "] = (%s)%s[%d][0];\n", ctype(value_dtype(p, p->result)), e->acc,
                            b);
         }
@@ -709,27 +710,18 @@ static bool emit_window_reduction(emitter *e, const char *name, int64_t *units)
 {
     const tg_fused_program *p = e->p;
     tg_fused_loops full = e->x;
-    int d = full.ndim, first_red = -1;
+    int d = full.ndim, first_red, last_red;
+    reduced_span(e, &first_red, &last_red);
     int64_t window = 1;
-    for (int k = 0; k < d; k++) {
-        if (full.out_stride[k] == 0 && full.shape[k] > 1) {
-            window *= full.shape[k];
-            if (first_red < 0)
-                first_red = k;
-        }
-    }
-    if (first_red < 0 || window < 2 || window > 16 || p->stores)
+    for (int k = 0; k < d; k++)
+        window *= full.out_stride[k] == 0 ? full.shape[k] : 1;
+    if (first_red < 0 || window > 16 || p->stores)
         return false;
     /* The plane: the kept axes after the reduced ones, where the reduced axes are one block
      * ([.., a, b, i, j]); else from the kept axis before the first reduced one. Units:
      * the axes before the plane and the window. */
-    int last_red = first_red, block = first_red;
-    bool inside = false;
-    for (int k = first_red; k < d; k++) {
-        bool red = full.out_stride[k] == 0 && full.shape[k] > 1;
-        inside |= !red && full.shape[k] > 1 && k < last_red;
-        last_red = red ? k : last_red;
-    }
+    int block = first_red;
+    bool inside = false; /* a kept axis between reduced ones ([.., i, a, j, b]) */
     for (int k = first_red; k < last_red; k++)
         inside |= full.out_stride[k] != 0 && full.shape[k] > 1;
     if (inside || last_red == d - 1)

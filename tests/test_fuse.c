@@ -1163,11 +1163,15 @@ START_TEST(native_kernels_run)
 {
     for (int d = 0; d < 2; d++) {
         fuse_case c = batchnorm_case(d ? TG_F64 : TG_F32);
+        if (d) /* more images than chunks, not a multiple of their number */
+            c.in[0].shape[0] = c.in[1].shape[0] = 37;
         traced t;
         trace_case(&t, &c, 7);
         tg_plan *fused = compare_case(&c, &t, true);
         const tg_graph *g = tg_plan_graph(fused);
         ck_assert_msg(count_native(g) >= 3, "%d native kernels", count_native(g));
+        /* the sums over (N, H, W) by chunks of images, one partial sum per chunk */
+        ck_assert_msg(count_kernels(g, "native in ") >= 2, "no chunked sums");
         tg_plan_free(fused);
         traced_free(&t);
     }

@@ -290,16 +290,16 @@ void *tg_native_load(tg_graph *g, const char *dump_dir, int *count, const char *
     int64_t least = min_points();
     tg_text source = {0};
     tg_text_printf(&source, "%s", prelude);
-    int64_t *units = calloc((size_t)g->n + 1, sizeof *units);
+    tg_fused_emitted *made = calloc((size_t)g->n + 1, sizeof *made);
     bool *emitted = calloc((size_t)g->n + 1, sizeof *emitted);
     int n_emitted = 0;
-    for (int i = 0; i < g->n && units && emitted; i++) {
+    for (int i = 0; i < g->n && made && emitted; i++) {
         tg_ir_node *x = &g->nodes[i];
         if (x->op != TG_PLAN_OP_FUSED || !x->payload || points(x->payload) < least)
             continue;
         char name[32];
         snprintf(name, sizeof name, "tg_kernel_%d", i);
-        emitted[i] = tg_fused_emit(x->payload, name, &source, &units[i]);
+        emitted[i] = tg_fused_emit(x->payload, name, &source, &made[i]);
         n_emitted += emitted[i];
     }
     if (dump_dir && n_emitted > 0 && !source.failed) { /* best effort, as a debugging aid */
@@ -308,7 +308,7 @@ void *tg_native_load(tg_graph *g, const char *dump_dir, int *count, const char *
         write_file(path, source.s, source.len);
     }
     void *handle = NULL;
-    if (!units || !emitted || source.failed)
+    if (!made || !emitted || source.failed)
         *why = "out of memory";
     else if (n_emitted > 0)
         handle = load_object(&source, why);
@@ -318,14 +318,24 @@ void *tg_native_load(tg_graph *g, const char *dump_dir, int *count, const char *
         char name[32];
         snprintf(name, sizeof name, "tg_kernel_%d", i);
         tg_fused_program *p = g->nodes[i].payload;
-        void *fn = dlsym(handle, name);
-        if (!fn)
+        void *fn = dlsym(handle, name), *combine = NULL;
+        if (made[i].part_bytes > 0) {
+            char combine_name[48];
+            snprintf(combine_name, sizeof combine_name, "%s_combine", name);
+            combine = dlsym(handle, combine_name);
+        }
+        if (!fn || (made[i].part_bytes > 0 && !combine))
             continue;
-        memcpy(&p->native, &fn, sizeof fn); /* ISO C has no object-to-function cast */
-        p->native_units = units[i] > 0 ? units[i] : 1;
+        /* ISO C has no object-to-function cast */
+        memcpy(&p->native, &fn, sizeof fn);
+        memcpy(&p->native_combine, &combine, sizeof combine);
+        p->native_units = made[i].units > 0 ? made[i].units : 1;
+        /* the partial sums in the node's scratch (memory planning comes after this) */
+        if (g->nodes[i].scratch_bytes < made[i].part_bytes)
+            g->nodes[i].scratch_bytes = made[i].part_bytes;
         (*count)++;
     }
-    free(units);
+    free(made);
     free(emitted);
     tg_text_free(&source);
     return handle;

@@ -1764,6 +1764,7 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     memset(e, 0, sizeof *e);
     p->exec = e;
     p->native = NULL; /* compiled for the program as it was (compile/native.c) */
+    p->native_combine = NULL;
     p->native_units = 0;
 
     if (!lay_out(p, e, true)) { /* segmented tiles do not suit this program */
@@ -2322,10 +2323,13 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
         int64_t units = p->native_units;
         if (threads > units)
             threads = (int)units;
+        char *part = p->native_combine ? scratch : NULL; /* compile/native.c sized it */
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int th = 0; th < threads; th++)
-            p->native(first, reduce ? folds : out, stores, units * th / threads,
+            p->native(first, reduce ? folds : out, stores, part, units * th / threads,
                       units * (th + 1) / threads);
+        if (p->native_combine)
+            p->native_combine(part, folds);
         return;
     }
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -2386,5 +2390,7 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
     if (chains > 0 && used < size)
         used += (size_t)snprintf(buf + used, size - used, " (%d chained)", chains);
     if (p && p->native && used < size)
-        snprintf(buf + used, size - used, " native");
+        used += (size_t)snprintf(buf + used, size - used, " native");
+    if (p && p->native_combine && used < size) /* a reduction's partial sums per chunk */
+        snprintf(buf + used, size - used, " in %lld chunks", (long long)p->native_units);
 }

@@ -44,10 +44,13 @@ struct tg_fused_exec; /* how kernels/fused.c runs the program: made by tg_fused_
 /* A program compiled to machine code (compile/native.c, from kernels/fused_emit.c's C):
  * iteration units u0 .. u1 - 1 of native_units, `first` each load's element at the origin,
  * `out` the output (a reduction's blocks, after the stored points), `stores` a reduction's
- * stored points (NULL without). Each unit is whole outputs, so results do not depend on how
- * units are shared among threads. */
+ * stored points (NULL without), `part` the partial sums of a reduction over chunks of its
+ * first axis (NULL for the others). A unit is whole outputs, or one chunk's partial sums
+ * that the combine function then adds in chunk order, into `out`; either way results do
+ * not depend on how units are shared among threads. */
 typedef void (*tg_fused_native_fn)(const char *const *first, char *out, char *stores,
-                                   int64_t u0, int64_t u1);
+                                   char *part, int64_t u0, int64_t u1);
+typedef void (*tg_fused_native_combine_fn)(const char *part, char *out);
 
 typedef struct {
     int ndim;
@@ -79,6 +82,7 @@ typedef struct {
     /* Set by compile/native.c when the program runs as machine code (the interpreter,
      * kernels/fused.c, otherwise); the code belongs to the plan, which unloads it. */
     tg_fused_native_fn native;
+    tg_fused_native_combine_fn native_combine; /* NULL: units are whole outputs */
     int64_t native_units;
 } tg_fused_program;
 
@@ -97,12 +101,20 @@ typedef struct {
 } tg_fused_loops;
 void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loops *out);
 
+/* What tg_fused_emit made: the units (see native_units), and the bytes of partial sums the
+ * function needs at `part` (0: none, and no combine function). */
+typedef struct {
+    int64_t units;
+    size_t part_bytes;
+} tg_fused_emitted;
+
 /* Appends to text (compile/native.h) a C function `name` with tg_fused_native_fn's
- * signature that computes p; false, with nothing appended, for a program it does not
- * emit (a max, tie counts), which the interpreter keeps. *units: see native_units. */
+ * signature that computes p, and where made->part_bytes > 0 a function `name`_combine with
+ * tg_fused_native_combine_fn's; false, with nothing appended, for a program it does not
+ * emit (a max, tie counts), which the interpreter keeps. */
 struct tg_text;
 bool tg_fused_emit(const tg_fused_program *p, const char *name, struct tg_text *text,
-                   int64_t *units);
+                   tg_fused_emitted *made);
 
 /* A zeroed program for a FUSED node's payload (tg_fused_release frees it); NULL when out of
  * memory. */

@@ -77,6 +77,8 @@ typedef struct tg_ir_node {
                                 this size, back to back (thread t uses block t); set by
                                 prepare. A plan refuses to run with more threads than it was
                                 compiled for. */
+    const struct tg_prologue *prologue; /* set by the runner for the kernel's run: a kernel
+                                           to run inside it (compile/prologue.h), or NULL */
 } tg_ir_node;
 
 typedef struct tg_graph {
@@ -162,6 +164,8 @@ typedef struct {
 
 /* A compiled plan's final graph (for tests and tools). */
 const tg_graph *tg_plan_graph(const tg_plan *plan);
+/* For tests: how many kernels of the plan run inside others (compile/prologue.h). */
+int tg_plan_prologues(const tg_plan *plan);
 
 extern const tg_plan_op_info tg_plan_op_table[TG_PLAN_OP_END - TG_PLAN_OP_FIRST];
 const tg_plan_op_info *tg_plan_op_info_of(int op); /* NULL for primitives */

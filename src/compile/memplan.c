@@ -71,7 +71,8 @@ static int place(buffer *b, int count, size_t *total)
     return TG_OK;
 }
 
-int tg_memplan_build(const tg_graph *g, int threads, bool planned, tg_memplan *plan)
+int tg_memplan_build(const tg_graph *g, int threads, bool planned, const int *run_at,
+                     tg_memplan *plan)
 {
     int n = g->n;
     memset(plan, 0, sizeof *plan);
@@ -95,12 +96,13 @@ int tg_memplan_build(const tg_graph *g, int threads, bool planned, tg_memplan *p
             buf_of[i] = count++;
         }
     }
-    /* Lifetimes: the last reader of a value's memory, or the end for what outlives a run. */
+    /* Lifetimes: the last reader of a value's memory, or the end for what outlives a run; a
+     * prologue reads its inputs when the kernel it runs inside runs. */
     for (int i = 0; i < n; i++)
         for (int k = 0; k < g->nodes[i].n_in; k++) {
-            int r = buf_of[root[g->nodes[i].in[k]]];
-            if (r >= 0 && b[r].last < i)
-                b[r].last = i;
+            int r = buf_of[root[g->nodes[i].in[k]]], at = run_at ? run_at[i] : i;
+            if (r >= 0 && b[r].last < at)
+                b[r].last = at;
         }
     for (int i = 0; i < g->n_outputs; i++)
         if (buf_of[root[g->outputs[i]]] >= 0)

@@ -25,6 +25,8 @@ const char *tg_pass_name(int id)
         return "memplan";
     if (id == TG_PASS_ID_native)
         return "native";
+    if (id == TG_PASS_ID_prologue)
+        return "prologue";
     return id >= 0 && id < TG_PASS_COUNT ? passes[id].name : "?";
 }
 
@@ -34,7 +36,7 @@ static int parse_disable(const char *list, uint32_t *mask)
     while (list && *list) {
         size_t len = strcspn(list, ",");
         bool found = false;
-        for (int id = 0; id <= TG_PASS_ID_native; id++) {
+        for (int id = 0; id <= TG_PASS_ID_prologue; id++) {
             const char *name = tg_pass_name(id);
             if (strlen(name) == len && strncmp(name, list, len) == 0) {
                 *mask |= 1u << id;
@@ -48,7 +50,7 @@ static int parse_disable(const char *list, uint32_t *mask)
         if (!found && len > 0)
             return tg_fail(TG_ERR_ARG, "compile: no pass is called '%.*s' (passes: dce, "
                            "simplify, cse, fold_scale, lower_conv, fuse, fuse_stores, "
-                           "memplan, native, all)",
+                           "memplan, native, prologue, all)",
                            (int)len, list);
         list += len;
         if (*list == ',')

@@ -11,6 +11,7 @@ typedef enum {
     TG_PASS_COUNT,
     TG_PASS_ID_memplan = TG_PASS_COUNT, /* the memory plan, switchable like a pass */
     TG_PASS_ID_native,                  /* fused kernels as machine code (native.h), too */
+    TG_PASS_ID_prologue,                /* kernels run inside a weight gradient (prologue.h) */
 } tg_pass_id;
 
 /* What a pass may want to know about the plan it works for. */

@@ -29,8 +29,10 @@ typedef struct {
 } tg_memplan;
 
 /* Plans the arena for g run in node order by `threads` threads (scratch blocks are per
- * thread). planned = false gives every value and scratch block its own memory. */
-int tg_memplan_build(const tg_graph *g, int threads, bool planned, tg_memplan *plan);
+ * thread), node i inside node run_at[i]'s kernel (a prologue: prologue.h; run_at NULL:
+ * each in its turn). planned = false gives every value and scratch block its own memory. */
+int tg_memplan_build(const tg_graph *g, int threads, bool planned, const int *run_at,
+                     tg_memplan *plan);
 void tg_memplan_free(tg_memplan *plan);
 
 #endif

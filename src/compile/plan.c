@@ -9,6 +9,7 @@
 #include "native.h"
 #include "pipeline.h"
 #include "plan_ops.h"
+#include "prologue.h"
 #include "../kernels/kernels.h"
 
 #include <stdlib.h>
@@ -42,6 +43,9 @@ struct tg_plan {
     void *native;            /* the fused kernels compiled to machine code (native.h) */
     int n_native;
     const char *native_why;  /* why none were, when that failed */
+    int *run_at;             /* per node: the kernel it runs inside (prologue.h), or itself */
+    int *prologue_of;        /* per node: the node that runs inside it, or -1 */
+    int n_prologues;
 #ifdef TG_PLAN_PROFILE
     double *seconds; /* per node, summed over runs */
     long runs;
@@ -106,6 +110,8 @@ void tg_plan_free(tg_plan *plan)
     free(plan->arena);
     free(plan->value);
     free(plan->prim);
+    free(plan->run_at);
+    free(plan->prologue_of);
     for (int i = 0; i < plan->n_input_names; i++)
         free(plan->input_names[i]);
     free(plan->input_names);
@@ -182,6 +188,26 @@ static int bind_values(tg_plan *p)
     return TG_OK;
 }
 
+/* Which kernels run inside others (prologue.h), when on; none when off. */
+static int plan_prologues(tg_plan *p, bool on)
+{
+    int n = p->g.n;
+    p->run_at = malloc(((size_t)n + 1) * sizeof *p->run_at);
+    p->prologue_of = malloc(((size_t)n + 1) * sizeof *p->prologue_of);
+    if (!p->run_at || !p->prologue_of)
+        return tg_fail(TG_ERR_NOMEM, "compile: out of memory");
+    for (int i = 0; i < n; i++)
+        p->run_at[i] = i;
+    if (on)
+        p->n_prologues = tg_prologue_plan(&p->g, p->run_at);
+    for (int i = 0; i < n; i++)
+        p->prologue_of[i] = -1;
+    for (int i = 0; i < n; i++)
+        if (p->run_at[i] != i)
+            p->prologue_of[p->run_at[i]] = i;
+    return TG_OK;
+}
+
 tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
                     const tg_compile_opts *opts)
 {
@@ -217,8 +243,10 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
         goto fail;
     if (!((disabled >> TG_PASS_ID_native) & 1))
         p->native = tg_native_load(&p->g, dump_dir, &p->n_native, &p->native_why);
+    if (plan_prologues(p, !((disabled >> TG_PASS_ID_prologue) & 1)) != TG_OK)
+        goto fail;
     bool planned = !((disabled >> TG_PASS_ID_memplan) & 1);
-    if (tg_memplan_build(&p->g, p->threads, planned, &p->mem) != TG_OK)
+    if (tg_memplan_build(&p->g, p->threads, planned, p->run_at, &p->mem) != TG_OK)
         goto fail;
     p->arena = aligned_alloc(64, p->mem.arena_bytes ? (p->mem.arena_bytes + 63) / 64 * 64 : 64);
     if (!p->arena) {
@@ -230,12 +258,20 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     memset(p->arena, 0, p->mem.arena_bytes);
     bind_values(p);
     if (dump_dir) {
-        char note[256];
-        snprintf(note, sizeof note, "# memory plan: arena %.2f MB (%s), a buffer each would "
-                 "take %.2f MB\n# native kernels: %d%s%s\n", (double)p->mem.arena_bytes / 1e6,
-                 planned ? "planned" : "switched off: a buffer each",
-                 (double)p->mem.unplanned_bytes / 1e6, p->n_native,
-                 p->native_why ? ", none compiled: " : "", p->native_why ? p->native_why : "");
+        char note[1024];
+        int used = snprintf(note, sizeof note, "# memory plan: arena %.2f MB (%s), a buffer "
+                            "each would take %.2f MB\n# native kernels: %d%s%s\n# prologues: %d",
+                            (double)p->mem.arena_bytes / 1e6,
+                            planned ? "planned" : "switched off: a buffer each",
+                            (double)p->mem.unplanned_bytes / 1e6, p->n_native,
+                            p->native_why ? ", none compiled: " : "",
+                            p->native_why ? p->native_why : "", p->n_prologues);
+        for (int i = 0; i < p->g.n && used > 0 && (size_t)used < sizeof note - 32; i++)
+            if (p->run_at[i] != i)
+                used += snprintf(note + used, sizeof note - (size_t)used, " (%%%d inside %%%d)",
+                                 i, p->run_at[i]);
+        if (used > 0 && (size_t)used < sizeof note - 1)
+            snprintf(note + used, sizeof note - (size_t)used, "\n");
         if (tg_pipeline_dump(&p->g, dump_dir, p->n_stages, "memplan", p->mem.offset, note) !=
             TG_OK)
             goto fail;
@@ -278,14 +314,24 @@ static int run_allreduce(tg_plan *p, int i)
 
 static void run_kernel(tg_plan *p, int i)
 {
-    const tg_ir_node *x = &p->g.nodes[i];
+    tg_ir_node *x = &p->g.nodes[i];
     const void *ins[TG_IR_MAX_IN];
     for (int k = 0; k < x->n_in; k++)
         ins[k] = p->value[x->in[k]];
     const tg_plan_op_info *info = tg_plan_op_info_of(x->op);
     if (info) {
         void *scratch = p->mem.scratch[i] != SIZE_MAX ? p->arena + p->mem.scratch[i] : NULL;
+        tg_prologue pr;
+        int from = p->prologue_of[i];
+        if (from >= 0) { /* the kernel runs node `from` itself, chunk by chunk */
+            const tg_ir_node *y = &p->g.nodes[from];
+            pr = (tg_prologue){.node = y, .out = p->value[from]};
+            for (int k = 0; k < y->n_in; k++)
+                pr.in[k] = p->value[y->in[k]];
+            x->prologue = &pr;
+        }
         info->kernel(x, p->value[i], ins, scratch);
+        x->prologue = NULL;
     } else {
         tg_op_table[x->op].kernel(&p->prim[i], p->value[i], ins);
     }
@@ -309,6 +355,8 @@ int tg_plan_run(tg_plan *plan)
             continue;
         if (tg_ir_is_view(x->op))
             plan->value[i] = plan->value[x->in[0]];
+        else if (plan->run_at[i] != i)
+            continue; /* a prologue: run by the kernel at run_at[i] */
         else if (x->op == TG_OP_ALLREDUCE) {
             if (run_allreduce(plan, i) != TG_OK)
                 return TG_ERR_COMM;
@@ -358,3 +406,4 @@ size_t tg_plan_unplanned_bytes(const tg_plan *plan) { return plan ? plan->mem.un
 
 /* For tests: the plan's final graph. */
 const tg_graph *tg_plan_graph(const tg_plan *plan) { return plan ? &plan->g : NULL; }
+int tg_plan_prologues(const tg_plan *plan) { return plan ? plan->n_prologues : 0; }

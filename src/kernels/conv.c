@@ -43,6 +43,7 @@
  * images for CONV_WGRAD (the groups' sums added in order). So results are bit-identical for
  * any thread count. */
 #include "../compile/plan_ops.h"
+#include "../compile/prologue.h"
 
 #include <libxsmm.h>
 #include <limits.h>
@@ -624,7 +625,16 @@ static void transpose_grad(const conv_wgrad *p, const char *grad, int64_t oc0, i
 typedef struct {
     int64_t oc0, m, c0, c1;
     double *acc;
+    const tg_prologue *prologue; /* computes the gradient's images first, or NULL */
 } wgrad_task;
+
+/* The chunk's images of the gradient, computed where a prologue makes them (the first
+ * block of output channels only: the others find them in memory). */
+static void chunk_prologue(const wgrad_task *task, int64_t n0, int64_t count)
+{
+    if (task->prologue)
+        tg_prologue_run(task->prologue, n0, count);
+}
 
 /* Taps batched: per tap, the task's sums acc[t][c][o] += G^T X_t over its images, with G
  * transposed into [pos][oc] and X padded into the wide layout. */
@@ -642,6 +652,7 @@ static void wgrad_taps(const conv_wgrad *p, const char *grad, const char *x, cha
     for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = min64(p->chunk, g->batch - n0);
+        chunk_prologue(task, n0, count);
         for (int64_t i = 0; i < count; i++) {
             transpose_grad(p, grad + (size_t)((n0 + i) * g->oc * g->oh * g->ow) * e, task->oc0,
                            m, gt + (size_t)i * p->a_bytes);
@@ -677,6 +688,7 @@ static void wgrad_gathered(const conv_wgrad *p, const char *grad, const char *x,
     for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = min64(p->chunk, g->batch - n0);
+        chunk_prologue(task, n0, count);
         const char *block = grad + (size_t)((n0 * g->oc + task->oc0) * plane) * e;
         for (int64_t i = 0; i < count; i++) {
             const char *image = padded_image(p, x, n0 + i, mine + p->at_image);
@@ -715,6 +727,7 @@ static void wgrad_last(const conv_wgrad *p, const char *grad, const char *x, cha
     for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = min64(p->chunk, g->batch - n0);
+        chunk_prologue(task, n0, count);
         for (int64_t i = 0; i < count; i++)
             stage_rows_last(g, p->stage_last, x + (size_t)((n0 + i) * g->c * g->h * g->w) * e,
                             -g->ph, g->oh + g->kh - 1, staged + (size_t)i * p->b_bytes);
@@ -764,7 +777,8 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
         for (int64_t grp = 0; grp < p->groups; grp++) {
             char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
             wgrad_task task = {oc0, m, grp * p->chunks / p->groups,
-                               (grp + 1) * p->chunks / p->groups, acc[grp]};
+                               (grp + 1) * p->chunks / p->groups, acc[grp],
+                               b == 0 ? n->prologue : NULL};
             if (p->g.gathered)
                 wgrad_gathered(p, in[0], in[1], mine, &task);
             else if (p->g.channels_last)

@@ -2345,6 +2345,17 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     }
 }
 
+void tg_fused_run_units(const tg_ir_node *n, void *out, const void *const *in, int64_t u0,
+                        int64_t u1)
+{
+    const tg_fused_program *p = n->payload;
+    const char *first[TG_FUSED_MAX_LOADS];
+    for (int l = 0; l < p->n_loads; l++)
+        first[l] = (const char *)in[p->load[l].input] +
+                   p->load[l].offset * (int64_t)elem_size(p->load[l].dtype);
+    p->native(first, out, NULL, NULL, u0, u1);
+}
+
 void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
 {
     const tg_fused_program *p = n->payload;

@@ -101,6 +101,11 @@ typedef struct {
 } tg_fused_loops;
 void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loops *out);
 
+/* A native elementwise program's units u0 .. u1 - 1, on the calling thread (a prologue:
+ * compile/prologue.h). */
+void tg_fused_run_units(const tg_ir_node *n, void *out, const void *const *in, int64_t u0,
+                        int64_t u1);
+
 /* What tg_fused_emit made: the units (see native_units), and the bytes of partial sums the
  * function needs at `part` (0: none, and no combine function). */
 typedef struct {

@@ -1,7 +1,7 @@
 /* Prologues (compile/prologue.h): batch norm's backward run inside the convolution's weight
  * gradient, chunk by chunk of images. A conv -> batch norm (training) -> ReLU block and its
  * gradients, compiled with every pass and with the prologue switched off: the same bits (the
- * kernel is the same, only when it runs changes), for 1 and 2 threads, on a second run with
+ * kernel is the same, only when it runs changes), for 3, 2 and 1 threads, on a second run with
  * new inputs (a chunk the prologue skipped would keep the first run's values), and against
  * eager execution within tolerance. Shapes: the reference model's first block (one input
  * channel: no input gradient, the weight gradient the one reader), a block with an input
@@ -22,6 +22,7 @@ static const block_case cases[] = {
     {16, 1, 32, 28}, /* the reference model's first block, at a smaller batch */
     {7, 5, 20, 9},   /* an input gradient too; 7 images */
     {9, 3, 16, 13},
+    {2, 2, 16, 6},   /* two small images: with 3 threads, threads share an image's bands */
 };
 
 enum { N_OUT = 5 }; /* y, dw, dgamma, dbeta, dx */
@@ -104,11 +105,11 @@ START_TEST(same_bits_as_without)
     traced_block t;
     tg_tensor *eager[N_OUT];
     trace_block(bc, &t, eager);
-    ck_assert_int_eq(tg_set_num_threads(2), 0);
+    ck_assert_int_eq(tg_set_num_threads(3), 0);
     tg_plan *with = compile_block(&t, NULL), *without = compile_block(&t, "prologue");
     ck_assert_int_eq(tg_plan_prologues(with), 1);
     ck_assert_int_eq(tg_plan_prologues(without), 0);
-    for (int threads = 2; threads >= 1; threads--) {
+    for (int threads = 3; threads >= 1; threads--) {
         ck_assert_int_eq(tg_set_num_threads(threads), 0);
         for (int s = 0; s < 2; s++) {
             float *a[N_OUT], *b[N_OUT];

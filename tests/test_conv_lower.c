@@ -23,14 +23,15 @@ typedef struct {
  * Sixteen output channels or more with taps batched run channels last (17, 24, 40, 64; the
  * input gradient of the 16-channel case, in bands), with padding and without (24); so do
  * weight gradients of sixteen input channels or more (16, 32), and with taps gathered those
- * of sixteen output channels or more (33, 40). */
+ * of sixteen output channels or more (33, 40; 16 on 8x6 images, whose gradient's planes and
+ * channels are multiples of 8: transposed in 8x8 blocks). */
 static const conv_case cases[] = {
     {2, 3, 7, 9, 5, 3, 1},   {1, 1, 5, 5, 3, 1, 0},  {3, 4, 6, 6, 17, 5, 2},
     {2, 2, 8, 5, 3, 3, 0},   {1, 2, 20, 9, 5, 3, 1}, {2, 1, 9, 7, 33, 3, 2},
     {3, 16, 48, 40, 6, 3, 1}, {4, 5, 4, 4, 2, 3, 2}, {1, 6, 11, 7, 4, 3, 1},
     {2, 8, 7, 6, 5, 3, 0},   {3, 3, 30, 26, 40, 3, 1}, {1, 2, 5, 4, 3, 3, 4},
     {1, 5, 5, 4, 3, 3, 4},   {3, 8, 9, 7, 40, 3, 1}, {2, 32, 6, 6, 64, 3, 1},
-    {2, 8, 7, 6, 24, 3, 0},
+    {2, 8, 7, 6, 24, 3, 0},  {3, 1, 8, 6, 16, 3, 1},
 };
 #define N_CASES (sizeof cases / sizeof *cases)
 

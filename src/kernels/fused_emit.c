@@ -16,11 +16,13 @@
  * 6x slower than the interpreter's tiles; read through a table of offsets (vector gathers)
  * as fast; copied, twice as fast (pool backward at 28x28: 1.7-1.8 against 3.7 ms).
  * A reduction's unit is one box of outputs, folded whole by one thread in a fixed order,
+ * or one fixed chunk of the first axis whose partial sums are added in chunk order after,
  * so its results do not depend on the thread count: the planes of a reduction over small
  * windows (emit_window_reduction: a pool's max and its tie counts, the window's points
  * unrolled in the loop's body), one kept axis with reduced axes outside it walked in memory
- * order (emit_reduction_interleaved), else the leading kept axes of [kept, reduced, kept]
- * (emit_reduction_by_unit). The folds of the latter two:
+ * order, by chunks of the first axis (emit_reduction_chunked: batch norm's sums, by chunks
+ * of images) or by units of the kept axis (emit_reduction_interleaved), else the leading
+ * kept axes of [kept, reduced, kept] (emit_reduction_by_unit). The folds of the last three:
  *   - the innermost axis reduced: runs of at most LANE_RUN points summed in LANES lanes of
  *     the value's dtype (vector registers), the lanes added pairwise in double, the runs
  *     added in double;

@@ -1391,6 +1391,8 @@ END_TEST
 
 int main(void)
 {
+    /* every convolution on every thread, however small, so 1 and 2 threads differ */
+    setenv("TG_CONV_THREAD_MACS", "0", 1);
     /* every fused kernel the emitter writes runs natively, however small (compile/native.c),
      * and each case switches passes off itself */
     setenv("TG_NATIVE_MIN_POINTS", "0", 1);

@@ -137,6 +137,8 @@ END_TEST
 
 int main(void)
 {
+    /* every convolution on every thread, however small, so 1 and 2 threads differ */
+    setenv("TG_CONV_THREAD_MACS", "0", 1);
     /* every fused kernel native, however small, so prologues are made (compile/native.c) */
     setenv("TG_NATIVE_MIN_POINTS", "0", 1);
     unsetenv("TG_DISABLE_PASSES");

@@ -143,7 +143,31 @@ typedef struct {
     bool direct;  /* no padding: the GEMMs read x where it is */
     bool gathered;
     bool channels_last; /* the GEMMs' vectors run along channels (CONV, channels last) */
+    int64_t threads_max; /* threads the work is worth: THREAD_MACS multiply-adds each */
 } conv_geom;
+
+/* Multiply-adds a thread should have before a convolution takes another: below, the second
+ * thread costs more than it brings (each thread repacks the weights, and waking it takes
+ * microseconds). The reference model's batch-1 evaluation on 2 threads: 152 us with every
+ * convolution on both threads, 116 with them on one (1 thread: 103). TG_CONV_THREAD_MACS
+ * sets another (0: every thread, always; the tests that compare thread counts use it).
+ * Tasks do not depend on the thread count, so neither do results. */
+#define THREAD_MACS (1 << 22)
+
+static int64_t thread_macs(void)
+{
+    const char *env = getenv("TG_CONV_THREAD_MACS");
+    char *end;
+    long long n = env ? strtoll(env, &end, 10) : -1;
+    return env && end != env && *end == '\0' && n >= 0 ? (int64_t)n : THREAD_MACS;
+}
+
+/* The threads a run takes: the library's, at most the work's worth. */
+static int conv_threads(const conv_geom *g)
+{
+    int threads = tg_num_threads();
+    return g->threads_max < threads ? (int)g->threads_max : threads;
+}
 
 static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
@@ -520,7 +544,7 @@ void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *sc
     int64_t tasks = p->g.batch * p->bands;
     if (tasks == 0)
         return;
-#pragma omp parallel num_threads(tg_num_threads())
+#pragma omp parallel num_threads(conv_threads(&p->g))
     {
         char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
         p->g.copy->repack_weights(&p->g, p->flipped, in[1], mine);
@@ -824,7 +848,7 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
         acc[grp] = (double *)((char *)scratch + (size_t)grp * p->group_bytes);
     for (int64_t b = 0; b < p->blocks; b++) {
         int64_t oc0 = b * p->ocb, m = min64(p->ocb, p->g.oc - oc0);
-#pragma omp parallel for num_threads(tg_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(conv_threads(&p->g)) schedule(static)
         for (int64_t grp = 0; grp < p->groups; grp++) {
             char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
             wgrad_task task = {oc0, m, grp * p->chunks / p->groups,
@@ -962,6 +986,8 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
     g->wp = g->w + 2 * g->pw;
     g->direct = g->ph == 0 && g->pw == 0;
     g->gathered = g->c * g->taps <= GATHER_MAX_K;
+    int64_t macs = g->batch * g->oc * g->oh * g->ow * g->c * g->taps, per = thread_macs();
+    g->threads_max = per == 0 || macs / per >= INT_MAX ? INT_MAX : macs / per > 1 ? macs / per : 1;
     /* the vectors run along output channels (CONV; CONV_WGRAD with its taps gathered) or
      * input channels (CONV_WGRAD, taps batched) */
     g->channels_last = wgrad ? (g->gathered ? g->oc : g->c) >= CHANNELS_LAST_MIN

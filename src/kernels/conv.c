@@ -39,9 +39,9 @@
  * (2-3 times faster than loops on such short rows), and plain loops elsewhere; where libxsmm
  * generates no GEMM kernel, a plain loop computes the same batch-reduce GEMM. Everything is
  * dispatched by prepare; a run allocates nothing. Threads, at most one per THREAD_MACS
- * multiply-adds, take tasks that do not depend on their number: (image, band of rows) for CONV, a block of output channels over a group of
- * images for CONV_WGRAD (the groups' sums added in order). So results are bit-identical for
- * any thread count. */
+ * multiply-adds, take tasks that do not depend on their number: (image, band of rows) for
+ * CONV, a block of output channels over a group of images for CONV_WGRAD (the groups' sums
+ * added in order). So results are bit-identical for any thread count. */
 #include "../compile/plan_ops.h"
 #include "../compile/prologue.h"
 

@@ -20,9 +20,9 @@
  * so its results do not depend on the thread count: the planes of a reduction over small
  * windows (emit_window_reduction: a pool's max and its tie counts, the window's points
  * unrolled in the loop's body), one kept axis with reduced axes outside it walked in memory
- * order, by chunks of the first axis (emit_reduction_chunked: batch norm's sums, by chunks
- * of images) or by units of the kept axis (emit_reduction_interleaved), else the leading
- * kept axes of [kept, reduced, kept] (emit_reduction_by_unit). The folds of the last three:
+ * order by chunks of the first axis (emit_reduction_chunked: batch norm's sums, by chunks
+ * of images), else the leading kept axes of [kept, reduced, kept] (emit_reduction_by_unit).
+ * The folds of the latter two:
  *   - the innermost axis reduced: runs of at most LANE_RUN points summed in LANES lanes of
  *     the value's dtype (vector registers), the lanes added pairwise in double, the runs
  *     added in double;
@@ -589,9 +589,9 @@ static bool emit_reduction_by_unit(emitter *e, const char *name, int64_t *units)
     return true;
 }
 
-/* The interleaved form's unit axis: the one kept axis before the last reduced one, with
- * the first axis reduced; -1 where the axes are not of that form. */
-static int interleaved_unit_axis(const emitter *e, int first_red, int last_red)
+/* The one kept axis before the last reduced one, with the first axis reduced (batch norm's
+ * channels in [N, C, H, W]); -1 where the axes are not of that form. */
+static int kept_axis_inside(const emitter *e, int first_red, int last_red)
 {
     int unit_axis = -1;
     if (first_red != 0)
@@ -606,12 +606,13 @@ static int interleaved_unit_axis(const emitter *e, int first_red, int last_red)
     return unit_axis;
 }
 
-/* The interleaved form (below) with the first axis, reduced, cut into CHUNKS fixed chunks:
- * a unit is one chunk (batch norm's: a run of images), every output's partial sum over it
- * folded in memory order into part[chunk]; then `name`_combine adds the chunks' partial
- * sums in chunk order. Threads then read what the kernels before them wrote, image by
- * image as those split the batch, where units of channels had each thread read every
- * image: with the two vCPUs on separate caches a read of the other's half ran at 0.6 of
+/* Units as fixed chunks of the first axis, reduced, with one kept axis inside it: a unit
+ * is one chunk (batch norm's: a run of images), walked in memory order (image by image,
+ * every channel's sums live: channel by channel would jump an image's size from plane to
+ * plane), every output's partial sum over it into part[chunk]; then `name`_combine adds
+ * the chunks' partial sums in chunk order. Threads read what the kernels before them
+ * wrote, image by image as those split the batch, where units of channels (this form's
+ * predecessor) had each thread read every image: with the two vCPUs on separate caches a read of the other's half ran at 0.6 of
  * the speed and a write over it at 0.4 (what forced the 2-thread forward's apply, writing
  * over lines the sums had shared, to 0.67 ms against 0.25 on one thread). The chunks are
  * fixed, so results still do not depend on the thread count. */
@@ -619,7 +620,7 @@ static bool emit_reduction_chunked(emitter *e, const char *name, tg_fused_emitte
 {
     int first_red, last_red, d = e->x.ndim, blocks = 1 + e->p->n_more;
     reduced_span(e, &first_red, &last_red);
-    int unit_axis = interleaved_unit_axis(e, first_red, last_red);
+    int unit_axis = kept_axis_inside(e, first_red, last_red);
     int64_t kept_inside = extent(e, last_red + 1, d), n = e->x.shape[0];
     if (unit_axis < 1 || n < 2)
         return false;
@@ -663,42 +664,6 @@ static bool emit_reduction_chunked(emitter *e, const char *name, tg_fused_emitte
                    (long long)kept, unit_axis);
     emit_results(e, last_red);
     tg_text_printf(t, "}\n}\n");
-    return true;
-}
-
-/* Units as one kept axis with reduced axes outside it, walked in memory order: batch
- * norm's sums over (N, H, W) visit image by image the thread's channels' planes, every
- * channel's accumulators live, where unit by unit would jump an image's size from plane
- * to plane. Each output's points are still folded in one fixed order. False where the
- * axes are not of that form (the by-unit order is then memory order or near it). */
-static bool emit_reduction_interleaved(emitter *e, const char *name, int64_t *units)
-{
-    int first_red, last_red, d = e->x.ndim, blocks = 1 + e->p->n_more;
-    reduced_span(e, &first_red, &last_red);
-    int unit_axis = interleaved_unit_axis(e, first_red, last_red);
-    int64_t kept_inside = extent(e, last_red + 1, d);
-    if (unit_axis < 0 || e->x.shape[unit_axis] * kept_inside * blocks > MAX_ACC)
-        return false;
-    e->units_axes = 0;
-    *units = e->x.shape[unit_axis];
-    e->inner = choose_inner(&e->x, last_red == d - 1 ? unit_axis + 1 : last_red + 1);
-    snprintf(e->acc, sizeof e->acc, "acc[i%d]", unit_axis);
-    if (!plan_copies(e))
-        return false;
-    emit_head(e, name);
-    tg_text_printf(e->t, "double acc[%lld][%d][%lld];\n"
-                   "memset(acc[u0], 0, (size_t)(u1 - u0) * sizeof acc[0]);\n",
-                   (long long)*units, blocks, (long long)kept_inside);
-    open_loops(e, 0, unit_axis);
-    tg_text_printf(e->t, "for (int64_t i%d = u0; i%d < u1; i%d++) {\n", unit_axis, unit_axis,
-                   unit_axis);
-    emit_folds(e, unit_axis + 1, last_red);
-    tg_text_printf(e->t, "}\n");
-    close_loops(e, 0, unit_axis);
-    tg_text_printf(e->t, "for (int64_t i%d = u0; i%d < u1; i%d++) {\n", unit_axis, unit_axis,
-                   unit_axis);
-    emit_results(e, last_red);
-    tg_text_printf(e->t, "}\n}\n");
     return true;
 }
 
@@ -880,12 +845,6 @@ bool tg_fused_emit(const tg_fused_program *p, const char *name, tg_text *text,
         if (!ok) {
             text->len = mark;
             *made = (tg_fused_emitted){0};
-            e = (emitter){.p = p, .t = text};
-            tg_fused_loops_of(p, false, &e.x);
-            ok = emit_reduction_interleaved(&e, name, units);
-        }
-        if (!ok) {
-            text->len = mark;
             e = (emitter){.p = p, .t = text};
             tg_fused_loops_of(p, true, &e.x);
             ok = emit_reduction_by_unit(&e, name, units);

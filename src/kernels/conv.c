@@ -162,11 +162,12 @@ static int64_t thread_macs(void)
     return env && end != env && *end == '\0' && n >= 0 ? (int64_t)n : THREAD_MACS;
 }
 
-/* The threads a run takes: the library's, at most the work's worth. */
-static int conv_threads(const conv_geom *g)
+/* The threads a run takes: the library's, at most the work's worth; all of them with a
+ * prologue (compile/prologue.h), whose full-size pass is work the count does not see. */
+static int conv_threads(const conv_geom *g, const tg_ir_node *n)
 {
     int threads = tg_num_threads();
-    return g->threads_max < threads ? (int)g->threads_max : threads;
+    return g->threads_max < threads && !n->prologue ? (int)g->threads_max : threads;
 }
 
 static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -544,7 +545,7 @@ void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *sc
     int64_t tasks = p->g.batch * p->bands;
     if (tasks == 0)
         return;
-#pragma omp parallel num_threads(conv_threads(&p->g))
+#pragma omp parallel num_threads(conv_threads(&p->g, n))
     {
         char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
         p->g.copy->repack_weights(&p->g, p->flipped, in[1], mine);
@@ -848,7 +849,7 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
         acc[grp] = (double *)((char *)scratch + (size_t)grp * p->group_bytes);
     for (int64_t b = 0; b < p->blocks; b++) {
         int64_t oc0 = b * p->ocb, m = min64(p->ocb, p->g.oc - oc0);
-#pragma omp parallel for num_threads(conv_threads(&p->g)) schedule(static)
+#pragma omp parallel for num_threads(conv_threads(&p->g, n)) schedule(static)
         for (int64_t grp = 0; grp < p->groups; grp++) {
             char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
             wgrad_task task = {oc0, m, grp * p->chunks / p->groups,
@@ -987,7 +988,9 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
     g->direct = g->ph == 0 && g->pw == 0;
     g->gathered = g->c * g->taps <= GATHER_MAX_K;
     int64_t macs = g->batch * g->oc * g->oh * g->ow * g->c * g->taps, per = thread_macs();
-    g->threads_max = per == 0 || macs / per >= INT_MAX ? INT_MAX : macs / per > 1 ? macs / per : 1;
+    g->threads_max = per == 0 ? INT_MAX : min64(macs / per, INT_MAX);
+    if (g->threads_max < 1)
+        g->threads_max = 1;
     /* the vectors run along output channels (CONV; CONV_WGRAD with its taps gathered) or
      * input channels (CONV_WGRAD, taps batched) */
     g->channels_last = wgrad ? (g->gathered ? g->oc : g->c) >= CHANNELS_LAST_MIN

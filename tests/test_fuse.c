@@ -1391,12 +1391,7 @@ END_TEST
 
 int main(void)
 {
-    /* every convolution on every thread, however small, so 1 and 2 threads differ */
-    setenv("TG_CONV_THREAD_MACS", "0", 1);
-    /* every fused kernel the emitter writes runs natively, however small (compile/native.c),
-     * and each case switches passes off itself */
-    setenv("TG_NATIVE_MIN_POINTS", "0", 1);
-    unsetenv("TG_DISABLE_PASSES");
+    tg_test_plans_everywhere();
     Suite *s = suite_create("fuse");
     TCase *tc = tcase_create("fuse");
     tcase_set_timeout(tc, 300);

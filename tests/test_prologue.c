@@ -137,11 +137,7 @@ END_TEST
 
 int main(void)
 {
-    /* every convolution on every thread, however small, so 1 and 2 threads differ */
-    setenv("TG_CONV_THREAD_MACS", "0", 1);
-    /* every fused kernel native, however small, so prologues are made (compile/native.c) */
-    setenv("TG_NATIVE_MIN_POINTS", "0", 1);
-    unsetenv("TG_DISABLE_PASSES");
+    tg_test_plans_everywhere(); /* native kernels, and so prologues, at any size */
     Suite *s = suite_create("prologue");
     TCase *tc = tcase_create("prologue");
     tcase_set_timeout(tc, 600);

@@ -19,4 +19,14 @@ static inline int tg_run_suite(Suite *s)
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
+/* For suites that compare compiled plans: every fused kernel native however small
+ * (compile/native.c), every convolution on every thread however small (kernels/conv.c), so
+ * 1 and 2 threads differ, and no pass switched off from outside (each case chooses). */
+static inline void tg_test_plans_everywhere(void)
+{
+    setenv("TG_NATIVE_MIN_POINTS", "0", 1);
+    setenv("TG_CONV_THREAD_MACS", "0", 1);
+    unsetenv("TG_DISABLE_PASSES");
+}
+
 #endif

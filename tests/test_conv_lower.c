@@ -106,17 +106,19 @@ static int64_t input_grad_pad(const conv_case *cs)
     return cs->pad <= cs->k - 1 ? cs->k - 1 - cs->pad : cs->k - 1;
 }
 
-/* The forward, the input gradient and the weight gradient of e's convolution, prepared. */
-static void build_kernels(tg_graph *g, const eager_conv *e, const conv_case *cs)
+/* The forward, the input gradient and the weight gradient of e's convolution, prepared; the
+ * first two with `flags` too (TG_CONV_WINOGRAD). */
+static void build_kernels(tg_graph *g, const eager_conv *e, const conv_case *cs, unsigned flags)
 {
     int64_t dpad = input_grad_pad(cs), crop = cs->pad - (cs->k - 1 - dpad);
     tg_graph_init(g);
     ck_assert_int_eq(add_leaf(g, e->x), X);
     ck_assert_int_eq(add_leaf(g, e->w), W);
     ck_assert_int_eq(add_leaf(g, e->g), G);
-    ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV, X, W, cs->pad, 0, tg_shape(e->y)),
+    ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV, X, W, cs->pad, flags, tg_shape(e->y)),
                      FORWARD);
-    ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV, G, W, dpad, TG_CONV_TRANSPOSED_FLIPPED,
+    ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV, G, W, dpad,
+                                   TG_CONV_TRANSPOSED_FLIPPED | flags,
                                    SHAPE(cs->n, cs->c, cs->h + 2 * crop, cs->w + 2 * crop)),
                      INPUT_GRAD);
     ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV_WGRAD, G, X, cs->pad, 0, tg_shape(e->w)),
@@ -154,28 +156,30 @@ static void crop_planes(const tg_ir_node *n, void *v, int64_t crop)
 }
 
 /* Node i (cropped by `crop` on each side) against the eager value: within tolerance, and the
- * same bits for 1 and 2 threads. */
+ * same bits for 1, 2 and 3 threads. */
 static void check_node(const tg_graph *g, int i, tg_tensor *ref, int64_t crop, const char *what,
                        int c)
 {
     const tg_ir_node *n = &g->nodes[i];
-    void *one = run_node(g, i, 1), *two = run_node(g, i, 2);
-    ck_assert(memcmp(one, two, (size_t)n->numel * elem_size(n->dtype)) == 0);
+    void *one = run_node(g, i, 1);
+    for (int threads = 2; threads <= 3; threads++) {
+        void *more = run_node(g, i, threads);
+        ck_assert(memcmp(one, more, (size_t)n->numel * elem_size(n->dtype)) == 0);
+        free(more);
+    }
     crop_planes(n, one, crop);
     double err = rel_error(n->dtype, one, tg_data(ref), tg_numel(ref));
     ck_assert_msg(err <= tolerance(n->dtype), "case %d %s %s: relative error %g", c, what,
                   tg_dtype_name(n->dtype), err);
     free(one);
-    free(two);
 }
 
-static void check_case(int c, tg_dtype dt)
+static void check_kernels(const conv_case *cs, int c, tg_dtype dt, unsigned flags)
 {
     eager_conv e;
-    eager_conv_init(&e, &cases[c], dt, 10 + (uint64_t)c);
+    eager_conv_init(&e, cs, dt, 10 + (uint64_t)c);
     tg_graph g;
-    build_kernels(&g, &e, &cases[c]);
-    const conv_case *cs = &cases[c];
+    build_kernels(&g, &e, cs, flags);
     check_node(&g, FORWARD, e.y, 0, "forward", c);
     check_node(&g, INPUT_GRAD, e.dx, cs->pad - (cs->k - 1 - input_grad_pad(cs)), "input gradient",
                c);
@@ -183,6 +187,8 @@ static void check_case(int c, tg_dtype dt)
     tg_graph_free(&g);
     tg_tape_free(e.tape);
 }
+
+static void check_case(int c, tg_dtype dt) { check_kernels(&cases[c], c, dt, 0); }
 
 START_TEST(kernels_match_eager_f32)
 {
@@ -225,10 +231,28 @@ static void swap_taps(tg_dtype dt, void *w, int64_t outer, int64_t taps, int64_t
     }
 }
 
-/* Case 0 gathers its taps, case 2 batches over them. */
+/* Winograd's F(2x2, 3x3) (kernels/winograd.c) for the forward and the input gradient: the
+ * reference model's kind (32->64 at 6x6); odd sizes, whose last row and column of tiles
+ * hang over the output; no padding, on one image (bands of tile rows, 9 output rows: the
+ * last band's tiles half outside); padding 2; channels that are no multiple of 8 or 16; a
+ * large image cut in three bands of different heights. */
+static const conv_case winograd_cases[] = {
+    {2, 32, 6, 6, 64, 3, 1},  {3, 16, 7, 9, 20, 3, 1}, {1, 17, 11, 6, 16, 3, 0},
+    {2, 19, 5, 8, 33, 3, 2},  {1, 16, 44, 38, 16, 3, 1},
+};
+#define N_WINOGRAD (sizeof winograd_cases / sizeof *winograd_cases)
+
+START_TEST(winograd_matches_eager)
+{
+    check_kernels(&winograd_cases[_i], _i, TG_F32, TG_CONV_WINOGRAD);
+}
+END_TEST
+
+/* Case 0 gathers its taps, case 2 batches over them, the third is Winograd's (flags). */
 START_TEST(planted_wrong_tap_fails)
 {
-    const conv_case *cs = &cases[_i == 0 ? 0 : 2];
+    const conv_case *cs = _i == 0 ? &cases[0] : _i == 1 ? &cases[2] : &winograd_cases[0];
+    unsigned flags = _i == 2 ? TG_CONV_WINOGRAD : 0;
     eager_conv e;
     eager_conv_init(&e, cs, TG_F32, 99);
     int64_t taps = cs->k * cs->k, planes = cs->oc * cs->c;
@@ -238,12 +262,13 @@ START_TEST(planted_wrong_tap_fails)
     memcpy(planted, tg_data(e.w), wbytes);
     swap_taps(TG_F32, planted, planes, taps, 0, 1);
     tg_graph g;
-    build_kernels(&g, &e, cs);
+    build_kernels(&g, &e, cs, flags);
     g.nodes[W].data = planted;
     const int checked[2] = {FORWARD, INPUT_GRAD};
     tg_tensor *refs[2] = {e.y, e.dx};
     for (int k = 0; k < 2; k++) {
         void *out = run_node(&g, checked[k], 1);
+        ck_assert(g.nodes[checked[k]].numel == tg_numel(refs[k])); /* nothing cropped */
         double err = rel_error(TG_F32, out, tg_data(refs[k]), g.nodes[checked[k]].numel);
         ck_assert_msg(err > 100 * tolerance(TG_F32), "node %d: error %g", checked[k], err);
         free(out);
@@ -263,7 +288,7 @@ START_TEST(prepare_checks_the_node)
     eager_conv e;
     eager_conv_init(&e, &cases[0], TG_F32, 5);
     tg_graph g;
-    build_kernels(&g, &e, &cases[0]);
+    build_kernels(&g, &e, &cases[0], 0);
     tg_ir_node strided = g.nodes[FORWARD];
     strided.attr[2] = 2;
     strided.payload = NULL;
@@ -273,6 +298,24 @@ START_TEST(prepare_checks_the_node)
     wrong.payload = NULL;
     ck_assert_int_eq(tg_conv_prepare(&g, &wrong), TG_ERR_SHAPE);
     ck_assert_ptr_nonnull(strstr(tg_last_error(), "conv_wgrad"));
+    tg_graph_free(&g);
+    tg_tape_free(e.tape);
+    /* Winograd's form takes 3x3 f32 convolutions only */
+    eager_conv_init(&e, &cases[2], TG_F32, 5); /* 5x5 */
+    build_kernels(&g, &e, &cases[2], 0);
+    tg_ir_node five = g.nodes[FORWARD];
+    five.attr[4] |= TG_CONV_WINOGRAD;
+    five.payload = NULL;
+    ck_assert_int_eq(tg_conv_prepare(&g, &five), TG_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(tg_last_error(), "Winograd"));
+    tg_graph_free(&g);
+    tg_tape_free(e.tape);
+    eager_conv_init(&e, &winograd_cases[0], TG_F64, 5);
+    build_kernels(&g, &e, &winograd_cases[0], 0);
+    tg_ir_node f64 = g.nodes[INPUT_GRAD];
+    f64.attr[4] |= TG_CONV_WINOGRAD;
+    f64.payload = NULL;
+    ck_assert_int_eq(tg_conv_prepare(&g, &f64), TG_ERR_ARG);
     tg_graph_free(&g);
     tg_tape_free(e.tape);
 }
@@ -288,6 +331,10 @@ START_TEST(describe_names_the_convolution)
     n.attr[4] = TG_CONV_TRANSPOSED_FLIPPED;
     tg_conv_describe(&n, buf, sizeof buf);
     ck_assert_str_eq(buf, "conv transposed+flipped 3x3 pad 1 32->64 [128,32,14,14]");
+    n.attr[4] |= TG_CONV_WINOGRAD;
+    tg_conv_describe(&n, buf, sizeof buf);
+    ck_assert_str_eq(buf, "conv transposed+flipped winograd F(2,3) 3x3 pad 1 32->64 "
+                          "[128,32,14,14]");
     tg_ir_node w = {.op = TG_PLAN_OP_CONV_WGRAD, .ndim = 4, .shape = {64, 32, 3, 3},
                     .attr = {1, 2, 1, 1, 0, 128, 32, 14, 14}};
     tg_conv_describe(&w, buf, sizeof buf);
@@ -297,7 +344,7 @@ END_TEST
 
 /* ---- the pass on traced graphs ------------------------------------------------------------- */
 typedef struct {
-    int conv, flipped, wgrad, im2col, col2im, matmul;
+    int conv, flipped, wgrad, im2col, col2im, matmul, winograd;
 } op_counts;
 
 static op_counts count_ops(const tg_plan *plan)
@@ -312,6 +359,7 @@ static op_counts count_ops(const tg_plan *plan)
         c.im2col += n->op == TG_OP_IM2COL;
         c.col2im += n->op == TG_OP_COL2IM;
         c.matmul += n->op == TG_OP_MATMUL;
+        c.winograd += n->op == TG_PLAN_OP_CONV && (n->attr[4] & TG_CONV_WINOGRAD);
     }
     return c;
 }
@@ -387,6 +435,21 @@ START_TEST(pass_replaces_the_patterns)
         op_counts off = check_compiled_step(cs, 1, dts[d], "fuse,lower_conv");
         ck_assert_int_eq(off.conv + off.flipped + off.wgrad, 0);
     }
+}
+END_TEST
+
+/* The winograd pass marks the f32 3x3 convolutions with 16 channels or more on both sides:
+ * both of a Winograd case's, and the steps are still right; with the pass off none, nor in
+ * f64, nor with fewer channels (case 14's forward has 32 and 64, its input gradient 64 and
+ * 32; case 6's forward 16 and 6). */
+START_TEST(winograd_pass_marks_the_convolutions)
+{
+    for (int i = 0; i < (int)N_WINOGRAD; i++)
+        ck_assert_int_eq(check_compiled_step(&winograd_cases[i], 1, TG_F32, "fuse").winograd, 2);
+    ck_assert_int_eq(check_compiled_step(&winograd_cases[0], 1, TG_F32, "fuse,winograd").winograd,
+                     0);
+    ck_assert_int_eq(check_compiled_step(&winograd_cases[0], 1, TG_F64, "fuse").winograd, 0);
+    ck_assert_int_eq(check_compiled_step(&cases[6], 1, TG_F32, "fuse").winograd, 0);
 }
 END_TEST
 
@@ -475,12 +538,14 @@ int main(void)
     tcase_add_loop_test(kernels, kernels_match_eager_f32, 0, (int)N_CASES);
     tcase_add_loop_test(kernels, kernels_match_eager_f64, 0, (int)N_CASES);
     tcase_add_test(kernels, loop_fallback_matches_eager);
-    tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 2);
+    tcase_add_loop_test(kernels, winograd_matches_eager, 0, (int)N_WINOGRAD);
+    tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 3);
     tcase_add_test(kernels, prepare_checks_the_node);
     tcase_add_test(kernels, describe_names_the_convolution);
     suite_add_tcase(s, kernels);
     TCase *pass = tcase_create("pass");
     tcase_add_loop_test(pass, pass_replaces_the_patterns, 0, (int)N_CASES);
+    tcase_add_test(pass, winograd_pass_marks_the_convolutions);
     tcase_add_test(pass, pass_leaves_strided_convolutions);
     tcase_add_test(pass, pass_without_dce);
     tcase_add_test(pass, pass_on_a_model_step);

@@ -4,7 +4,8 @@
 
 #include "graph.h"
 
-enum { TG_CONV_TRANSPOSED_FLIPPED = 1 };
+/* CONV's attr[4] flags: TG_CONV_WINOGRAD (3x3 f32 only) runs it by kernels/winograd.c. */
+enum { TG_CONV_TRANSPOSED_FLIPPED = 1, TG_CONV_WINOGRAD = 2 };
 
 #define TG_PLAN_OP(e, name, kernel, prepare, describe, release)                                  \
     void kernel(const tg_ir_node *n, void *out, const void *const *in, void *scratch);          \

@@ -1,5 +1,6 @@
 /* Direct 2-D convolutions on libxsmm's batch-reduce GEMM: the CONV and CONV_WGRAD plan ops
- * (compile/plan_ops.def), stride 1, NCHW tensors, no im2col buffer.
+ * (compile/plan_ops.def), stride 1, NCHW tensors, no im2col buffer. A CONV that the winograd
+ * pass marked (TG_CONV_WINOGRAD) is read and checked here and computed by winograd.c.
  *
  * The "wide rows" layout makes every kernel tap the same matrix at a shifted address: with
  * the zero-padded image stored in rows of wp = w + 2 pw columns, output position p = y wp + x
@@ -44,6 +45,7 @@
  * added in order). So results are bit-identical for any thread count. */
 #include "../compile/plan_ops.h"
 #include "../compile/prologue.h"
+#include "winograd.h"
 
 #include <libxsmm.h>
 #include <limits.h>
@@ -541,6 +543,10 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
 
 void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
 {
+    if (n->attr[4] & TG_CONV_WINOGRAD) {
+        tg_winograd_run(n, out, in, scratch);
+        return;
+    }
     const conv_fwd *p = n->payload;
     int64_t tasks = p->g.batch * p->bands;
     if (tasks == 0)
@@ -1018,6 +1024,16 @@ int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
         return status;
     tg_conv_release(n->payload);
     n->payload = NULL;
+    if (n->op == TG_PLAN_OP_CONV && (n->attr[4] & TG_CONV_WINOGRAD)) {
+        if (geom.dt != TG_F32 || geom.kh != 3 || geom.kw != 3)
+            return tg_fail(TG_ERR_ARG, "conv: Winograd's F(2x2, 3x3) needs a 3x3 f32 "
+                           "convolution, not %lldx%lld %s", (long long)geom.kh,
+                           (long long)geom.kw, geom.dt == TG_F64 ? "f64" : "f32");
+        tg_winograd_shape s = {geom.batch, geom.c, geom.h, geom.w, geom.oc, geom.oh, geom.ow,
+                               geom.ph, geom.pw, n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED,
+                               geom.threads_max};
+        return tg_winograd_prepare(n, &s);
+    }
     return n->op == TG_PLAN_OP_CONV_WGRAD ? prepare_wgrad(n, &geom) : prepare_forward(n, &geom);
 }
 
@@ -1035,9 +1051,10 @@ void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
         snprintf(pad, sizeof pad, "%lld", (long long)n->attr[0]);
     else
         snprintf(pad, sizeof pad, "%lldx%lld", (long long)n->attr[0], (long long)n->attr[1]);
-    snprintf(buf, size, "%s%s %lldx%lld pad %s %lld->%lld [%lld,%lld,%lld,%lld]",
+    snprintf(buf, size, "%s%s%s %lldx%lld pad %s %lld->%lld [%lld,%lld,%lld,%lld]",
              wgrad ? "conv_wgrad" : "conv",
-             n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "", kh, kw, pad,
+             n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "",
+             n->attr[4] & TG_CONV_WINOGRAD ? " winograd F(2,3)" : "", kh, kw, pad,
              c, oc, (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3]);
 }
 

@@ -1,0 +1,24 @@
+/* Winograd F(2x2, 3x3) convolutions (winograd.c): how conv.c hands over a CONV plan node that
+ * pass_winograd marked with TG_CONV_WINOGRAD. */
+#ifndef TG_KERNELS_WINOGRAD_H
+#define TG_KERNELS_WINOGRAD_H
+
+#include "../compile/graph.h"
+
+/* A 3x3, stride-1 f32 convolution as conv.c read it off the node and checked it: x [batch,
+ * c, h, w] zero-padded by (ph, pw) into y [batch, oc, oh, ow]; the weights [oc][c][3][3], or
+ * with `flipped` [c][oc][3][3] used transposed and rotated (the input gradient's form). */
+typedef struct {
+    int64_t batch, c, h, w, oc, oh, ow, ph, pw;
+    bool flipped;
+    int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
+} tg_winograd_shape;
+
+/* Sets n->payload (one allocation: free() releases it) and n->scratch_bytes (per thread). */
+int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s);
+
+/* y = the convolution of in[0] by in[1]; scratch holds n->scratch_bytes per thread.
+ * Bit-identical for any thread count. */
+void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch);
+
+#endif

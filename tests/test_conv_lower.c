@@ -106,8 +106,8 @@ static int64_t input_grad_pad(const conv_case *cs)
     return cs->pad <= cs->k - 1 ? cs->k - 1 - cs->pad : cs->k - 1;
 }
 
-/* The forward, the input gradient and the weight gradient of e's convolution, prepared; the
- * first two with `flags` too (TG_CONV_WINOGRAD). */
+/* The forward, the input gradient and the weight gradient of e's convolution, prepared, each
+ * with `flags` too (TG_CONV_WINOGRAD). */
 static void build_kernels(tg_graph *g, const eager_conv *e, const conv_case *cs, unsigned flags)
 {
     int64_t dpad = input_grad_pad(cs), crop = cs->pad - (cs->k - 1 - dpad);
@@ -121,7 +121,8 @@ static void build_kernels(tg_graph *g, const eager_conv *e, const conv_case *cs,
                                    TG_CONV_TRANSPOSED_FLIPPED | flags,
                                    SHAPE(cs->n, cs->c, cs->h + 2 * crop, cs->w + 2 * crop)),
                      INPUT_GRAD);
-    ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV_WGRAD, G, X, cs->pad, 0, tg_shape(e->w)),
+    ck_assert_int_eq(add_conv_node(g, TG_PLAN_OP_CONV_WGRAD, G, X, cs->pad, flags,
+                                   tg_shape(e->w)),
                      WEIGHT_GRAD);
     for (int i = FORWARD; i <= WEIGHT_GRAD; i++)
         ck_assert_msg(tg_conv_prepare(g, &g->nodes[i]) == TG_OK, "%s", tg_last_error());
@@ -231,7 +232,7 @@ static void swap_taps(tg_dtype dt, void *w, int64_t outer, int64_t taps, int64_t
     }
 }
 
-/* Winograd's F(2x2, 3x3) (kernels/winograd.c) for the forward and the input gradient: the
+/* Winograd's F(2x2, 3x3) (kernels/winograd.c) for all three: the
  * reference model's kind (32->64 at 6x6); odd sizes, whose last row and column of tiles
  * hang over the output; no padding, on one image (bands of tile rows, 9 output rows: the
  * last band's tiles half outside); padding 2; channels that are no multiple of 8 or 16; a
@@ -359,7 +360,8 @@ static op_counts count_ops(const tg_plan *plan)
         c.im2col += n->op == TG_OP_IM2COL;
         c.col2im += n->op == TG_OP_COL2IM;
         c.matmul += n->op == TG_OP_MATMUL;
-        c.winograd += n->op == TG_PLAN_OP_CONV && (n->attr[4] & TG_CONV_WINOGRAD);
+        c.winograd += (n->op == TG_PLAN_OP_CONV || n->op == TG_PLAN_OP_CONV_WGRAD) &&
+                      (n->attr[4] & TG_CONV_WINOGRAD);
     }
     return c;
 }
@@ -439,13 +441,13 @@ START_TEST(pass_replaces_the_patterns)
 END_TEST
 
 /* The winograd pass marks the f32 3x3 convolutions with 16 channels or more on both sides:
- * both of a Winograd case's, and the steps are still right; with the pass off none, nor in
+ * all three of a Winograd case's, and the steps are still right; with the pass off none, nor in
  * f64, nor with fewer channels (case 14's forward has 32 and 64, its input gradient 64 and
  * 32; case 6's forward 16 and 6). */
 START_TEST(winograd_pass_marks_the_convolutions)
 {
     for (int i = 0; i < (int)N_WINOGRAD; i++)
-        ck_assert_int_eq(check_compiled_step(&winograd_cases[i], 1, TG_F32, "fuse").winograd, 2);
+        ck_assert_int_eq(check_compiled_step(&winograd_cases[i], 1, TG_F32, "fuse").winograd, 3);
     ck_assert_int_eq(check_compiled_step(&winograd_cases[0], 1, TG_F32, "fuse,winograd").winograd,
                      0);
     ck_assert_int_eq(check_compiled_step(&winograd_cases[0], 1, TG_F64, "fuse").winograd, 0);

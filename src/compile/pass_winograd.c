@@ -1,6 +1,6 @@
-/* Winograd convolutions: marks each CONV plan node that Winograd's F(2x2, 3x3) should run
- * (TG_CONV_WINOGRAD; kernels/winograd.c says how): 3x3 kernels, stride 1, f32, and at least
- * MIN_CHANNELS input and output channels. The transforms cost a fixed amount per channel and
+/* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(2x2,
+ * 3x3) should run (TG_CONV_WINOGRAD; kernels/winograd.c says how): 3x3 kernels, stride 1,
+ * f32, and at least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per channel and
  * tile, so the 2.25 times fewer multiply-adds only pay where the GEMMs over the channels are
  * long: the reference model's 32->64 convolution and its 64->32 input gradient, not the
  * first layer's 1->32 (conv.c gathers its taps instead). f64 stays direct: its convolutions
@@ -18,9 +18,12 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
     for (int i = 0; i < g->n; i++) {
         tg_ir_node *n = &g->nodes[i];
         /* attr: padding, stride, flags, the image slid over [N, C, H, W], the kernel size */
-        if (n->op == TG_PLAN_OP_CONV && n->dtype == TG_F32 && n->ndim == 4 &&
-            n->attr[2] == 1 && n->attr[3] == 1 && n->attr[9] == 3 && n->attr[10] == 3 &&
-            n->attr[6] >= MIN_CHANNELS && n->shape[1] >= MIN_CHANNELS)
+        bool wgrad = n->op == TG_PLAN_OP_CONV_WGRAD;
+        int64_t kh = wgrad ? n->shape[2] : n->attr[9], kw = wgrad ? n->shape[3] : n->attr[10];
+        int64_t oc = wgrad ? n->shape[0] : n->shape[1];
+        if ((wgrad || n->op == TG_PLAN_OP_CONV) && n->dtype == TG_F32 && n->ndim == 4 &&
+            n->attr[2] == 1 && n->attr[3] == 1 && kh == 3 && kw == 3 &&
+            n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS)
             n->attr[4] |= TG_CONV_WINOGRAD;
     }
     return TG_OK;

@@ -849,6 +849,10 @@ static void wgrad_store(const conv_wgrad *p, double *const *acc, int64_t oc0, in
 
 void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
 {
+    if (n->attr[4] & TG_CONV_WINOGRAD) {
+        tg_winograd_wgrad_run(n, out, in, scratch);
+        return;
+    }
     const conv_wgrad *p = n->payload;
     double *acc[IMAGE_GROUPS]; /* in the first thread's scratch, whoever runs the group */
     for (int64_t grp = 0; grp < p->groups; grp++)
@@ -1024,14 +1028,14 @@ int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
         return status;
     tg_conv_release(n->payload);
     n->payload = NULL;
-    if (n->op == TG_PLAN_OP_CONV && (n->attr[4] & TG_CONV_WINOGRAD)) {
+    if (n->attr[4] & TG_CONV_WINOGRAD) {
         if (geom.dt != TG_F32 || geom.kh != 3 || geom.kw != 3)
             return tg_fail(TG_ERR_ARG, "conv: Winograd's F(2x2, 3x3) needs a 3x3 f32 "
                            "convolution, not %lldx%lld %s", (long long)geom.kh,
                            (long long)geom.kw, geom.dt == TG_F64 ? "f64" : "f32");
         tg_winograd_shape s = {geom.batch, geom.c, geom.h, geom.w, geom.oc, geom.oh, geom.ow,
                                geom.ph, geom.pw, n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED,
-                               geom.threads_max};
+                               n->op == TG_PLAN_OP_CONV_WGRAD, geom.threads_max};
         return tg_winograd_prepare(n, &s);
     }
     return n->op == TG_PLAN_OP_CONV_WGRAD ? prepare_wgrad(n, &geom) : prepare_forward(n, &geom);

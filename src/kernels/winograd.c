@@ -22,6 +22,7 @@
  * Each output element is computed by one task in a fixed order, so results do not depend on
  * the thread count. */
 #include "winograd.h"
+#include "../compile/prologue.h"
 
 #include <libxsmm.h>
 #include <limits.h>
@@ -38,9 +39,11 @@
 /* Fewer images than this many tasks: thinner bands, so that two threads have work. */
 #define MIN_TASKS 4
 
-/* Column-major C (m x n) = A (m x k, lda = m) B (k x n, ldb = k). */
+/* Column-major C (m x n, ldc = m) = A (m x k, lda = m) B (k x n, ldb = k); with `tb`
+ * (the weight gradient's) C += A B^T, B stored n x k (ldb = n). */
 typedef struct {
     int64_t m, n, k;
+    bool tb;
     libxsmm_smmfunction jit; /* NULL: the loop */
 } gemm;
 
@@ -52,24 +55,39 @@ typedef struct {
     int64_t rows, wq;           /* the staged band: 2 band + 2 rows of 2 tiles_w + 2 positions */
     gemm full, last;            /* a full band's products, and the last band's */
     libxsmm_xtransfunction stage_row; /* an input row [c][w] to [w][c]; NULL: the loop */
-    libxsmm_xtransfunction out_band;  /* a full band's output rows [pos][oc] into y's planes */
-    libxsmm_xtransfunction out_last;  /* the last band's, when shorter (oh odd, or fewer tiles) */
-    libxsmm_xtransfunction out_row;   /* one output row of it (ow odd: rows not contiguous) */
-    size_t at_staged, at_v, at_m, at_out; /* in a thread's scratch, after U */
+    /* the forward: a full band's output rows [pos][oc] into y's planes, the last band's (when
+     * shorter: oh odd, or fewer tiles), one row (ow odd: rows not contiguous); the weight
+     * gradient: a row of the gradient [oc][ow] to [ow][oc] */
+    libxsmm_xtransfunction out_band, out_last, out_row, grad_row;
+    int64_t groups, chunks;     /* the weight gradient's groups of chunks of WGRAD_CHUNK images */
+    size_t group_bytes;         /* a group's double sums [xi][c][oc], WGRAD_GROUPS of them */
+    /* in a thread's scratch: U (the forward) or the chunk's f32 sums (the weight gradient, after
+     * the groups' sums); the staged band; V; M or the gradient's transform; the output band or
+     * the staged gradient */
+    size_t at_u, at_staged, at_v, at_m, at_out;
 } wino;
+
+/* The weight gradient sums a chunk of this many images in f32 (as conv.c's direct kernel
+ * does, by the GEMMs' own accumulation), then adds the chunk into its group's double sums;
+ * the WGRAD_GROUPS groups of consecutive chunks, fixed by the batch alone, are what threads
+ * share, and are added in order at the end. */
+#define WGRAD_CHUNK 8
+#define WGRAD_GROUPS 2
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
-static void gemm_init(gemm *g, int64_t m, int64_t n, int64_t k)
+static void gemm_init(gemm *g, int64_t m, int64_t n, int64_t k, bool tb)
 {
-    *g = (gemm){m, n, k, NULL};
+    *g = (gemm){m, n, k, tb, NULL};
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return;
     libxsmm_blasint lm = (libxsmm_blasint)m, ln = (libxsmm_blasint)n, lk = (libxsmm_blasint)k;
-    float alpha = 1, beta = 0;
-    g->jit = libxsmm_smmdispatch(lm, ln, lk, &lm, &lk, &lm, &alpha, &beta, NULL, NULL);
+    float alpha = 1, beta = tb;
+    int flags = tb ? LIBXSMM_GEMM_FLAG_TRANS_B : LIBXSMM_GEMM_FLAG_NONE;
+    g->jit = libxsmm_smmdispatch(lm, ln, lk, &lm, tb ? &ln : &lk, &lm, &alpha, &beta, &flags,
+                                 NULL);
 }
 
 static void gemm_run(const gemm *g, const float *a, const float *b, float *c)
@@ -80,10 +98,13 @@ static void gemm_run(const gemm *g, const float *a, const float *b, float *c)
     }
     for (int64_t j = 0; j < g->n; j++) {
         float *cj = c + j * g->m;
-        memset(cj, 0, (size_t)g->m * sizeof *cj);
-        for (int64_t p = 0; p < g->k; p++)
+        if (!g->tb)
+            memset(cj, 0, (size_t)g->m * sizeof *cj);
+        for (int64_t p = 0; p < g->k; p++) {
+            float bjp = g->tb ? b[p * g->n + j] : b[j * g->k + p];
             for (int64_t r = 0; r < g->m; r++)
-                cj[r] += a[p * g->m + r] * b[j * g->k + p];
+                cj[r] += a[p * g->m + r] * bjp;
+        }
     }
 }
 
@@ -217,14 +238,18 @@ static void stage_band(const wino *p, const float *img, int64_t band, float *sta
     }
 }
 
+static int64_t tile_rows_of(const wino *p, int64_t band)
+{
+    return min64(p->band, (p->s.oh + 1) / 2 - band * p->band);
+}
+
 static void run_task(const wino *p, const float *x, const float *u, float *y, char *mine,
                      int64_t img, int64_t band)
 {
     const tg_winograd_shape *s = &p->s;
     float *staged = (float *)(mine + p->at_staged), *v = (float *)(mine + p->at_v);
     float *m = (float *)(mine + p->at_m), *out = (float *)(mine + p->at_out);
-    int64_t tiles_h = (s->oh + 1) / 2, ty0 = band * p->band;
-    int64_t tile_rows = min64(p->band, tiles_h - ty0);
+    int64_t ty0 = band * p->band, tile_rows = tile_rows_of(p, band);
     const gemm *g = tile_rows == p->band ? &p->full : &p->last;
     stage_band(p, x + img * s->c * s->h * s->w, band, staged);
     transform_input(p, staged, tile_rows, v);
@@ -258,12 +283,162 @@ void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *
         me = omp_get_thread_num();
 #endif
         char *mine = (char *)scratch + (size_t)me * n->scratch_bytes;
-        transform_weights(p, in[1], (float *)mine);
+        float *u = (float *)(mine + p->at_u);
+        transform_weights(p, in[1], u);
         memset(mine + p->at_staged, 0, p->at_v - p->at_staged); /* the padding columns */
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; t++)
-            run_task(p, in[0], (const float *)mine, y, mine, t / p->bands, t % p->bands);
+            run_task(p, in[0], u, y, mine, t / p->bands, t % p->bands);
     }
+}
+
+/* ---- the weight gradient ------------------------------------------------------------------ */
+/* With dY the gradient at the output and Y = A^T M A, M = U . V (pointwise):
+ *
+ *   dM = A dY A^T        per (tile, output channel): the 2x2 gradient becomes 4x4
+ *   dU[xi] = sum over tiles of dM[xi] V[xi]^T: a GEMM over the tiles, summed over images
+ *   dg = G^T dU G        per (output channel, input channel): 3x3 from 4x4
+ *
+ * V is the forward's input transform, recomputed; dY is staged channels last like x. */
+
+/* dY's output rows of band `band` of one image, [row][x][oc], 2 band rows of 2 tiles_w
+ * positions: rows past the output are zeros (here), as is the odd last column when ow is odd
+ * (cleared once per run), so the tiles that hang over the output add nothing. */
+static void stage_grad(const wino *p, const float *grad, int64_t band, float *staged)
+{
+    const tg_winograd_shape *s = &p->s;
+    int64_t row = 2 * p->tiles_w * s->oc;
+    for (int64_t r = 0; r < 2 * p->band; r++) {
+        int64_t y = 2 * band * p->band + r;
+        float *to = staged + r * row;
+        if (y >= s->oh)
+            memset(to, 0, (size_t)row * sizeof *to);
+        else
+            transpose(p->grad_row, grad + y * s->ow, s->oh * s->ow, to, s->oc, s->ow, s->oc);
+    }
+}
+
+/* dM[xi][tile][oc] = (A dY A^T)[xi], with A = [1 0; 1 1; 1 -1; 0 -1]. */
+static void transform_grad(const wino *p, const float *restrict staged, int64_t tile_rows,
+                           float *restrict dm)
+{
+    int64_t oc_n = p->s.oc, row = 2 * p->tiles_w * oc_n, plane = p->tiles * oc_n;
+    for (int64_t ty = 0; ty < tile_rows; ty++)
+        for (int64_t tx = 0; tx < p->tiles_w; tx++) {
+            const float *d = staged + 2 * ty * row + 2 * tx * oc_n;
+            float *out = dm + (ty * p->tiles_w + tx) * oc_n;
+#pragma omp simd
+            for (int64_t oc = 0; oc < oc_n; oc++) {
+                float g00 = d[oc], g01 = d[oc_n + oc], g10 = d[row + oc];
+                float g11 = d[row + oc_n + oc];
+                float a[4][2] = {{g00, g01}, /* A dY: along the rows */
+                                 {g00 + g10, g01 + g11},
+                                 {g00 - g10, g01 - g11},
+                                 {-g10, -g11}};
+                for (int i = 0; i < 4; i++) { /* (A dY) A^T: along the columns */
+                    out[(4 * i + 0) * plane + oc] = a[i][0];
+                    out[(4 * i + 1) * plane + oc] = a[i][0] + a[i][1];
+                    out[(4 * i + 2) * plane + oc] = a[i][0] - a[i][1];
+                    out[(4 * i + 3) * plane + oc] = -a[i][1];
+                }
+            }
+        }
+}
+
+/* sums[xi][c][oc] += dM[xi] V[xi]^T over one band of one image's tiles. */
+static void wgrad_band(const wino *p, const float *x, const float *grad, char *mine, int64_t band)
+{
+    const tg_winograd_shape *s = &p->s;
+    float *sums = (float *)(mine + p->at_u), *staged = (float *)(mine + p->at_staged);
+    float *v = (float *)(mine + p->at_v), *dm = (float *)(mine + p->at_m);
+    float *staged_grad = (float *)(mine + p->at_out);
+    int64_t tile_rows = tile_rows_of(p, band);
+    const gemm *g = tile_rows == p->band ? &p->full : &p->last;
+    stage_band(p, x, band, staged);
+    transform_input(p, staged, tile_rows, v);
+    stage_grad(p, grad, band, staged_grad);
+    transform_grad(p, staged_grad, tile_rows, dm);
+    for (int xi = 0; xi < 16; xi++)
+        gemm_run(g, dm + xi * p->tiles * s->oc, v + xi * p->tiles * s->c, sums + xi * s->c * s->oc);
+}
+
+/* A group's chunks: each chunk's images summed in f32, then added into acc in double. */
+static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, const float *x,
+                        char *mine, int64_t grp, double *acc)
+{
+    const tg_winograd_shape *s = &p->s;
+    int64_t sums = 16 * s->c * s->oc;
+    const float *part = (const float *)(mine + p->at_u);
+    memset(acc, 0, (size_t)sums * sizeof *acc);
+    for (int64_t ch = grp * p->chunks / p->groups; ch < (grp + 1) * p->chunks / p->groups; ch++) {
+        int64_t n0 = ch * WGRAD_CHUNK, count = min64(WGRAD_CHUNK, s->batch - n0);
+        if (n->prologue) /* the gradient of these images, computed just now (prologue.h) */
+            tg_prologue_run(n->prologue, n0, count);
+        memset(mine + p->at_u, 0, (size_t)sums * sizeof *part);
+        for (int64_t i = n0; i < n0 + count; i++)
+            for (int64_t b = 0; b < p->bands; b++)
+                wgrad_band(p, x + i * s->c * s->h * s->w, grad + i * s->oc * s->oh * s->ow, mine,
+                           b);
+        for (int64_t k = 0; k < sums; k++)
+            acc[k] += part[k];
+    }
+}
+
+/* dw[oc][c] = G^T dU G from the sums [xi][c][oc], with G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0;
+ * 0 1/2 1/2 1]. */
+static void transform_sums(const wino *p, const double *acc, float *dw)
+{
+    int64_t c_n = p->s.c, oc_n = p->s.oc;
+    for (int64_t oc = 0; oc < oc_n; oc++)
+        for (int64_t c = 0; c < c_n; c++) {
+            double t[3][4];
+            for (int j = 0; j < 4; j++) { /* G^T dU: along the rows */
+                double u0 = acc[((0 + j) * c_n + c) * oc_n + oc];
+                double u1 = acc[((4 + j) * c_n + c) * oc_n + oc];
+                double u2 = acc[((8 + j) * c_n + c) * oc_n + oc];
+                double u3 = acc[((12 + j) * c_n + c) * oc_n + oc];
+                t[0][j] = u0 + 0.5 * (u1 + u2);
+                t[1][j] = 0.5 * (u1 - u2);
+                t[2][j] = 0.5 * (u1 + u2) + u3;
+            }
+            float *to = dw + (oc * c_n + c) * 9;
+            for (int i = 0; i < 3; i++) { /* (G^T dU) G: along the columns */
+                to[3 * i + 0] = (float)(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
+                to[3 * i + 1] = (float)(0.5 * (t[i][1] - t[i][2]));
+                to[3 * i + 2] = (float)(0.5 * (t[i][1] + t[i][2]) + t[i][3]);
+            }
+        }
+}
+
+void tg_winograd_wgrad_run(const tg_ir_node *n, void *dw, const void *const *in, void *scratch)
+{
+    const wino *p = n->payload;
+    int64_t sums = 16 * p->s.c * p->s.oc;
+    int threads = tg_num_threads();
+    if (p->s.threads_max < threads && !n->prologue) /* a prologue's pass is work too */
+        threads = (int)p->s.threads_max;
+    double *acc[WGRAD_GROUPS]; /* in the first thread's scratch, whoever runs the group */
+    for (int64_t grp = 0; grp < WGRAD_GROUPS; grp++)
+        acc[grp] = (double *)((char *)scratch + (size_t)grp * p->group_bytes);
+#pragma omp parallel num_threads(threads)
+    {
+        int me = 0;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+#endif
+        char *mine = (char *)scratch + (size_t)me * n->scratch_bytes;
+        memset(mine + p->at_staged, 0, p->at_v - p->at_staged); /* the padding columns */
+        memset(mine + p->at_out, 0, n->scratch_bytes - p->at_out); /* and the gradient's */
+#pragma omp for schedule(static)
+        for (int64_t grp = 0; grp < p->groups; grp++)
+            wgrad_group(n, p, in[0], in[1], mine, grp, acc[grp]);
+    }
+    if (p->groups == 0)
+        memset(acc[0], 0, (size_t)sums * sizeof *acc[0]);
+    for (int64_t grp = 1; grp < p->groups; grp++)
+        for (int64_t k = 0; k < sums; k++)
+            acc[0][k] += acc[grp][k];
+    transform_sums(p, acc[0], dw);
 }
 
 int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
@@ -277,7 +452,7 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     int64_t tile_bytes = 16 * (s->c + s->oc) * (int64_t)sizeof(float);
     int64_t fit = BAND_BYTES / (tile_bytes * p->tiles_w);
     int64_t bands = (tiles_h + (fit > 1 ? fit : 1) - 1) / (fit > 1 ? fit : 1);
-    if (s->batch * bands < MIN_TASKS)
+    if (!s->wgrad && s->batch * bands < MIN_TASKS)
         bands = min64((MIN_TASKS + s->batch - 1) / s->batch, tiles_h);
     p->band = (tiles_h + bands - 1) / bands;
     p->bands = (tiles_h + p->band - 1) / p->band;
@@ -285,15 +460,26 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->rows = 2 * p->band + 2;
     p->wq = 2 * p->tiles_w + 2;
     int64_t last = tiles_h - (p->bands - 1) * p->band;
-    gemm_init(&p->full, s->oc, p->tiles, s->c);
-    gemm_init(&p->last, s->oc, last * p->tiles_w, s->c);
     int64_t plane = s->oh * s->ow;
     p->stage_row = transpose_kernel(s->w, s->c, s->c);
-    p->out_band = transpose_kernel(s->oc, 2 * p->band * s->ow, plane);
-    p->out_last = transpose_kernel(s->oc, (s->oh - 2 * (p->bands - 1) * p->band) * s->ow, plane);
-    p->out_row = transpose_kernel(s->oc, s->ow, plane);
+    if (s->wgrad) { /* M = OC, N = C, K = the band's tiles */
+        gemm_init(&p->full, s->oc, s->c, p->tiles, true);
+        gemm_init(&p->last, s->oc, s->c, last * p->tiles_w, true);
+        p->grad_row = transpose_kernel(s->ow, s->oc, s->oc);
+        p->chunks = (s->batch + WGRAD_CHUNK - 1) / WGRAD_CHUNK;
+        p->groups = min64(WGRAD_GROUPS, p->chunks);
+        p->group_bytes = round64((size_t)(16 * s->c * s->oc) * sizeof(double));
+    } else { /* M = OC, N = the band's tiles, K = C */
+        gemm_init(&p->full, s->oc, p->tiles, s->c, false);
+        gemm_init(&p->last, s->oc, last * p->tiles_w, s->c, false);
+        p->out_band = transpose_kernel(s->oc, 2 * p->band * s->ow, plane);
+        p->out_last = transpose_kernel(s->oc, (s->oh - 2 * (p->bands - 1) * p->band) * s->ow,
+                                       plane);
+        p->out_row = transpose_kernel(s->oc, s->ow, plane);
+    }
     size_t e = sizeof(float);
-    p->at_staged = round64((size_t)(16 * s->c * s->oc) * e);
+    p->at_u = WGRAD_GROUPS * p->group_bytes;
+    p->at_staged = p->at_u + round64((size_t)(16 * s->c * s->oc) * e);
     p->at_v = p->at_staged + round64((size_t)(p->rows * p->wq * s->c) * e);
     p->at_m = p->at_v + round64((size_t)(16 * p->tiles * s->c) * e);
     p->at_out = p->at_m + round64((size_t)(16 * p->tiles * s->oc) * e);

@@ -7,10 +7,11 @@
 
 /* A 3x3, stride-1 f32 convolution as conv.c read it off the node and checked it: x [batch,
  * c, h, w] zero-padded by (ph, pw) into y [batch, oc, oh, ow]; the weights [oc][c][3][3], or
- * with `flipped` [c][oc][3][3] used transposed and rotated (the input gradient's form). */
+ * with `flipped` [c][oc][3][3] used transposed and rotated (the input gradient's form).
+ * `wgrad`: the node is the weight gradient (CONV_WGRAD) of that convolution instead. */
 typedef struct {
     int64_t batch, c, h, w, oc, oh, ow, ph, pw;
-    bool flipped;
+    bool flipped, wgrad;
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
 
@@ -20,5 +21,11 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s);
 /* y = the convolution of in[0] by in[1]; scratch holds n->scratch_bytes per thread.
  * Bit-identical for any thread count. */
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch);
+
+/* dw [oc, c, 3, 3] = the weight gradient for in[0] the gradient at y and in[1] x, summed over
+ * the batch; runs the node's prologue (compile/prologue.h) chunk by chunk. Bit-identical for
+ * any thread count. */
+void tg_winograd_wgrad_run(const tg_ir_node *n, void *dw, const void *const *in,
+                           void *scratch);
 
 #endif

@@ -249,11 +249,20 @@ START_TEST(winograd_matches_eager)
 }
 END_TEST
 
-/* Case 0 gathers its taps, case 2 batches over them, the third is Winograd's (flags). */
+START_TEST(winograd_4x4_matches_eager)
+{
+    check_kernels(&winograd_cases[_i], _i, TG_F32, TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_4);
+}
+END_TEST
+
+/* Case 0 gathers its taps, case 2 batches over them; then Winograd's, with 2x2 tiles and 4x4
+ * (flags). */
 START_TEST(planted_wrong_tap_fails)
 {
     const conv_case *cs = _i == 0 ? &cases[0] : _i == 1 ? &cases[2] : &winograd_cases[0];
-    unsigned flags = _i == 2 ? TG_CONV_WINOGRAD : 0;
+    unsigned flags = _i == 2 ? TG_CONV_WINOGRAD
+                     : _i == 3 ? TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_4
+                               : 0;
     eager_conv e;
     eager_conv_init(&e, cs, TG_F32, 99);
     int64_t taps = cs->k * cs->k, planes = cs->oc * cs->c;
@@ -336,6 +345,10 @@ START_TEST(describe_names_the_convolution)
     tg_conv_describe(&n, buf, sizeof buf);
     ck_assert_str_eq(buf, "conv transposed+flipped winograd F(2,3) 3x3 pad 1 32->64 "
                           "[128,32,14,14]");
+    n.attr[4] |= TG_CONV_WINOGRAD_4;
+    tg_conv_describe(&n, buf, sizeof buf);
+    ck_assert_str_eq(buf, "conv transposed+flipped winograd F(4,3) 3x3 pad 1 32->64 "
+                          "[128,32,14,14]");
     tg_ir_node w = {.op = TG_PLAN_OP_CONV_WGRAD, .ndim = 4, .shape = {64, 32, 3, 3},
                     .attr = {1, 2, 1, 1, 0, 128, 32, 14, 14}};
     tg_conv_describe(&w, buf, sizeof buf);
@@ -345,7 +358,7 @@ END_TEST
 
 /* ---- the pass on traced graphs ------------------------------------------------------------- */
 typedef struct {
-    int conv, flipped, wgrad, im2col, col2im, matmul, winograd;
+    int conv, flipped, wgrad, im2col, col2im, matmul, winograd, winograd_4;
 } op_counts;
 
 static op_counts count_ops(const tg_plan *plan)
@@ -360,8 +373,9 @@ static op_counts count_ops(const tg_plan *plan)
         c.im2col += n->op == TG_OP_IM2COL;
         c.col2im += n->op == TG_OP_COL2IM;
         c.matmul += n->op == TG_OP_MATMUL;
-        c.winograd += (n->op == TG_PLAN_OP_CONV || n->op == TG_PLAN_OP_CONV_WGRAD) &&
-                      (n->attr[4] & TG_CONV_WINOGRAD);
+        bool conv = n->op == TG_PLAN_OP_CONV || n->op == TG_PLAN_OP_CONV_WGRAD;
+        c.winograd += conv && (n->attr[4] & TG_CONV_WINOGRAD);
+        c.winograd_4 += conv && (n->attr[4] & TG_CONV_WINOGRAD_4);
     }
     return c;
 }
@@ -441,13 +455,18 @@ START_TEST(pass_replaces_the_patterns)
 END_TEST
 
 /* The winograd pass marks the f32 3x3 convolutions with 16 channels or more on both sides:
- * all three of a Winograd case's, and the steps are still right; with the pass off none, nor in
- * f64, nor with fewer channels (case 14's forward has 32 and 64, its input gradient 64 and
- * 32; case 6's forward 16 and 6). */
+ * all three of a Winograd case's, with the tile TG_WINOGRAD_TILE asks for, and the steps
+ * are still right; with the pass off none, nor in f64, nor with fewer channels (case 6's
+ * forward has 16 and 6). */
 START_TEST(winograd_pass_marks_the_convolutions)
 {
-    for (int i = 0; i < (int)N_WINOGRAD; i++)
-        ck_assert_int_eq(check_compiled_step(&winograd_cases[i], 1, TG_F32, "fuse").winograd, 3);
+    for (int i = 0; i < (int)N_WINOGRAD; i++) {
+        ck_assert_int_eq(setenv("TG_WINOGRAD_TILE", i % 2 ? "4" : "2", 1), 0);
+        op_counts c = check_compiled_step(&winograd_cases[i], 1, TG_F32, "fuse");
+        ck_assert_int_eq(c.winograd, 3);
+        ck_assert_int_eq(c.winograd_4, i % 2 ? 3 : 0);
+    }
+    unsetenv("TG_WINOGRAD_TILE");
     ck_assert_int_eq(check_compiled_step(&winograd_cases[0], 1, TG_F32, "fuse,winograd").winograd,
                      0);
     ck_assert_int_eq(check_compiled_step(&winograd_cases[0], 1, TG_F64, "fuse").winograd, 0);
@@ -541,7 +560,8 @@ int main(void)
     tcase_add_loop_test(kernels, kernels_match_eager_f64, 0, (int)N_CASES);
     tcase_add_test(kernels, loop_fallback_matches_eager);
     tcase_add_loop_test(kernels, winograd_matches_eager, 0, (int)N_WINOGRAD);
-    tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 3);
+    tcase_add_loop_test(kernels, winograd_4x4_matches_eager, 0, (int)N_WINOGRAD);
+    tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 4);
     tcase_add_test(kernels, prepare_checks_the_node);
     tcase_add_test(kernels, describe_names_the_convolution);
     suite_add_tcase(s, kernels);

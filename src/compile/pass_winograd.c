@@ -1,13 +1,15 @@
 /* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(2x2,
- * 3x3) should run (TG_CONV_WINOGRAD; kernels/winograd.c says how): 3x3 kernels, stride 1,
- * f32, and at least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per channel and
- * tile, so the 2.25 times fewer multiply-adds only pay where the GEMMs over the channels are
- * long: the reference model's 32->64 convolution and its 64->32 input gradient, not the
- * first layer's 1->32 (conv.c gathers its taps instead). f64 stays direct: its convolutions
- * are the gradient checks', which want the plain sums. The node computes the same value
- * either way, to rounding (winograd.c). */
+ * 3x3) or F(4x4, 3x3) should run (TG_CONV_WINOGRAD, and TG_CONV_WINOGRAD_4 for the second,
+ * as tg_winograd_tile says; kernels/winograd.c says how): 3x3 kernels, stride 1, f32, and at
+ * least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
+ * channel and tile, so the fewer multiply-adds only pay where the GEMMs over the channels are
+ * long: the reference model's 32->64 convolution, its 64->32 input gradient and its weight
+ * gradient, not the first layer's 1->32 (conv.c gathers its taps instead). f64 stays
+ * direct: its convolutions are the gradient checks', which want the plain sums. The node
+ * computes the same value either way, to rounding (winograd.c). */
 #include "passes.h"
 #include "plan_ops.h"
+#include "../kernels/winograd.h"
 
 #define MIN_CHANNELS 16
 
@@ -15,6 +17,7 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
 {
     if (ctx->layer_forms) /* an exported graph has no use for it */
         return TG_OK;
+    unsigned flags = TG_CONV_WINOGRAD | (tg_winograd_tile() == 4 ? TG_CONV_WINOGRAD_4 : 0);
     for (int i = 0; i < g->n; i++) {
         tg_ir_node *n = &g->nodes[i];
         /* attr: padding, stride, flags, the image slid over [N, C, H, W], the kernel size */
@@ -24,7 +27,7 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
         if ((wgrad || n->op == TG_PLAN_OP_CONV) && n->dtype == TG_F32 && n->ndim == 4 &&
             n->attr[2] == 1 && n->attr[3] == 1 && kh == 3 && kw == 3 &&
             n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS)
-            n->attr[4] |= TG_CONV_WINOGRAD;
+            n->attr[4] |= flags;
     }
     return TG_OK;
 }

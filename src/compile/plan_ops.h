@@ -4,8 +4,9 @@
 
 #include "graph.h"
 
-/* CONV's attr[4] flags: TG_CONV_WINOGRAD (3x3 f32 only) runs it by kernels/winograd.c. */
-enum { TG_CONV_TRANSPOSED_FLIPPED = 1, TG_CONV_WINOGRAD = 2 };
+/* CONV's and CONV_WGRAD's attr[4] flags: TG_CONV_WINOGRAD (3x3 f32 only) runs it by
+ * kernels/winograd.c, with 2x2 output tiles, or 4x4 with TG_CONV_WINOGRAD_4 too. */
+enum { TG_CONV_TRANSPOSED_FLIPPED = 1, TG_CONV_WINOGRAD = 2, TG_CONV_WINOGRAD_4 = 4 };
 
 #define TG_PLAN_OP(e, name, kernel, prepare, describe, release)                                  \
     void kernel(const tg_ir_node *n, void *out, const void *const *in, void *scratch);          \

@@ -1035,7 +1035,8 @@ int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
                            (long long)geom.kw, geom.dt == TG_F64 ? "f64" : "f32");
         tg_winograd_shape s = {geom.batch, geom.c, geom.h, geom.w, geom.oc, geom.oh, geom.ow,
                                geom.ph, geom.pw, n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED,
-                               n->op == TG_PLAN_OP_CONV_WGRAD, geom.threads_max};
+                               n->op == TG_PLAN_OP_CONV_WGRAD,
+                               n->attr[4] & TG_CONV_WINOGRAD_4 ? 4 : 2, geom.threads_max};
         return tg_winograd_prepare(n, &s);
     }
     return n->op == TG_PLAN_OP_CONV_WGRAD ? prepare_wgrad(n, &geom) : prepare_forward(n, &geom);
@@ -1058,7 +1059,10 @@ void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
     snprintf(buf, size, "%s%s%s %lldx%lld pad %s %lld->%lld [%lld,%lld,%lld,%lld]",
              wgrad ? "conv_wgrad" : "conv",
              n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "",
-             n->attr[4] & TG_CONV_WINOGRAD ? " winograd F(2,3)" : "", kh, kw, pad,
+             !(n->attr[4] & TG_CONV_WINOGRAD)  ? ""
+             : n->attr[4] & TG_CONV_WINOGRAD_4 ? " winograd F(4,3)"
+                                               : " winograd F(2,3)",
+             kh, kw, pad,
              c, oc, (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3]);
 }
 

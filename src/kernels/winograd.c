@@ -52,7 +52,9 @@ typedef struct {
     int64_t tiles_w;            /* tiles per row of tiles: ceil(ow / 2) */
     int64_t band, bands;        /* rows of tiles per task; tasks per image */
     int64_t tiles;              /* a full band's tiles, the stride of V's and M's planes */
-    int64_t rows, wq;           /* the staged band: 2 band + 2 rows of 2 tiles_w + 2 positions */
+    int r, xi;                  /* the output tile's side (2 or 4), the points per tile ((r+2)^2) */
+    int64_t cp, ocp;            /* the channels, padded to a multiple of VL in the layouts */
+    int64_t rows, wq;           /* the staged band: r band + 2 rows of r tiles_w + 2 positions */
     gemm full, last;            /* a full band's products, and the last band's */
     libxsmm_xtransfunction stage_row; /* an input row [c][w] to [w][c]; NULL: the loop */
     /* the forward: a full band's output rows [pos][oc] into y's planes, the last band's (when
@@ -135,88 +137,256 @@ static void transpose(libxsmm_xtransfunction jit, const float *src, int64_t ldi,
 }
 
 /* ---- the transforms -------------------------------------------------------------------- */
-/* U[xi][c][oc] = (G g G^T)[xi] for every kernel g, with G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2
- * 1/2; 0 0 1]. */
-static void transform_weights(const wino *p, const float *w, float *restrict u)
+/* Each 2-D transform is a 1-D one along the patch's columns, then along its rows; the 1-D
+ * ones for F(2, 3) (r = 2, patches of 4) and F(4, 3) (r = 4, patches of 6) follow, written
+ * out so that only nonzero coefficients cost an operation. The 2-D loops are written once,
+ * for a constant r (always_inline: each caller passes 2 or 4, and the compiler unrolls).
+ * They work on VL channels at a time, as arrays of VL floats whose loops the compiler turns
+ * into the machine's vectors, whatever their width; the layouts pad the channels to a
+ * multiple of VL (zeros, which the GEMMs carry through as zeros) so that there is no tail. */
+#define INLINE static inline __attribute__((always_inline))
+#define VL 16
+typedef float lanes[VL];
+
+/* y = B^T x: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], or for r = 4 [4 0 -5 0 1 0;
+ * 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]. */
+INLINE void input_1d(int r, lanes *x, lanes *y)
 {
-    int64_t c_in = p->s.c, oc_n = p->s.oc;
+    for (int l = 0; l < VL; l++) {
+        if (r == 2) {
+            y[0][l] = x[0][l] - x[2][l], y[1][l] = x[1][l] + x[2][l];
+            y[2][l] = x[2][l] - x[1][l], y[3][l] = x[1][l] - x[3][l];
+            continue;
+        }
+        float a = x[4][l] - 4 * x[2][l], b = x[3][l] - 4 * x[1][l];
+        float c = x[4][l] - x[2][l], d = 2 * (x[3][l] - x[1][l]);
+        y[0][l] = 4 * x[0][l] - 5 * x[2][l] + x[4][l], y[1][l] = a + b, y[2][l] = a - b;
+        y[3][l] = c + d, y[4][l] = c - d, y[5][l] = 4 * x[1][l] - 5 * x[3][l] + x[5][l];
+    }
+}
+
+/* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], or for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0;
+ * 0 1 1 4 4 0; 0 1 -1 8 -8 1]. */
+INLINE void output_1d(int r, lanes *x, lanes *y)
+{
+    for (int l = 0; l < VL; l++) {
+        if (r == 2) {
+            y[0][l] = x[0][l] + x[1][l] + x[2][l], y[1][l] = x[1][l] - x[2][l] - x[3][l];
+            continue;
+        }
+        float p = x[1][l] + x[2][l], q = x[1][l] - x[2][l];
+        float s = x[3][l] + x[4][l], t = x[3][l] - x[4][l];
+        y[0][l] = x[0][l] + p + s, y[1][l] = q + 2 * t, y[2][l] = p + 4 * s;
+        y[3][l] = q + 8 * t + x[5][l];
+    }
+}
+
+/* y = A x (the gradient's: r values to r + 2). */
+INLINE void grad_1d(int r, lanes *x, lanes *y)
+{
+    for (int l = 0; l < VL; l++) {
+        if (r == 2) {
+            y[0][l] = x[0][l], y[1][l] = x[0][l] + x[1][l], y[2][l] = x[0][l] - x[1][l];
+            y[3][l] = -x[1][l];
+            continue;
+        }
+        float e = x[0][l] + x[2][l], o = x[1][l] + x[3][l];
+        float e4 = x[0][l] + 4 * x[2][l], o4 = 2 * x[1][l] + 8 * x[3][l];
+        y[0][l] = x[0][l], y[1][l] = e + o, y[2][l] = e - o, y[3][l] = e4 + o4;
+        y[4][l] = e4 - o4, y[5][l] = x[3][l];
+    }
+}
+
+/* y = G x (a kernel's 3 values to r + 2): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], or
+ * for r = 4 [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
+ * 0 0 1]. In double, one kernel at a time: the weights are transformed once per run, and
+ * 1/6 is inexact. */
+INLINE void weights_1d(int r, const double *x, double *y)
+{
+    if (r == 2) {
+        y[0] = x[0], y[1] = 0.5 * (x[0] + x[1] + x[2]), y[2] = 0.5 * (x[0] - x[1] + x[2]);
+        y[3] = x[2];
+        return;
+    }
+    y[0] = x[0] / 4, y[1] = -(x[0] + x[1] + x[2]) / 6, y[2] = -(x[0] - x[1] + x[2]) / 6;
+    y[3] = x[0] / 24 + x[1] / 12 + x[2] / 6, y[4] = x[0] / 24 - x[1] / 12 + x[2] / 6;
+    y[5] = x[2];
+}
+
+/* y = G^T x (the weight gradient's: r + 2 values to 3), in double. */
+INLINE void sums_1d(int r, const double *x, double *y)
+{
+    if (r == 2) {
+        y[0] = x[0] + 0.5 * (x[1] + x[2]), y[1] = 0.5 * (x[1] - x[2]);
+        y[2] = 0.5 * (x[1] + x[2]) + x[3];
+        return;
+    }
+    y[0] = x[0] / 4 - (x[1] + x[2]) / 6 + (x[3] + x[4]) / 24;
+    y[1] = (x[2] - x[1]) / 6 + (x[3] - x[4]) / 12;
+    y[2] = (x[3] + x[4] - x[1] - x[2]) / 6 + x[5];
+}
+
+/* U[xi][c][oc] = (G g G^T)[xi] for every kernel g; zeros for the padding channels. */
+INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
+{
+    int64_t c_n = p->s.c, oc_n = p->s.oc, cp = p->cp, ocp = p->ocp;
+    const int n = r + 2;
+    memset(u, 0, (size_t)(p->xi * cp * ocp) * sizeof *u);
     for (int64_t oc = 0; oc < oc_n; oc++)
-        for (int64_t c = 0; c < c_in; c++) {
-            float g[3][3], t[4][3];
+        for (int64_t c = 0; c < c_n; c++) {
+            double g[3][3], col[3], t[6][3], v[6];
             for (int k = 0; k < 9; k++)
                 g[k / 3][k % 3] = p->s.flipped ? w[(c * oc_n + oc) * 9 + 8 - k]
-                                               : w[(oc * c_in + c) * 9 + k];
-            for (int j = 0; j < 3; j++) { /* G g: along the kernel's rows */
-                t[0][j] = g[0][j];
-                t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
-                t[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
-                t[3][j] = g[2][j];
+                                               : w[(oc * c_n + c) * 9 + k];
+            for (int j = 0; j < 3; j++) { /* G g: along the kernel's columns */
+                for (int i = 0; i < 3; i++)
+                    col[i] = g[i][j];
+                weights_1d(r, col, v);
+                for (int i = 0; i < n; i++)
+                    t[i][j] = v[i];
             }
-            for (int i = 0; i < 4; i++) { /* (G g) G^T: along its columns */
-                float row[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
-                                0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                for (int j = 0; j < 4; j++)
-                    u[((4 * i + j) * c_in + c) * oc_n + oc] = row[j];
-            }
-        }
-}
-
-/* V[xi][tile][c] = (B^T d B)[xi] for the band's tiles (tile_rows rows of them), with B^T =
- * [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]; d is the tile's 4x4 patch of the staged band. */
-static void transform_input(const wino *p, const float *restrict staged, int64_t tile_rows,
-                            float *restrict v)
-{
-    int64_t c_n = p->s.c, row = p->wq * c_n, plane = p->tiles * c_n;
-    for (int64_t ty = 0; ty < tile_rows; ty++)
-        for (int64_t tx = 0; tx < p->tiles_w; tx++) {
-            const float *d = staged + 2 * ty * row + 2 * tx * c_n;
-            float *out = v + (ty * p->tiles_w + tx) * c_n;
-#pragma omp simd
-            for (int64_t c = 0; c < c_n; c++) {
-                float t[4][4];
-                for (int j = 0; j < 4; j++) { /* B^T d: along the patch's rows */
-                    float d0 = d[j * c_n + c], d1 = d[row + j * c_n + c];
-                    float d2 = d[2 * row + j * c_n + c], d3 = d[3 * row + j * c_n + c];
-                    t[0][j] = d0 - d2;
-                    t[1][j] = d1 + d2;
-                    t[2][j] = d2 - d1;
-                    t[3][j] = d1 - d3;
-                }
-                for (int i = 0; i < 4; i++) { /* (B^T d) B: along its columns */
-                    out[(4 * i + 0) * plane + c] = t[i][0] - t[i][2];
-                    out[(4 * i + 1) * plane + c] = t[i][1] + t[i][2];
-                    out[(4 * i + 2) * plane + c] = t[i][2] - t[i][1];
-                    out[(4 * i + 3) * plane + c] = t[i][1] - t[i][3];
-                }
+            for (int i = 0; i < n; i++) { /* (G g) G^T: along its rows */
+                weights_1d(r, t[i], v);
+                for (int j = 0; j < n; j++)
+                    u[((n * i + j) * cp + c) * ocp + oc] = (float)v[j];
             }
         }
 }
 
-/* out[2 ty + i][2 tx + j][oc] = (A^T M A)[i][j] for the band's tiles, with A^T = [1 1 1 0;
- * 0 1 -1 -1]; out has rows of 2 tiles_w positions (the odd last column, if any, unused). */
-static void transform_output(const wino *p, const float *restrict m, int64_t tile_rows,
-                             float *restrict out)
+/* V[xi][tile][c] = (B^T d B)[xi] for the band's tiles (tile_rows rows of them); d is the
+ * tile's patch of the staged band, r apart. */
+INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_rows,
+                     float *restrict v, int r)
 {
-    int64_t oc_n = p->s.oc, plane = p->tiles * oc_n, row = 2 * p->tiles_w * oc_n;
+    int64_t cp = p->cp, row = p->wq * cp, plane = p->tiles * cp;
+    const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
-            const float *mt = m + (ty * p->tiles_w + tx) * oc_n;
-            float *o = out + 2 * ty * row + 2 * tx * oc_n;
-#pragma omp simd
-            for (int64_t oc = 0; oc < oc_n; oc++) {
-                float s[2][4];
-                for (int j = 0; j < 4; j++) { /* A^T M: along the rows */
-                    float m0 = mt[j * plane + oc], m1 = mt[(4 + j) * plane + oc];
-                    float m2 = mt[(8 + j) * plane + oc], m3 = mt[(12 + j) * plane + oc];
-                    s[0][j] = m0 + m1 + m2;
-                    s[1][j] = m1 - m2 - m3;
+            const float *d = staged + r * ty * row + r * tx * cp;
+            float *out = v + (ty * p->tiles_w + tx) * cp;
+            for (int64_t c = 0; c < cp; c += VL) {
+                lanes col[6], t[6][6], y[6];
+                for (int j = 0; j < n; j++) { /* B^T d: along the patch's columns */
+                    for (int i = 0; i < n; i++)
+                        memcpy(col[i], d + i * row + j * cp + c, sizeof col[i]);
+                    input_1d(r, col, y);
+                    for (int i = 0; i < n; i++)
+                        memcpy(t[i][j], y[i], sizeof y[i]);
                 }
-                for (int i = 0; i < 2; i++) { /* (A^T M) A: along the columns */
-                    o[i * row + oc] = s[i][0] + s[i][1] + s[i][2];
-                    o[i * row + oc_n + oc] = s[i][1] - s[i][2] - s[i][3];
+                for (int i = 0; i < n; i++) { /* (B^T d) B: along its rows */
+                    input_1d(r, t[i], y);
+                    for (int j = 0; j < n; j++)
+                        memcpy(out + (n * i + j) * plane + c, y[j], sizeof y[j]);
                 }
             }
         }
+}
+
+/* out[r ty + i][r tx + j][oc] = (A^T M A)[i][j] for the band's tiles; out has rows of r
+ * tiles_w positions (those past ow unused). */
+INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
+                      float *restrict out, int r)
+{
+    int64_t ocp = p->ocp, plane = p->tiles * ocp, row = r * p->tiles_w * ocp;
+    const int n = r + 2;
+    for (int64_t ty = 0; ty < tile_rows; ty++)
+        for (int64_t tx = 0; tx < p->tiles_w; tx++) {
+            const float *mt = m + (ty * p->tiles_w + tx) * ocp;
+            float *o = out + r * ty * row + r * tx * ocp;
+            for (int64_t oc = 0; oc < ocp; oc += VL) {
+                lanes col[6], t[4][6], y[6];
+                for (int j = 0; j < n; j++) { /* A^T M: along the columns */
+                    for (int i = 0; i < n; i++)
+                        memcpy(col[i], mt + (n * i + j) * plane + oc, sizeof col[i]);
+                    output_1d(r, col, y);
+                    for (int i = 0; i < r; i++)
+                        memcpy(t[i][j], y[i], sizeof y[i]);
+                }
+                for (int i = 0; i < r; i++) { /* (A^T M) A: along the rows */
+                    output_1d(r, t[i], y);
+                    for (int j = 0; j < r; j++)
+                        memcpy(o + i * row + j * ocp + oc, y[j], sizeof y[j]);
+                }
+            }
+        }
+}
+
+/* dM[xi][tile][oc] = (A dY A^T)[xi] for the band's tiles of the staged gradient (rows of r
+ * tiles_w positions). */
+INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_rows,
+                    float *restrict dm, int r)
+{
+    int64_t ocp = p->ocp, row = r * p->tiles_w * ocp, plane = p->tiles * ocp;
+    const int n = r + 2;
+    for (int64_t ty = 0; ty < tile_rows; ty++)
+        for (int64_t tx = 0; tx < p->tiles_w; tx++) {
+            const float *d = staged + r * ty * row + r * tx * ocp;
+            float *out = dm + (ty * p->tiles_w + tx) * ocp;
+            for (int64_t oc = 0; oc < ocp; oc += VL) {
+                lanes col[6], t[6][4], y[6];
+                for (int j = 0; j < r; j++) { /* A dY: along the columns */
+                    for (int i = 0; i < r; i++)
+                        memcpy(col[i], d + i * row + j * ocp + oc, sizeof col[i]);
+                    grad_1d(r, col, y);
+                    for (int i = 0; i < n; i++)
+                        memcpy(t[i][j], y[i], sizeof y[i]);
+                }
+                for (int i = 0; i < n; i++) { /* (A dY) A^T: along the rows */
+                    grad_1d(r, t[i], y);
+                    for (int j = 0; j < n; j++)
+                        memcpy(out + (n * i + j) * plane + oc, y[j], sizeof y[j]);
+                }
+            }
+        }
+}
+
+/* dw[oc][c] = G^T dU G from the sums [xi][c][oc]. */
+INLINE void sums_2d(const wino *p, const double *acc, float *dw, int r)
+{
+    int64_t c_n = p->s.c, oc_n = p->s.oc, cp = p->cp, ocp = p->ocp;
+    const int n = r + 2;
+    for (int64_t oc = 0; oc < oc_n; oc++)
+        for (int64_t c = 0; c < c_n; c++) {
+            double col[6], t[3][6], y[3];
+            for (int j = 0; j < n; j++) { /* G^T dU: along the columns */
+                for (int i = 0; i < n; i++)
+                    col[i] = acc[((n * i + j) * cp + c) * ocp + oc];
+                sums_1d(r, col, y);
+                for (int i = 0; i < 3; i++)
+                    t[i][j] = y[i];
+            }
+            for (int i = 0; i < 3; i++) { /* (G^T dU) G: along the rows */
+                sums_1d(r, t[i], y);
+                for (int j = 0; j < 3; j++)
+                    dw[(oc * c_n + c) * 9 + 3 * i + j] = (float)y[j];
+            }
+        }
+}
+
+/* The transforms for the node's tile size. */
+static void transform_weights(const wino *p, const float *w, float *u)
+{
+    p->r == 2 ? weights_2d(p, w, u, 2) : weights_2d(p, w, u, 4);
+}
+
+static void transform_input(const wino *p, const float *staged, int64_t tile_rows, float *v)
+{
+    p->r == 2 ? input_2d(p, staged, tile_rows, v, 2) : input_2d(p, staged, tile_rows, v, 4);
+}
+
+static void transform_output(const wino *p, const float *m, int64_t tile_rows, float *out)
+{
+    p->r == 2 ? output_2d(p, m, tile_rows, out, 2) : output_2d(p, m, tile_rows, out, 4);
+}
+
+static void transform_grad(const wino *p, const float *staged, int64_t tile_rows, float *dm)
+{
+    p->r == 2 ? grad_2d(p, staged, tile_rows, dm, 2) : grad_2d(p, staged, tile_rows, dm, 4);
+}
+
+static void transform_sums(const wino *p, const double *acc, float *dw)
+{
+    p->r == 2 ? sums_2d(p, acc, dw, 2) : sums_2d(p, acc, dw, 4);
 }
 
 /* ---- a task ----------------------------------------------------------------------------- */
@@ -226,21 +396,21 @@ static void transform_output(const wino *p, const float *restrict m, int64_t til
 static void stage_band(const wino *p, const float *img, int64_t band, float *staged)
 {
     const tg_winograd_shape *s = &p->s;
-    int64_t row = p->wq * s->c, first = 2 * band * p->band - s->ph; /* an input row */
+    int64_t row = p->wq * p->cp, first = p->r * band * p->band - s->ph; /* an input row */
     for (int64_t r = 0; r < p->rows; r++) {
         int64_t y = first + r;
         float *to = staged + r * row;
         if (y < 0 || y >= s->h)
             memset(to, 0, (size_t)row * sizeof *to);
         else
-            transpose(p->stage_row, img + y * s->w, s->h * s->w, to + s->pw * s->c, s->c, s->w,
+            transpose(p->stage_row, img + y * s->w, s->h * s->w, to + s->pw * p->cp, p->cp, s->w,
                       s->c);
     }
 }
 
 static int64_t tile_rows_of(const wino *p, int64_t band)
 {
-    return min64(p->band, (p->s.oh + 1) / 2 - band * p->band);
+    return min64(p->band, (p->s.oh + p->r - 1) / p->r - band * p->band);
 }
 
 static void run_task(const wino *p, const float *x, const float *u, float *y, char *mine,
@@ -253,18 +423,33 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
     const gemm *g = tile_rows == p->band ? &p->full : &p->last;
     stage_band(p, x + img * s->c * s->h * s->w, band, staged);
     transform_input(p, staged, tile_rows, v);
-    for (int xi = 0; xi < 16; xi++)
-        gemm_run(g, u + xi * s->c * s->oc, v + xi * p->tiles * s->c, m + xi * p->tiles * s->oc);
+    for (int xi = 0; xi < p->xi; xi++)
+        gemm_run(g, u + xi * p->cp * p->ocp, v + xi * p->tiles * p->cp, m + xi * p->tiles * p->ocp);
     transform_output(p, m, tile_rows, out);
-    int64_t plane = s->oh * s->ow, r0 = 2 * ty0, rows = min64(2 * tile_rows, s->oh - r0);
+    int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = min64(p->r * tile_rows, s->oh - r0);
     float *to = y + img * s->oc * plane + r0 * s->ow;
-    if (s->ow % 2 == 0) /* the band's rows are contiguous in out */
-        transpose(rows == 2 * p->band ? p->out_band : p->out_last, out, s->oc, to, plane,
+    if (s->ow % p->r == 0) /* the band's rows are contiguous in out */
+        transpose(rows == p->r * p->band ? p->out_band : p->out_last, out, p->ocp, to, plane,
                   s->oc, rows * s->ow);
     else
-        for (int64_t r = 0; r < rows; r++)
-            transpose(p->out_row, out + r * 2 * p->tiles_w * s->oc, s->oc, to + r * s->ow, plane,
-                      s->oc, s->ow);
+        for (int64_t i = 0; i < rows; i++)
+            transpose(p->out_row, out + i * p->r * p->tiles_w * p->ocp, p->ocp, to + i * s->ow,
+                      plane, s->oc, s->ow);
+}
+
+/* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
+ * (6x6 patches, with coefficients other than 1) cost more per output, and at the reference
+ * model's 14x14 a row of 4 tiles covers 16 columns for 14. Which wins depends on how fast the
+ * GEMMs run next to the transforms: shape B of bench/conv_bn, 1 thread, Zen 5, 3 alternating
+ * runs each, block time F(4x4) over F(2x2): 1.19 with libxsmm's AVX-512 GEMMs, 0.86 with its
+ * AVX2 ones (LIBXSMM_TARGET=hsw, the library built for x86-64-v3), which is the issue's Zen 3's
+ * case. Both compute the same values to rounding (tests/test_conv_lower.c). */
+int tg_winograd_tile(void)
+{
+    const char *env = getenv("TG_WINOGRAD_TILE");
+    if (env && (strcmp(env, "2") == 0 || strcmp(env, "4") == 0))
+        return env[0] - '0';
+    return libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512 ? 2 : 4;
 }
 
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch)
@@ -301,54 +486,26 @@ void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *
  *
  * V is the forward's input transform, recomputed; dY is staged channels last like x. */
 
-/* dY's output rows of band `band` of one image, [row][x][oc], 2 band rows of 2 tiles_w
- * positions: rows past the output are zeros (here), as is the odd last column when ow is odd
- * (cleared once per run), so the tiles that hang over the output add nothing. */
+/* dY's output rows of band `band` of one image, [row][x][oc], r band rows of r tiles_w
+ * positions: rows past the output are zeros (here), as are the columns past it (cleared
+ * once per run), so the tiles that hang over the output add nothing. */
 static void stage_grad(const wino *p, const float *grad, int64_t band, float *staged)
 {
     const tg_winograd_shape *s = &p->s;
-    int64_t row = 2 * p->tiles_w * s->oc;
-    for (int64_t r = 0; r < 2 * p->band; r++) {
-        int64_t y = 2 * band * p->band + r;
+    int64_t row = p->r * p->tiles_w * p->ocp;
+    for (int64_t r = 0; r < p->r * p->band; r++) {
+        int64_t y = p->r * band * p->band + r;
         float *to = staged + r * row;
         if (y >= s->oh)
             memset(to, 0, (size_t)row * sizeof *to);
         else
-            transpose(p->grad_row, grad + y * s->ow, s->oh * s->ow, to, s->oc, s->ow, s->oc);
+            transpose(p->grad_row, grad + y * s->ow, s->oh * s->ow, to, p->ocp, s->ow, s->oc);
     }
-}
-
-/* dM[xi][tile][oc] = (A dY A^T)[xi], with A = [1 0; 1 1; 1 -1; 0 -1]. */
-static void transform_grad(const wino *p, const float *restrict staged, int64_t tile_rows,
-                           float *restrict dm)
-{
-    int64_t oc_n = p->s.oc, row = 2 * p->tiles_w * oc_n, plane = p->tiles * oc_n;
-    for (int64_t ty = 0; ty < tile_rows; ty++)
-        for (int64_t tx = 0; tx < p->tiles_w; tx++) {
-            const float *d = staged + 2 * ty * row + 2 * tx * oc_n;
-            float *out = dm + (ty * p->tiles_w + tx) * oc_n;
-#pragma omp simd
-            for (int64_t oc = 0; oc < oc_n; oc++) {
-                float g00 = d[oc], g01 = d[oc_n + oc], g10 = d[row + oc];
-                float g11 = d[row + oc_n + oc];
-                float a[4][2] = {{g00, g01}, /* A dY: along the rows */
-                                 {g00 + g10, g01 + g11},
-                                 {g00 - g10, g01 - g11},
-                                 {-g10, -g11}};
-                for (int i = 0; i < 4; i++) { /* (A dY) A^T: along the columns */
-                    out[(4 * i + 0) * plane + oc] = a[i][0];
-                    out[(4 * i + 1) * plane + oc] = a[i][0] + a[i][1];
-                    out[(4 * i + 2) * plane + oc] = a[i][0] - a[i][1];
-                    out[(4 * i + 3) * plane + oc] = -a[i][1];
-                }
-            }
-        }
 }
 
 /* sums[xi][c][oc] += dM[xi] V[xi]^T over one band of one image's tiles. */
 static void wgrad_band(const wino *p, const float *x, const float *grad, char *mine, int64_t band)
 {
-    const tg_winograd_shape *s = &p->s;
     float *sums = (float *)(mine + p->at_u), *staged = (float *)(mine + p->at_staged);
     float *v = (float *)(mine + p->at_v), *dm = (float *)(mine + p->at_m);
     float *staged_grad = (float *)(mine + p->at_out);
@@ -358,8 +515,9 @@ static void wgrad_band(const wino *p, const float *x, const float *grad, char *m
     transform_input(p, staged, tile_rows, v);
     stage_grad(p, grad, band, staged_grad);
     transform_grad(p, staged_grad, tile_rows, dm);
-    for (int xi = 0; xi < 16; xi++)
-        gemm_run(g, dm + xi * p->tiles * s->oc, v + xi * p->tiles * s->c, sums + xi * s->c * s->oc);
+    for (int xi = 0; xi < p->xi; xi++)
+        gemm_run(g, dm + xi * p->tiles * p->ocp, v + xi * p->tiles * p->cp,
+                 sums + xi * p->cp * p->ocp);
 }
 
 /* A group's chunks: each chunk's images summed in f32, then added into acc in double. */
@@ -367,7 +525,7 @@ static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, c
                         char *mine, int64_t grp, double *acc)
 {
     const tg_winograd_shape *s = &p->s;
-    int64_t sums = 16 * s->c * s->oc;
+    int64_t sums = p->xi * p->cp * p->ocp;
     const float *part = (const float *)(mine + p->at_u);
     memset(acc, 0, (size_t)sums * sizeof *acc);
     for (int64_t ch = grp * p->chunks / p->groups; ch < (grp + 1) * p->chunks / p->groups; ch++) {
@@ -384,36 +542,10 @@ static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, c
     }
 }
 
-/* dw[oc][c] = G^T dU G from the sums [xi][c][oc], with G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0;
- * 0 1/2 1/2 1]. */
-static void transform_sums(const wino *p, const double *acc, float *dw)
-{
-    int64_t c_n = p->s.c, oc_n = p->s.oc;
-    for (int64_t oc = 0; oc < oc_n; oc++)
-        for (int64_t c = 0; c < c_n; c++) {
-            double t[3][4];
-            for (int j = 0; j < 4; j++) { /* G^T dU: along the rows */
-                double u0 = acc[((0 + j) * c_n + c) * oc_n + oc];
-                double u1 = acc[((4 + j) * c_n + c) * oc_n + oc];
-                double u2 = acc[((8 + j) * c_n + c) * oc_n + oc];
-                double u3 = acc[((12 + j) * c_n + c) * oc_n + oc];
-                t[0][j] = u0 + 0.5 * (u1 + u2);
-                t[1][j] = 0.5 * (u1 - u2);
-                t[2][j] = 0.5 * (u1 + u2) + u3;
-            }
-            float *to = dw + (oc * c_n + c) * 9;
-            for (int i = 0; i < 3; i++) { /* (G^T dU) G: along the columns */
-                to[3 * i + 0] = (float)(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
-                to[3 * i + 1] = (float)(0.5 * (t[i][1] - t[i][2]));
-                to[3 * i + 2] = (float)(0.5 * (t[i][1] + t[i][2]) + t[i][3]);
-            }
-        }
-}
-
 void tg_winograd_wgrad_run(const tg_ir_node *n, void *dw, const void *const *in, void *scratch)
 {
     const wino *p = n->payload;
-    int64_t sums = 16 * p->s.c * p->s.oc;
+    int64_t sums = p->xi * p->cp * p->ocp;
     int threads = tg_num_threads();
     if (p->s.threads_max < threads && !n->prologue) /* a prologue's pass is work too */
         threads = (int)p->s.threads_max;
@@ -447,9 +579,13 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     if (!p)
         return tg_fail(TG_ERR_NOMEM, "conv: out of memory");
     p->s = *s;
-    int64_t tiles_h = (s->oh + 1) / 2;
-    p->tiles_w = (s->ow + 1) / 2;
-    int64_t tile_bytes = 16 * (s->c + s->oc) * (int64_t)sizeof(float);
+    p->r = s->tile;
+    p->xi = (p->r + 2) * (p->r + 2);
+    int64_t tiles_h = (s->oh + p->r - 1) / p->r;
+    p->tiles_w = (s->ow + p->r - 1) / p->r;
+    p->cp = (s->c + VL - 1) / VL * VL;
+    p->ocp = (s->oc + VL - 1) / VL * VL;
+    int64_t tile_bytes = p->xi * (p->cp + p->ocp) * (int64_t)sizeof(float);
     int64_t fit = BAND_BYTES / (tile_bytes * p->tiles_w);
     int64_t bands = (tiles_h + (fit > 1 ? fit : 1) - 1) / (fit > 1 ? fit : 1);
     if (!s->wgrad && s->batch * bands < MIN_TASKS)
@@ -457,33 +593,34 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->band = (tiles_h + bands - 1) / bands;
     p->bands = (tiles_h + p->band - 1) / p->band;
     p->tiles = p->band * p->tiles_w;
-    p->rows = 2 * p->band + 2;
-    p->wq = 2 * p->tiles_w + 2;
+    p->rows = p->r * p->band + 2;
+    p->wq = p->r * p->tiles_w + 2;
     int64_t last = tiles_h - (p->bands - 1) * p->band;
     int64_t plane = s->oh * s->ow;
-    p->stage_row = transpose_kernel(s->w, s->c, s->c);
+    p->stage_row = transpose_kernel(s->w, s->c, p->cp);
     if (s->wgrad) { /* M = OC, N = C, K = the band's tiles */
-        gemm_init(&p->full, s->oc, s->c, p->tiles, true);
-        gemm_init(&p->last, s->oc, s->c, last * p->tiles_w, true);
-        p->grad_row = transpose_kernel(s->ow, s->oc, s->oc);
+        gemm_init(&p->full, p->ocp, p->cp, p->tiles, true);
+        gemm_init(&p->last, p->ocp, p->cp, last * p->tiles_w, true);
+        p->grad_row = transpose_kernel(s->ow, s->oc, p->ocp);
         p->chunks = (s->batch + WGRAD_CHUNK - 1) / WGRAD_CHUNK;
         p->groups = min64(WGRAD_GROUPS, p->chunks);
-        p->group_bytes = round64((size_t)(16 * s->c * s->oc) * sizeof(double));
+        p->group_bytes = round64((size_t)(p->xi * p->cp * p->ocp) * sizeof(double));
     } else { /* M = OC, N = the band's tiles, K = C */
-        gemm_init(&p->full, s->oc, p->tiles, s->c, false);
-        gemm_init(&p->last, s->oc, last * p->tiles_w, s->c, false);
-        p->out_band = transpose_kernel(s->oc, 2 * p->band * s->ow, plane);
-        p->out_last = transpose_kernel(s->oc, (s->oh - 2 * (p->bands - 1) * p->band) * s->ow,
+        gemm_init(&p->full, p->ocp, p->tiles, p->cp, false);
+        gemm_init(&p->last, p->ocp, last * p->tiles_w, p->cp, false);
+        p->out_band = transpose_kernel(s->oc, p->r * p->band * s->ow, plane);
+        p->out_last = transpose_kernel(s->oc, (s->oh - p->r * (p->bands - 1) * p->band) * s->ow,
                                        plane);
         p->out_row = transpose_kernel(s->oc, s->ow, plane);
     }
     size_t e = sizeof(float);
     p->at_u = WGRAD_GROUPS * p->group_bytes;
-    p->at_staged = p->at_u + round64((size_t)(16 * s->c * s->oc) * e);
-    p->at_v = p->at_staged + round64((size_t)(p->rows * p->wq * s->c) * e);
-    p->at_m = p->at_v + round64((size_t)(16 * p->tiles * s->c) * e);
-    p->at_out = p->at_m + round64((size_t)(16 * p->tiles * s->oc) * e);
-    n->scratch_bytes = p->at_out + round64((size_t)(2 * p->band * 2 * p->tiles_w * s->oc) * e);
+    p->at_staged = p->at_u + round64((size_t)(p->xi * p->cp * p->ocp) * e);
+    p->at_v = p->at_staged + round64((size_t)(p->rows * p->wq * p->cp) * e);
+    p->at_m = p->at_v + round64((size_t)(p->xi * p->tiles * p->cp) * e);
+    p->at_out = p->at_m + round64((size_t)(p->xi * p->tiles * p->ocp) * e);
+    n->scratch_bytes =
+        p->at_out + round64((size_t)(p->r * p->band * p->r * p->tiles_w * p->ocp) * e);
     n->payload = p;
     return TG_OK;
 }

@@ -12,8 +12,14 @@
 typedef struct {
     int64_t batch, c, h, w, oc, oh, ow, ph, pw;
     bool flipped, wgrad;
+    int tile;            /* the output tile's side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)) */
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
+
+/* The output tile's side the winograd pass asks for: TG_WINOGRAD_TILE=2 or 4 in the
+ * environment, else 2 where libxsmm's GEMMs run on AVX-512 and 4 elsewhere (winograd.c says
+ * why). The same on every call in a process, so a machine's plans compute the same bits. */
+int tg_winograd_tile(void);
 
 /* Sets n->payload (one allocation: free() releases it) and n->scratch_bytes (per thread). */
 int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s);

@@ -12,6 +12,21 @@
 #include "../kernels/winograd.h"
 
 #define MIN_CHANNELS 16
+/* Output positions (batch times the output plane) below which the direct kernel stays: the
+ * weights are transformed at every run (they change at every training step), which costs
+ * as much as the GEMMs save at a few images. The reference model's batch-1 evaluation (196
+ * positions at conv2) took 165 us with it, 123 without (Zen 5, 1 thread). */
+#define MIN_POSITIONS 1024
+
+/* N OH OW of the convolution: the output's for a CONV, the gradient's (the same) for a
+ * CONV_WGRAD, from the image slid over (attr[5..8]), its padding and the kernel. */
+static int64_t output_positions(const tg_ir_node *n)
+{
+    bool wgrad = n->op == TG_PLAN_OP_CONV_WGRAD;
+    int64_t kh = wgrad ? n->shape[2] : n->attr[9], kw = wgrad ? n->shape[3] : n->attr[10];
+    return n->attr[5] * (n->attr[7] + 2 * n->attr[0] - kh + 1) *
+           (n->attr[8] + 2 * n->attr[1] - kw + 1);
+}
 
 int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
 {
@@ -26,7 +41,8 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
         int64_t oc = wgrad ? n->shape[0] : n->shape[1];
         if ((wgrad || n->op == TG_PLAN_OP_CONV) && n->dtype == TG_F32 && n->ndim == 4 &&
             n->attr[2] == 1 && n->attr[3] == 1 && kh == 3 && kw == 3 &&
-            n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS)
+            n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS &&
+            output_positions(n) >= MIN_POSITIONS)
             n->attr[4] |= flags;
     }
     return TG_OK;

@@ -6,7 +6,8 @@
  * eager execution within tolerance. Shapes: the reference model's first block (one input
  * channel: no input gradient, the weight gradient the one reader), a block with an input
  * gradient (the gradient at the convolution's output read again after the weight gradient)
- * and an odd batch that is no multiple of the weight gradient's chunks. */
+ * and an odd batch that is no multiple of the weight gradient's chunks; and a block whose
+ * convolutions the winograd pass takes (16 channels on each side, 1100 output positions). */
 #include "testing.h"
 #include "compile/graph.h"
 #include "tapegrad_nn.h"
@@ -23,6 +24,7 @@ static const block_case cases[] = {
     {7, 5, 20, 9},   /* an input gradient too; 7 images */
     {9, 3, 16, 13},
     {2, 2, 16, 6},   /* two small images: with 3 threads, threads share an image's bands */
+    {11, 16, 16, 10}, /* Winograd's weight gradient (kernels/winograd.c): chunks of 8 and 3 */
 };
 
 enum { N_OUT = 5 }; /* y, dw, dgamma, dbeta, dx */

@@ -1,26 +1,26 @@
-/* Winograd F(2x2, 3x3): a 3x3 stride-1 convolution computed on 4x4 input tiles, each giving
- * a 2x2 output tile, with 16 multiplications per tile and channel pair where the direct form
- * has 36 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2015). With
- * the transforms' matrices B^T (4x4), G (4x3) and A^T (2x4):
+/* Winograd's minimal filtering for 3x3 stride-1 convolutions (Lavin and Gray, "Fast
+ * Algorithms for Convolutional Neural Networks", 2015): F(r x r, 3x3) computes an r x r
+ * output tile from an (r+2) x (r+2) input patch, patches r apart, with (r+2)^2
+ * multiplications per channel pair where the direct form has 9 r^2: r = 2 (16 for 36) or
+ * r = 4 (36 for 144). With the transforms' constant matrices B^T, G and A^T:
  *
- *   U = G g G^T         per (output channel, input channel): the 3x3 kernel g becomes 4x4
- *   V = B^T d B         per (tile, input channel): the 4x4 input patch d, tiles 2 apart
- *   M[xi] = U[xi] V[xi] for each of the 16 points xi: a GEMM over the input channels
- *   Y = A^T M A         per (tile, output channel): the 2x2 output
+ *   U = G g G^T         per (output channel, input channel): the 3x3 kernel g
+ *   V = B^T d B         per (tile, input channel): the input patch d
+ *   M[xi] = U[xi] V[xi] for each point xi of the (r+2) x (r+2): a GEMM over input channels
+ *   Y = A^T M A         per (tile, output channel): the r x r output
  *
- * so the multiply-adds of the GEMMs drop by 36/16 = 2.25, and the transforms are additions.
- * All of it runs per task, an image's band of tile rows, in a thread's scratch: the band's
- * padded input staged channels last ([row][x][c], as conv.c's channels-last path stages it),
- * V as [xi][tile][c], M as [xi][tile][oc], the output as [row][x][oc], transposed into y's
- * channel planes at the end. The transforms' loops run along channels, so they vectorize for
- * whatever vectors the machine has; the 16 GEMMs are libxsmm's (M = OC, N = the band's
- * tiles, K = C; a loop where it generates none). Bands are sized so that V and M stay in
- * the core's L2 (BAND_BYTES).
+ * The weight gradient runs the chain backwards (below). All of it runs per task, an image's
+ * band of tile rows, in a thread's scratch: the band's padded input staged channels last
+ * ([row][x][c], as conv.c's channels-last path stages it), V as [xi][tile][c], M as
+ * [xi][tile][oc], the output as [row][x][oc], transposed into y's channel planes at the end.
+ * The transforms run along channels, VL at a time (the layouts pad the channels to a
+ * multiple of VL), so they vectorize for whatever vectors the machine has; the GEMMs are
+ * libxsmm's (M = OC, N = the band's tiles, K = C; a loop where it generates none). Bands are
+ * sized so that V and M stay in the core's L2 (BAND_BYTES).
  *
- * Numerically the transforms only add, and halve exactly; the values differ from the direct
- * convolution's by rounding (a few ulps of the largest terms at the reference model's sizes).
- * Each output element is computed by one task in a fixed order, so results do not depend on
- * the thread count. */
+ * The transforms only add and scale by constants; the values differ from the direct
+ * convolution's by rounding (tg_winograd_tile says how much). Each output element is computed
+ * by one task in a fixed order, so results do not depend on the thread count. */
 #include "winograd.h"
 #include "../compile/prologue.h"
 
@@ -54,6 +54,10 @@ typedef struct {
     int64_t tiles;              /* a full band's tiles, the stride of V's and M's planes */
     int r, xi;                  /* the output tile's side (2 or 4), the points per tile ((r+2)^2) */
     int64_t cp, ocp;            /* the channels, padded to a multiple of VL in the layouts */
+    /* the strides of U's (or the weight gradient's sums'), V's and M's planes, one per point:
+     * a plane's size plus VL floats, so that the planes a transform writes in turn start in
+     * different cache sets (at 4 KB apart, F(4x4)'s 36 would all fall in one of L1's) */
+    int64_t uplane, vplane, mplane;
     int64_t rows, wq;           /* the staged band: r band + 2 rows of r tiles_w + 2 positions */
     gemm full, last;            /* a full band's products, and the last band's */
     libxsmm_xtransfunction stage_row; /* an input row [c][w] to [w][c]; NULL: the loop */
@@ -146,55 +150,62 @@ static void transpose(libxsmm_xtransfunction jit, const float *src, int64_t ldi,
  * multiple of VL (zeros, which the GEMMs carry through as zeros) so that there is no tail. */
 #define INLINE static inline __attribute__((always_inline))
 #define VL 16
+/* VL channels: one vector of the compilers' vector extensions where they have them (the
+ * compiler splits it into the machine's own: 4 of SSE's, 2 of AVX2's, 1 of AVX-512's), else
+ * an array of VL floats in a loop it vectorizes. X(a, k) is lane l of a[k], or all of it. */
+#if defined(__GNUC__)
+typedef float lanes __attribute__((vector_size(VL * sizeof(float))));
+typedef lanes lane;
+#define LANES(...) do { __VA_ARGS__ } while (0)
+#define X(a, k) (a)[k]
+#else
 typedef float lanes[VL];
+typedef float lane;
+#define LANES(...) for (int l = 0; l < VL; l++) { __VA_ARGS__ }
+#define X(a, k) (a)[k][l]
+#endif
 
 /* y = B^T x: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], or for r = 4 [4 0 -5 0 1 0;
  * 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]. */
 INLINE void input_1d(int r, lanes *x, lanes *y)
 {
-    for (int l = 0; l < VL; l++) {
-        if (r == 2) {
-            y[0][l] = x[0][l] - x[2][l], y[1][l] = x[1][l] + x[2][l];
-            y[2][l] = x[2][l] - x[1][l], y[3][l] = x[1][l] - x[3][l];
-            continue;
-        }
-        float a = x[4][l] - 4 * x[2][l], b = x[3][l] - 4 * x[1][l];
-        float c = x[4][l] - x[2][l], d = 2 * (x[3][l] - x[1][l]);
-        y[0][l] = 4 * x[0][l] - 5 * x[2][l] + x[4][l], y[1][l] = a + b, y[2][l] = a - b;
-        y[3][l] = c + d, y[4][l] = c - d, y[5][l] = 4 * x[1][l] - 5 * x[3][l] + x[5][l];
-    }
+    LANES(if (r == 2) {
+        X(y, 0) = X(x, 0) - X(x, 2), X(y, 1) = X(x, 1) + X(x, 2);
+        X(y, 2) = X(x, 2) - X(x, 1), X(y, 3) = X(x, 1) - X(x, 3);
+    } else {
+        lane a = X(x, 4) - 4 * X(x, 2), b = X(x, 3) - 4 * X(x, 1);
+        lane c = X(x, 4) - X(x, 2), d = 2 * (X(x, 3) - X(x, 1));
+        X(y, 0) = 4 * X(x, 0) - 5 * X(x, 2) + X(x, 4), X(y, 1) = a + b, X(y, 2) = a - b;
+        X(y, 3) = c + d, X(y, 4) = c - d, X(y, 5) = 4 * X(x, 1) - 5 * X(x, 3) + X(x, 5);
+    });
 }
 
 /* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], or for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0;
  * 0 1 1 4 4 0; 0 1 -1 8 -8 1]. */
 INLINE void output_1d(int r, lanes *x, lanes *y)
 {
-    for (int l = 0; l < VL; l++) {
-        if (r == 2) {
-            y[0][l] = x[0][l] + x[1][l] + x[2][l], y[1][l] = x[1][l] - x[2][l] - x[3][l];
-            continue;
-        }
-        float p = x[1][l] + x[2][l], q = x[1][l] - x[2][l];
-        float s = x[3][l] + x[4][l], t = x[3][l] - x[4][l];
-        y[0][l] = x[0][l] + p + s, y[1][l] = q + 2 * t, y[2][l] = p + 4 * s;
-        y[3][l] = q + 8 * t + x[5][l];
-    }
+    LANES(if (r == 2) {
+        X(y, 0) = X(x, 0) + X(x, 1) + X(x, 2), X(y, 1) = X(x, 1) - X(x, 2) - X(x, 3);
+    } else {
+        lane p = X(x, 1) + X(x, 2), q = X(x, 1) - X(x, 2);
+        lane s = X(x, 3) + X(x, 4), t = X(x, 3) - X(x, 4);
+        X(y, 0) = X(x, 0) + p + s, X(y, 1) = q + 2 * t, X(y, 2) = p + 4 * s;
+        X(y, 3) = q + 8 * t + X(x, 5);
+    });
 }
 
 /* y = A x (the gradient's: r values to r + 2). */
 INLINE void grad_1d(int r, lanes *x, lanes *y)
 {
-    for (int l = 0; l < VL; l++) {
-        if (r == 2) {
-            y[0][l] = x[0][l], y[1][l] = x[0][l] + x[1][l], y[2][l] = x[0][l] - x[1][l];
-            y[3][l] = -x[1][l];
-            continue;
-        }
-        float e = x[0][l] + x[2][l], o = x[1][l] + x[3][l];
-        float e4 = x[0][l] + 4 * x[2][l], o4 = 2 * x[1][l] + 8 * x[3][l];
-        y[0][l] = x[0][l], y[1][l] = e + o, y[2][l] = e - o, y[3][l] = e4 + o4;
-        y[4][l] = e4 - o4, y[5][l] = x[3][l];
-    }
+    LANES(if (r == 2) {
+        X(y, 0) = X(x, 0), X(y, 1) = X(x, 0) + X(x, 1), X(y, 2) = X(x, 0) - X(x, 1);
+        X(y, 3) = -X(x, 1);
+    } else {
+        lane e = X(x, 0) + X(x, 2), o = X(x, 1) + X(x, 3);
+        lane e4 = X(x, 0) + 4 * X(x, 2), o4 = 2 * X(x, 1) + 8 * X(x, 3);
+        X(y, 0) = X(x, 0), X(y, 1) = e + o, X(y, 2) = e - o, X(y, 3) = e4 + o4;
+        X(y, 4) = e4 - o4, X(y, 5) = X(x, 3);
+    });
 }
 
 /* y = G x (a kernel's 3 values to r + 2): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], or
@@ -208,9 +219,10 @@ INLINE void weights_1d(int r, const double *x, double *y)
         y[3] = x[2];
         return;
     }
-    y[0] = x[0] / 4, y[1] = -(x[0] + x[1] + x[2]) / 6, y[2] = -(x[0] - x[1] + x[2]) / 6;
-    y[3] = x[0] / 24 + x[1] / 12 + x[2] / 6, y[4] = x[0] / 24 - x[1] / 12 + x[2] / 6;
-    y[5] = x[2];
+    const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
+    y[0] = 0.25 * x[0], y[1] = -sixth * (x[0] + x[1] + x[2]);
+    y[2] = -sixth * (x[0] - x[1] + x[2]), y[3] = twentyfourth * x[0] + twelfth * x[1] + sixth * x[2];
+    y[4] = twentyfourth * x[0] - twelfth * x[1] + sixth * x[2], y[5] = x[2];
 }
 
 /* y = G^T x (the weight gradient's: r + 2 values to 3), in double. */
@@ -221,17 +233,18 @@ INLINE void sums_1d(int r, const double *x, double *y)
         y[2] = 0.5 * (x[1] + x[2]) + x[3];
         return;
     }
-    y[0] = x[0] / 4 - (x[1] + x[2]) / 6 + (x[3] + x[4]) / 24;
-    y[1] = (x[2] - x[1]) / 6 + (x[3] - x[4]) / 12;
-    y[2] = (x[3] + x[4] - x[1] - x[2]) / 6 + x[5];
+    const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
+    y[0] = 0.25 * x[0] - sixth * (x[1] + x[2]) + twentyfourth * (x[3] + x[4]);
+    y[1] = sixth * (x[2] - x[1]) + twelfth * (x[3] - x[4]);
+    y[2] = sixth * (x[3] + x[4] - x[1] - x[2]) + x[5];
 }
 
 /* U[xi][c][oc] = (G g G^T)[xi] for every kernel g; zeros for the padding channels. */
 INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
 {
-    int64_t c_n = p->s.c, oc_n = p->s.oc, cp = p->cp, ocp = p->ocp;
+    int64_t c_n = p->s.c, oc_n = p->s.oc, ocp = p->ocp;
     const int n = r + 2;
-    memset(u, 0, (size_t)(p->xi * cp * ocp) * sizeof *u);
+    memset(u, 0, (size_t)(p->xi * p->uplane) * sizeof *u);
     for (int64_t oc = 0; oc < oc_n; oc++)
         for (int64_t c = 0; c < c_n; c++) {
             double g[3][3], col[3], t[6][3], v[6];
@@ -248,7 +261,7 @@ INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
             for (int i = 0; i < n; i++) { /* (G g) G^T: along its rows */
                 weights_1d(r, t[i], v);
                 for (int j = 0; j < n; j++)
-                    u[((n * i + j) * cp + c) * ocp + oc] = (float)v[j];
+                    u[(n * i + j) * p->uplane + c * ocp + oc] = (float)v[j];
             }
         }
 }
@@ -258,7 +271,7 @@ INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
 INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_rows,
                      float *restrict v, int r)
 {
-    int64_t cp = p->cp, row = p->wq * cp, plane = p->tiles * cp;
+    int64_t cp = p->cp, row = p->wq * cp, plane = p->vplane;
     const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
@@ -266,17 +279,22 @@ INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_r
             float *out = v + (ty * p->tiles_w + tx) * cp;
             for (int64_t c = 0; c < cp; c += VL) {
                 lanes col[6], t[6][6], y[6];
+                #pragma GCC unroll 6
                 for (int j = 0; j < n; j++) { /* B^T d: along the patch's columns */
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
-                        memcpy(col[i], d + i * row + j * cp + c, sizeof col[i]);
+                        memcpy(&col[i], d + i * row + j * cp + c, sizeof col[i]);
                     input_1d(r, col, y);
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
-                        memcpy(t[i][j], y[i], sizeof y[i]);
+                        memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
+                #pragma GCC unroll 6
                 for (int i = 0; i < n; i++) { /* (B^T d) B: along its rows */
                     input_1d(r, t[i], y);
+                    #pragma GCC unroll 6
                     for (int j = 0; j < n; j++)
-                        memcpy(out + (n * i + j) * plane + c, y[j], sizeof y[j]);
+                        memcpy(out + (n * i + j) * plane + c, &y[j], sizeof y[j]);
                 }
             }
         }
@@ -287,7 +305,7 @@ INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_r
 INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
                       float *restrict out, int r)
 {
-    int64_t ocp = p->ocp, plane = p->tiles * ocp, row = r * p->tiles_w * ocp;
+    int64_t ocp = p->ocp, plane = p->mplane, row = r * p->tiles_w * ocp;
     const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
@@ -295,17 +313,22 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
             float *o = out + r * ty * row + r * tx * ocp;
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[4][6], y[6];
+                #pragma GCC unroll 6
                 for (int j = 0; j < n; j++) { /* A^T M: along the columns */
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
-                        memcpy(col[i], mt + (n * i + j) * plane + oc, sizeof col[i]);
+                        memcpy(&col[i], mt + (n * i + j) * plane + oc, sizeof col[i]);
                     output_1d(r, col, y);
+                    #pragma GCC unroll 6
                     for (int i = 0; i < r; i++)
-                        memcpy(t[i][j], y[i], sizeof y[i]);
+                        memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
+                #pragma GCC unroll 6
                 for (int i = 0; i < r; i++) { /* (A^T M) A: along the rows */
                     output_1d(r, t[i], y);
+                    #pragma GCC unroll 6
                     for (int j = 0; j < r; j++)
-                        memcpy(o + i * row + j * ocp + oc, y[j], sizeof y[j]);
+                        memcpy(o + i * row + j * ocp + oc, &y[j], sizeof y[j]);
                 }
             }
         }
@@ -316,7 +339,7 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
 INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_rows,
                     float *restrict dm, int r)
 {
-    int64_t ocp = p->ocp, row = r * p->tiles_w * ocp, plane = p->tiles * ocp;
+    int64_t ocp = p->ocp, row = r * p->tiles_w * ocp, plane = p->mplane;
     const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
@@ -324,17 +347,22 @@ INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_ro
             float *out = dm + (ty * p->tiles_w + tx) * ocp;
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[6][4], y[6];
+                #pragma GCC unroll 6
                 for (int j = 0; j < r; j++) { /* A dY: along the columns */
+                    #pragma GCC unroll 6
                     for (int i = 0; i < r; i++)
-                        memcpy(col[i], d + i * row + j * ocp + oc, sizeof col[i]);
+                        memcpy(&col[i], d + i * row + j * ocp + oc, sizeof col[i]);
                     grad_1d(r, col, y);
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
-                        memcpy(t[i][j], y[i], sizeof y[i]);
+                        memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
+                #pragma GCC unroll 6
                 for (int i = 0; i < n; i++) { /* (A dY) A^T: along the rows */
                     grad_1d(r, t[i], y);
+                    #pragma GCC unroll 6
                     for (int j = 0; j < n; j++)
-                        memcpy(out + (n * i + j) * plane + oc, y[j], sizeof y[j]);
+                        memcpy(out + (n * i + j) * plane + oc, &y[j], sizeof y[j]);
                 }
             }
         }
@@ -343,14 +371,14 @@ INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_ro
 /* dw[oc][c] = G^T dU G from the sums [xi][c][oc]. */
 INLINE void sums_2d(const wino *p, const double *acc, float *dw, int r)
 {
-    int64_t c_n = p->s.c, oc_n = p->s.oc, cp = p->cp, ocp = p->ocp;
+    int64_t c_n = p->s.c, oc_n = p->s.oc, ocp = p->ocp;
     const int n = r + 2;
     for (int64_t oc = 0; oc < oc_n; oc++)
         for (int64_t c = 0; c < c_n; c++) {
             double col[6], t[3][6], y[3];
             for (int j = 0; j < n; j++) { /* G^T dU: along the columns */
                 for (int i = 0; i < n; i++)
-                    col[i] = acc[((n * i + j) * cp + c) * ocp + oc];
+                    col[i] = acc[(n * i + j) * p->uplane + c * ocp + oc];
                 sums_1d(r, col, y);
                 for (int i = 0; i < 3; i++)
                     t[i][j] = y[i];
@@ -424,7 +452,7 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
     stage_band(p, x + img * s->c * s->h * s->w, band, staged);
     transform_input(p, staged, tile_rows, v);
     for (int xi = 0; xi < p->xi; xi++)
-        gemm_run(g, u + xi * p->cp * p->ocp, v + xi * p->tiles * p->cp, m + xi * p->tiles * p->ocp);
+        gemm_run(g, u + xi * p->uplane, v + xi * p->vplane, m + xi * p->mplane);
     transform_output(p, m, tile_rows, out);
     int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = min64(p->r * tile_rows, s->oh - r0);
     float *to = y + img * s->oc * plane + r0 * s->ow;
@@ -438,18 +466,17 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
 }
 
 /* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
- * (6x6 patches, with coefficients other than 1) cost more per output, and at the reference
- * model's 14x14 a row of 4 tiles covers 16 columns for 14. Which wins depends on how fast the
- * GEMMs run next to the transforms: shape B of bench/conv_bn, 1 thread, Zen 5, 3 alternating
- * runs each, block time F(4x4) over F(2x2): 1.19 with libxsmm's AVX-512 GEMMs, 0.86 with its
- * AVX2 ones (LIBXSMM_TARGET=hsw, the library built for x86-64-v3), which is the issue's Zen 3's
- * case. Both compute the same values to rounding (tests/test_conv_lower.c). */
+ * (6x6 patches, with coefficients other than 1) cost more per output, its rounding errors are
+ * about five times F(2x2)'s (3e-6 of the largest output at the tests' sizes, against 7e-7),
+ * and at the reference model's 14x14 a row of 4 tiles covers 16 columns for 14. Measured on
+ * shape B of bench/conv_bn, 1 thread, Zen 5, 3 alternating runs each, block time F(4x4) over
+ * F(2x2): 0.93 with libxsmm's AVX-512 GEMMs, 0.86 with its AVX2 ones (LIBXSMM_TARGET=hsw, the
+ * library built for x86-64-v3: the issue's Zen 3's case). So 4 unless TG_WINOGRAD_TILE=2
+ * asks for the more accurate one. */
 int tg_winograd_tile(void)
 {
     const char *env = getenv("TG_WINOGRAD_TILE");
-    if (env && (strcmp(env, "2") == 0 || strcmp(env, "4") == 0))
-        return env[0] - '0';
-    return libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512 ? 2 : 4;
+    return env && strcmp(env, "2") == 0 ? 2 : 4;
 }
 
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch)
@@ -516,8 +543,7 @@ static void wgrad_band(const wino *p, const float *x, const float *grad, char *m
     stage_grad(p, grad, band, staged_grad);
     transform_grad(p, staged_grad, tile_rows, dm);
     for (int xi = 0; xi < p->xi; xi++)
-        gemm_run(g, dm + xi * p->tiles * p->ocp, v + xi * p->tiles * p->cp,
-                 sums + xi * p->cp * p->ocp);
+        gemm_run(g, dm + xi * p->mplane, v + xi * p->vplane, sums + xi * p->uplane);
 }
 
 /* A group's chunks: each chunk's images summed in f32, then added into acc in double. */
@@ -525,7 +551,7 @@ static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, c
                         char *mine, int64_t grp, double *acc)
 {
     const tg_winograd_shape *s = &p->s;
-    int64_t sums = p->xi * p->cp * p->ocp;
+    int64_t sums = p->xi * p->uplane;
     const float *part = (const float *)(mine + p->at_u);
     memset(acc, 0, (size_t)sums * sizeof *acc);
     for (int64_t ch = grp * p->chunks / p->groups; ch < (grp + 1) * p->chunks / p->groups; ch++) {
@@ -545,7 +571,7 @@ static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, c
 void tg_winograd_wgrad_run(const tg_ir_node *n, void *dw, const void *const *in, void *scratch)
 {
     const wino *p = n->payload;
-    int64_t sums = p->xi * p->cp * p->ocp;
+    int64_t sums = p->xi * p->uplane;
     int threads = tg_num_threads();
     if (p->s.threads_max < threads && !n->prologue) /* a prologue's pass is work too */
         threads = (int)p->s.threads_max;
@@ -593,6 +619,9 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->band = (tiles_h + bands - 1) / bands;
     p->bands = (tiles_h + p->band - 1) / p->band;
     p->tiles = p->band * p->tiles_w;
+    p->uplane = p->cp * p->ocp + VL;
+    p->vplane = p->tiles * p->cp + VL;
+    p->mplane = p->tiles * p->ocp + VL;
     p->rows = p->r * p->band + 2;
     p->wq = p->r * p->tiles_w + 2;
     int64_t last = tiles_h - (p->bands - 1) * p->band;
@@ -604,7 +633,7 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
         p->grad_row = transpose_kernel(s->ow, s->oc, p->ocp);
         p->chunks = (s->batch + WGRAD_CHUNK - 1) / WGRAD_CHUNK;
         p->groups = min64(WGRAD_GROUPS, p->chunks);
-        p->group_bytes = round64((size_t)(p->xi * p->cp * p->ocp) * sizeof(double));
+        p->group_bytes = round64((size_t)(p->xi * p->uplane) * sizeof(double));
     } else { /* M = OC, N = the band's tiles, K = C */
         gemm_init(&p->full, p->ocp, p->tiles, p->cp, false);
         gemm_init(&p->last, p->ocp, last * p->tiles_w, p->cp, false);
@@ -615,10 +644,10 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     }
     size_t e = sizeof(float);
     p->at_u = WGRAD_GROUPS * p->group_bytes;
-    p->at_staged = p->at_u + round64((size_t)(p->xi * p->cp * p->ocp) * e);
+    p->at_staged = p->at_u + round64((size_t)(p->xi * p->uplane) * e);
     p->at_v = p->at_staged + round64((size_t)(p->rows * p->wq * p->cp) * e);
-    p->at_m = p->at_v + round64((size_t)(p->xi * p->tiles * p->cp) * e);
-    p->at_out = p->at_m + round64((size_t)(p->xi * p->tiles * p->ocp) * e);
+    p->at_m = p->at_v + round64((size_t)(p->xi * p->vplane) * e);
+    p->at_out = p->at_m + round64((size_t)(p->xi * p->mplane) * e);
     n->scratch_bytes =
         p->at_out + round64((size_t)(p->r * p->band * p->r * p->tiles_w * p->ocp) * e);
     n->payload = p;

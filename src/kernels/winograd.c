@@ -60,17 +60,19 @@ typedef struct {
     int64_t uplane, vplane, mplane;
     int64_t rows, wq;           /* the staged band: r band + 2 rows of r tiles_w + 2 positions */
     gemm full, last;            /* a full band's products, and the last band's */
-    libxsmm_xtransfunction stage_row; /* an input row [c][w] to [w][c]; NULL: the loop */
-    /* the forward: a full band's output rows [pos][oc] into y's planes, the last band's (when
-     * shorter: oh odd, or fewer tiles), one row (ow odd: rows not contiguous); the weight
-     * gradient: a row of the gradient [oc][ow] to [ow][oc] */
-    libxsmm_xtransfunction out_band, out_last, out_row, grad_row;
+    /* the forward: a full band's output rows [pos][oc] into y's planes, and the last band's
+     * (when shorter: oh not a multiple of r, or fewer tiles) */
+    libxsmm_xtransfunction out_band, out_last;
+    /* per band: its rows of x [c][pos] to [pos][c], and (the weight gradient) of the gradient
+     * [oc][pos] to [pos][oc], each as one transpose into scratch; NULL: the loop */
+    libxsmm_xtransfunction *band_x, *band_grad;
     int64_t groups, chunks;     /* the weight gradient's groups of chunks of WGRAD_CHUNK images */
     size_t group_bytes;         /* a group's double sums [xi][c][oc], WGRAD_GROUPS of them */
     /* in a thread's scratch: U (the forward) or the chunk's f32 sums (the weight gradient, after
      * the groups' sums); the staged band; V; M or the gradient's transform; the output band or
      * the staged gradient */
-    size_t at_u, at_staged, at_v, at_m, at_out;
+    size_t at_u, at_staged, at_v, at_m, at_out, at_rows; /* at_rows: the transposed rows */
+    libxsmm_xtransfunction kernels[]; /* band_x, then band_grad */
 } wino;
 
 /* The weight gradient sums a chunk of this many images in f32 (as conv.c's direct kernel
@@ -300,17 +302,18 @@ INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_r
         }
 }
 
-/* out[r ty + i][r tx + j][oc] = (A^T M A)[i][j] for the band's tiles; out has rows of r
- * tiles_w positions (those past ow unused). */
+/* out[r ty + i][r tx + j][oc] = (A^T M A)[i][j] for the band's tiles, out's rows ow
+ * positions long (columns past ow not written; rows past oh written, never read). */
 INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
                       float *restrict out, int r)
 {
-    int64_t ocp = p->ocp, plane = p->mplane, row = r * p->tiles_w * ocp;
+    int64_t ocp = p->ocp, plane = p->mplane, row = p->s.ow * ocp;
     const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *mt = m + (ty * p->tiles_w + tx) * ocp;
             float *o = out + r * ty * row + r * tx * ocp;
+            int cols = (int)min64(r, p->s.ow - r * tx); /* the last tile may hang over */
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[4][6], y[6];
                 #pragma GCC unroll 6
@@ -328,7 +331,8 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
                     output_1d(r, t[i], y);
                     #pragma GCC unroll 6
                     for (int j = 0; j < r; j++)
-                        memcpy(o + i * row + j * ocp + oc, &y[j], sizeof y[j]);
+                        if (j < cols)
+                            memcpy(o + i * row + j * ocp + oc, &y[j], sizeof y[j]);
                 }
             }
         }
@@ -418,21 +422,38 @@ static void transform_sums(const wino *p, const double *acc, float *dw)
 }
 
 /* ---- a task ----------------------------------------------------------------------------- */
-/* The padded input rows of band `band` of image `img`, channels last, into staged: rows
- * outside the image are zeros (written here, as they depend on the band); the padding
- * columns were cleared once per run and nothing writes them. */
-static void stage_band(const wino *p, const float *img, int64_t band, float *staged)
+/* Rows first .. first + count - 1 of the image at `img` (rows of w positions, planes of
+ * h w) that band `band` reads, clipped to the image: count may be 0. */
+static int64_t band_rows_in(const wino *p, int64_t band, int64_t *first)
 {
     const tg_winograd_shape *s = &p->s;
-    int64_t row = p->wq * p->cp, first = p->r * band * p->band - s->ph; /* an input row */
+    int64_t top = p->r * band * p->band - s->ph, lo = top > 0 ? top : 0;
+    int64_t hi = min64(s->h, top + p->rows);
+    *first = lo;
+    return hi > lo ? hi - lo : 0;
+}
+
+/* The padded input rows of band `band` of image `img`, channels last, into staged: the rows
+ * in the image transposed at once into the scratch at `rows`, then copied into place; rows
+ * outside the image are zeros (written here, as they depend on the band); the padding
+ * columns were cleared once per run and nothing writes them. */
+static void stage_band(const wino *p, const float *img, int64_t band, float *staged,
+                       float *rows)
+{
+    const tg_winograd_shape *s = &p->s;
+    int64_t row = p->wq * p->cp, top = p->r * band * p->band - s->ph, first;
+    int64_t count = band_rows_in(p, band, &first);
+    if (count > 0)
+        transpose(p->band_x[band], img + first * s->w, s->h * s->w, rows, p->cp, count * s->w,
+                  s->c);
     for (int64_t r = 0; r < p->rows; r++) {
-        int64_t y = first + r;
+        int64_t y = top + r;
         float *to = staged + r * row;
-        if (y < 0 || y >= s->h)
+        if (y < first || y >= first + count)
             memset(to, 0, (size_t)row * sizeof *to);
         else
-            transpose(p->stage_row, img + y * s->w, s->h * s->w, to + s->pw * p->cp, p->cp, s->w,
-                      s->c);
+            memcpy(to + s->pw * p->cp, rows + (y - first) * s->w * p->cp,
+                   (size_t)(s->w * p->cp) * sizeof *to);
     }
 }
 
@@ -449,20 +470,14 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
     float *m = (float *)(mine + p->at_m), *out = (float *)(mine + p->at_out);
     int64_t ty0 = band * p->band, tile_rows = tile_rows_of(p, band);
     const gemm *g = tile_rows == p->band ? &p->full : &p->last;
-    stage_band(p, x + img * s->c * s->h * s->w, band, staged);
+    stage_band(p, x + img * s->c * s->h * s->w, band, staged, (float *)(mine + p->at_rows));
     transform_input(p, staged, tile_rows, v);
     for (int xi = 0; xi < p->xi; xi++)
         gemm_run(g, u + xi * p->uplane, v + xi * p->vplane, m + xi * p->mplane);
     transform_output(p, m, tile_rows, out);
     int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = min64(p->r * tile_rows, s->oh - r0);
-    float *to = y + img * s->oc * plane + r0 * s->ow;
-    if (s->ow % p->r == 0) /* the band's rows are contiguous in out */
-        transpose(rows == p->r * p->band ? p->out_band : p->out_last, out, p->ocp, to, plane,
-                  s->oc, rows * s->ow);
-    else
-        for (int64_t i = 0; i < rows; i++)
-            transpose(p->out_row, out + i * p->r * p->tiles_w * p->ocp, p->ocp, to + i * s->ow,
-                      plane, s->oc, s->ow);
+    transpose(rows == p->r * p->band ? p->out_band : p->out_last, out, p->ocp,
+              y + img * s->oc * plane + r0 * s->ow, plane, s->oc, rows * s->ow);
 }
 
 /* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
@@ -513,20 +528,29 @@ void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *
  *
  * V is the forward's input transform, recomputed; dY is staged channels last like x. */
 
+/* The output rows of band `band` of one image: r band, or fewer for the last band. */
+static int64_t band_rows_out(const wino *p, int64_t band)
+{
+    return min64(p->r * p->band, p->s.oh - p->r * band * p->band);
+}
+
 /* dY's output rows of band `band` of one image, [row][x][oc], r band rows of r tiles_w
- * positions: rows past the output are zeros (here), as are the columns past it (cleared
- * once per run), so the tiles that hang over the output add nothing. */
-static void stage_grad(const wino *p, const float *grad, int64_t band, float *staged)
+ * positions: transposed at once into the scratch at `rows`, then copied into place; rows
+ * past the output are zeros (here), as are the columns past it (cleared once per run), so
+ * the tiles that hang over the output add nothing. */
+static void stage_grad(const wino *p, const float *grad, int64_t band, float *staged,
+                       float *rows)
 {
     const tg_winograd_shape *s = &p->s;
-    int64_t row = p->r * p->tiles_w * p->ocp;
+    int64_t row = p->r * p->tiles_w * p->ocp, count = band_rows_out(p, band);
+    transpose(p->band_grad[band], grad + p->r * band * p->band * s->ow, s->oh * s->ow, rows,
+              p->ocp, count * s->ow, s->oc);
     for (int64_t r = 0; r < p->r * p->band; r++) {
-        int64_t y = p->r * band * p->band + r;
         float *to = staged + r * row;
-        if (y >= s->oh)
+        if (r >= count)
             memset(to, 0, (size_t)row * sizeof *to);
         else
-            transpose(p->grad_row, grad + y * s->ow, s->oh * s->ow, to, p->ocp, s->ow, s->oc);
+            memcpy(to, rows + r * s->ow * p->ocp, (size_t)(s->ow * p->ocp) * sizeof *to);
     }
 }
 
@@ -538,9 +562,10 @@ static void wgrad_band(const wino *p, const float *x, const float *grad, char *m
     float *staged_grad = (float *)(mine + p->at_out);
     int64_t tile_rows = tile_rows_of(p, band);
     const gemm *g = tile_rows == p->band ? &p->full : &p->last;
-    stage_band(p, x, band, staged);
+    float *rows = (float *)(mine + p->at_rows);
+    stage_band(p, x, band, staged, rows);
     transform_input(p, staged, tile_rows, v);
-    stage_grad(p, grad, band, staged_grad);
+    stage_grad(p, grad, band, staged_grad, rows);
     transform_grad(p, staged_grad, tile_rows, dm);
     for (int xi = 0; xi < p->xi; xi++)
         gemm_run(g, dm + xi * p->mplane, v + xi * p->vplane, sums + xi * p->uplane);
@@ -601,12 +626,7 @@ void tg_winograd_wgrad_run(const tg_ir_node *n, void *dw, const void *const *in,
 
 int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
 {
-    wino *p = calloc(1, sizeof *p);
-    if (!p)
-        return tg_fail(TG_ERR_NOMEM, "conv: out of memory");
-    p->s = *s;
-    p->r = s->tile;
-    p->xi = (p->r + 2) * (p->r + 2);
+    wino g = {.s = *s, .r = s->tile, .xi = (s->tile + 2) * (s->tile + 2)}, *p = &g;
     int64_t tiles_h = (s->oh + p->r - 1) / p->r;
     p->tiles_w = (s->ow + p->r - 1) / p->r;
     p->cp = (s->c + VL - 1) / VL * VL;
@@ -624,13 +644,10 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->mplane = p->tiles * p->ocp + VL;
     p->rows = p->r * p->band + 2;
     p->wq = p->r * p->tiles_w + 2;
-    int64_t last = tiles_h - (p->bands - 1) * p->band;
-    int64_t plane = s->oh * s->ow;
-    p->stage_row = transpose_kernel(s->w, s->c, p->cp);
+    int64_t last = tiles_h - (p->bands - 1) * p->band, plane = s->oh * s->ow;
     if (s->wgrad) { /* M = OC, N = C, K = the band's tiles */
         gemm_init(&p->full, p->ocp, p->cp, p->tiles, true);
         gemm_init(&p->last, p->ocp, p->cp, last * p->tiles_w, true);
-        p->grad_row = transpose_kernel(s->ow, s->oc, p->ocp);
         p->chunks = (s->batch + WGRAD_CHUNK - 1) / WGRAD_CHUNK;
         p->groups = min64(WGRAD_GROUPS, p->chunks);
         p->group_bytes = round64((size_t)(p->xi * p->uplane) * sizeof(double));
@@ -638,9 +655,7 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
         gemm_init(&p->full, p->ocp, p->tiles, p->cp, false);
         gemm_init(&p->last, p->ocp, last * p->tiles_w, p->cp, false);
         p->out_band = transpose_kernel(s->oc, p->r * p->band * s->ow, plane);
-        p->out_last = transpose_kernel(s->oc, (s->oh - p->r * (p->bands - 1) * p->band) * s->ow,
-                                       plane);
-        p->out_row = transpose_kernel(s->oc, s->ow, plane);
+        p->out_last = transpose_kernel(s->oc, band_rows_out(p, p->bands - 1) * s->ow, plane);
     }
     size_t e = sizeof(float);
     p->at_u = WGRAD_GROUPS * p->group_bytes;
@@ -648,8 +663,22 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->at_v = p->at_staged + round64((size_t)(p->rows * p->wq * p->cp) * e);
     p->at_m = p->at_v + round64((size_t)(p->xi * p->vplane) * e);
     p->at_out = p->at_m + round64((size_t)(p->xi * p->mplane) * e);
-    n->scratch_bytes =
-        p->at_out + round64((size_t)(p->r * p->band * p->r * p->tiles_w * p->ocp) * e);
+    int64_t out = p->r * p->band * p->r * p->tiles_w * p->ocp; /* >= r band ow ocp */
+    p->at_rows = p->at_out + round64((size_t)out * e);
+    int64_t rows = p->rows * s->w * p->cp, grad_rows = p->r * p->band * s->ow * p->ocp;
+    n->scratch_bytes = p->at_rows + round64((size_t)(rows > grad_rows ? rows : grad_rows) * e);
+    p = calloc(1, sizeof *p + 2 * (size_t)p->bands * sizeof p->kernels[0]);
+    if (!p)
+        return tg_fail(TG_ERR_NOMEM, "conv: out of memory");
+    *p = g;
+    p->band_x = p->kernels;
+    p->band_grad = p->kernels + p->bands;
+    for (int64_t b = 0; b < p->bands; b++) {
+        int64_t first, count = band_rows_in(p, b, &first);
+        p->band_x[b] = count > 0 ? transpose_kernel(count * s->w, s->c, p->cp) : NULL;
+        if (s->wgrad)
+            p->band_grad[b] = transpose_kernel(band_rows_out(p, b) * s->ow, s->oc, p->ocp);
+    }
     n->payload = p;
     return TG_OK;
 }

@@ -223,7 +223,8 @@ INLINE void weights_1d(int r, const double *x, double *y)
     }
     const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
     y[0] = 0.25 * x[0], y[1] = -sixth * (x[0] + x[1] + x[2]);
-    y[2] = -sixth * (x[0] - x[1] + x[2]), y[3] = twentyfourth * x[0] + twelfth * x[1] + sixth * x[2];
+    y[2] = -sixth * (x[0] - x[1] + x[2]);
+    y[3] = twentyfourth * x[0] + twelfth * x[1] + sixth * x[2];
     y[4] = twentyfourth * x[0] - twelfth * x[1] + sixth * x[2], y[5] = x[2];
 }
 
@@ -281,20 +282,15 @@ INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_r
             float *out = v + (ty * p->tiles_w + tx) * cp;
             for (int64_t c = 0; c < cp; c += VL) {
                 lanes col[6], t[6][6], y[6];
-                #pragma GCC unroll 6
                 for (int j = 0; j < n; j++) { /* B^T d: along the patch's columns */
-                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&col[i], d + i * row + j * cp + c, sizeof col[i]);
                     input_1d(r, col, y);
-                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
-                #pragma GCC unroll 6
                 for (int i = 0; i < n; i++) { /* (B^T d) B: along its rows */
                     input_1d(r, t[i], y);
-                    #pragma GCC unroll 6
                     for (int j = 0; j < n; j++)
                         memcpy(out + (n * i + j) * plane + c, &y[j], sizeof y[j]);
                 }
@@ -316,20 +312,15 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
             int cols = (int)min64(r, p->s.ow - r * tx); /* the last tile may hang over */
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[4][6], y[6];
-                #pragma GCC unroll 6
                 for (int j = 0; j < n; j++) { /* A^T M: along the columns */
-                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&col[i], mt + (n * i + j) * plane + oc, sizeof col[i]);
                     output_1d(r, col, y);
-                    #pragma GCC unroll 6
                     for (int i = 0; i < r; i++)
                         memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
-                #pragma GCC unroll 6
                 for (int i = 0; i < r; i++) { /* (A^T M) A: along the rows */
                     output_1d(r, t[i], y);
-                    #pragma GCC unroll 6
                     for (int j = 0; j < r; j++)
                         if (j < cols)
                             memcpy(o + i * row + j * ocp + oc, &y[j], sizeof y[j]);
@@ -351,20 +342,15 @@ INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_ro
             float *out = dm + (ty * p->tiles_w + tx) * ocp;
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[6][4], y[6];
-                #pragma GCC unroll 6
                 for (int j = 0; j < r; j++) { /* A dY: along the columns */
-                    #pragma GCC unroll 6
                     for (int i = 0; i < r; i++)
                         memcpy(&col[i], d + i * row + j * ocp + oc, sizeof col[i]);
                     grad_1d(r, col, y);
-                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
-                #pragma GCC unroll 6
                 for (int i = 0; i < n; i++) { /* (A dY) A^T: along the rows */
                     grad_1d(r, t[i], y);
-                    #pragma GCC unroll 6
                     for (int j = 0; j < n; j++)
                         memcpy(out + (n * i + j) * plane + oc, &y[j], sizeof y[j]);
                 }
@@ -481,17 +467,21 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
 }
 
 /* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
- * (6x6 patches, with coefficients other than 1) cost more per output, its rounding errors are
- * about five times F(2x2)'s (3e-6 of the largest output at the tests' sizes, against 7e-7),
- * and at the reference model's 14x14 a row of 4 tiles covers 16 columns for 14. Measured on
- * shape B of bench/conv_bn, 1 thread, Zen 5, 3 alternating runs each, block time F(4x4) over
- * F(2x2): 0.93 with libxsmm's AVX-512 GEMMs, 0.86 with its AVX2 ones (LIBXSMM_TARGET=hsw, the
- * library built for x86-64-v3: the issue's Zen 3's case). So 4 unless TG_WINOGRAD_TILE=2
- * asks for the more accurate one. */
+ * (6x6 patches, with coefficients up to 8 and down to 1/24) cost more per output and round
+ * worse: 3-5e-6 of the largest output against 3-7e-7 in the tests' convolutions
+ * (tests/test_conv_lower.c), and in training that matters. The reference model's compiled
+ * state after 3 steps differs from eager execution's by 3.8e-3 (relative, the largest
+ * tensor's: fc1's momentum) with F(4x4) for conv2's forward and input gradient, 7.6e-6 with
+ * F(2x2), as with no Winograd at all: batch norm's backward cancels most of the gradient,
+ * and the kinks of ReLU and max pool amplify what is left (3.8e-5 after one step, 8.6e-4
+ * after two). F(4x4) is faster: shape B of bench/conv_bn, 1 thread, Zen 5, 3 alternating
+ * runs, block time 0.93 of F(2x2)'s with libxsmm's AVX-512 GEMMs and 0.86 with its AVX2 ones
+ * (LIBXSMM_TARGET=hsw, the library built for x86-64-v3); the reference model trains 4-8%
+ * faster. So F(2x2) by default, and F(4x4) when TG_WINOGRAD_TILE=4 asks for it. */
 int tg_winograd_tile(void)
 {
     const char *env = getenv("TG_WINOGRAD_TILE");
-    return env && strcmp(env, "2") == 0 ? 2 : 4;
+    return env && strcmp(env, "4") == 0 ? 4 : 2;
 }
 
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch)

@@ -16,8 +16,8 @@ typedef struct {
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
 
-/* The output tile's side the winograd pass asks for: 4, or 2 with TG_WINOGRAD_TILE=2 in
- * the environment (winograd.c says why). */
+/* The output tile's side the winograd pass asks for: 2, or 4 (faster, rounding worse) with
+ * TG_WINOGRAD_TILE=4 in the environment (winograd.c says why). */
 int tg_winograd_tile(void);
 
 /* Sets n->payload (one allocation: free() releases it) and n->scratch_bytes (per thread). */

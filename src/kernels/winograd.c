@@ -151,6 +151,10 @@ static void transpose(libxsmm_xtransfunction jit, const float *src, int64_t ldi,
  * into the machine's vectors, whatever their width; the layouts pad the channels to a
  * multiple of VL (zeros, which the GEMMs carry through as zeros) so that there is no tail. */
 #define INLINE static inline __attribute__((always_inline))
+/* The 2-D loops carry `#pragma GCC unroll 6`: unrolled, the arrays of vectors they pass
+ * between the two 1-D passes live in registers. Without it GCC 12 kept them on the stack when
+ * it split the vectors into AVX2's halves: shape B of bench/conv_bn 1.36 times slower with
+ * AVX2 code (no difference with AVX-512's). */
 #define VL 16
 /* VL channels: one vector of the compilers' vector extensions where they have them (the
  * compiler splits it into the machine's own: 4 of SSE's, 2 of AVX2's, 1 of AVX-512's), else
@@ -282,15 +286,20 @@ INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_r
             float *out = v + (ty * p->tiles_w + tx) * cp;
             for (int64_t c = 0; c < cp; c += VL) {
                 lanes col[6], t[6][6], y[6];
+                #pragma GCC unroll 6
                 for (int j = 0; j < n; j++) { /* B^T d: along the patch's columns */
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&col[i], d + i * row + j * cp + c, sizeof col[i]);
                     input_1d(r, col, y);
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
+                #pragma GCC unroll 6
                 for (int i = 0; i < n; i++) { /* (B^T d) B: along its rows */
                     input_1d(r, t[i], y);
+                    #pragma GCC unroll 6
                     for (int j = 0; j < n; j++)
                         memcpy(out + (n * i + j) * plane + c, &y[j], sizeof y[j]);
                 }
@@ -312,15 +321,20 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
             int cols = (int)min64(r, p->s.ow - r * tx); /* the last tile may hang over */
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[4][6], y[6];
+                #pragma GCC unroll 6
                 for (int j = 0; j < n; j++) { /* A^T M: along the columns */
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&col[i], mt + (n * i + j) * plane + oc, sizeof col[i]);
                     output_1d(r, col, y);
+                    #pragma GCC unroll 6
                     for (int i = 0; i < r; i++)
                         memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
+                #pragma GCC unroll 6
                 for (int i = 0; i < r; i++) { /* (A^T M) A: along the rows */
                     output_1d(r, t[i], y);
+                    #pragma GCC unroll 6
                     for (int j = 0; j < r; j++)
                         if (j < cols)
                             memcpy(o + i * row + j * ocp + oc, &y[j], sizeof y[j]);
@@ -342,15 +356,20 @@ INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_ro
             float *out = dm + (ty * p->tiles_w + tx) * ocp;
             for (int64_t oc = 0; oc < ocp; oc += VL) {
                 lanes col[6], t[6][4], y[6];
+                #pragma GCC unroll 6
                 for (int j = 0; j < r; j++) { /* A dY: along the columns */
+                    #pragma GCC unroll 6
                     for (int i = 0; i < r; i++)
                         memcpy(&col[i], d + i * row + j * ocp + oc, sizeof col[i]);
                     grad_1d(r, col, y);
+                    #pragma GCC unroll 6
                     for (int i = 0; i < n; i++)
                         memcpy(&t[i][j], &y[i], sizeof y[i]);
                 }
+                #pragma GCC unroll 6
                 for (int i = 0; i < n; i++) { /* (A dY) A^T: along the rows */
                     grad_1d(r, t[i], y);
+                    #pragma GCC unroll 6
                     for (int j = 0; j < n; j++)
                         memcpy(out + (n * i + j) * plane + oc, &y[j], sizeof y[j]);
                 }

@@ -151,10 +151,10 @@ static void transpose(libxsmm_xtransfunction jit, const float *src, int64_t ldi,
  * into the machine's vectors, whatever their width; the layouts pad the channels to a
  * multiple of VL (zeros, which the GEMMs carry through as zeros) so that there is no tail. */
 #define INLINE static inline __attribute__((always_inline))
-/* The 2-D loops carry `#pragma GCC unroll 6`: unrolled, the arrays of vectors they pass
- * between the two 1-D passes live in registers. Without it GCC 12 kept them on the stack when
- * it split the vectors into AVX2's halves: shape B of bench/conv_bn 1.36 times slower with
- * AVX2 code (no difference with AVX-512's). */
+/* transform_block's loops carry `#pragma GCC unroll 6`: unrolled, the arrays of vectors
+ * they pass between the two 1-D passes live in registers. Without it GCC 12 kept them on
+ * the stack when it split the vectors into AVX2's halves: shape B of bench/conv_bn 1.36
+ * times slower with AVX2 code (no difference with AVX-512's). */
 #define VL 16
 /* VL channels: one vector of the compilers' vector extensions where they have them (the
  * compiler splits it into the machine's own: 4 of SSE's, 2 of AVX2's, 1 of AVX-512's), else
@@ -273,37 +273,59 @@ INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
         }
 }
 
+/* The three 2-D transforms over floats, VL channels at a time: x, nx by nx, at in + i in_i +
+ * j in_j, goes through the 1-D transform along its columns and then along its rows, and the
+ * ny by ny result goes to out + i out_i + j out_j for j < cols (the output's last tile may
+ * hang over). */
+enum { INPUT, OUTPUT, GRAD };
+
+INLINE void transform_1d(int kind, int r, lanes *x, lanes *y)
+{
+    if (kind == INPUT)
+        input_1d(r, x, y);
+    else if (kind == OUTPUT)
+        output_1d(r, x, y);
+    else
+        grad_1d(r, x, y);
+}
+
+INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int64_t in_j,
+                            float *out, int64_t out_i, int64_t out_j, int cols)
+{
+    const int nx = kind == GRAD ? r : r + 2, ny = kind == OUTPUT ? r : r + 2;
+    lanes col[6], t[6][6], y[6];
+    #pragma GCC unroll 6
+    for (int j = 0; j < nx; j++) { /* along the columns */
+        #pragma GCC unroll 6
+        for (int i = 0; i < nx; i++)
+            memcpy(&col[i], in + i * in_i + j * in_j, sizeof col[i]);
+        transform_1d(kind, r, col, y);
+        #pragma GCC unroll 6
+        for (int i = 0; i < ny; i++)
+            memcpy(&t[i][j], &y[i], sizeof y[i]);
+    }
+    #pragma GCC unroll 6
+    for (int i = 0; i < ny; i++) { /* along the rows */
+        transform_1d(kind, r, t[i], y);
+        #pragma GCC unroll 6
+        for (int j = 0; j < ny; j++)
+            if (j < cols)
+                memcpy(out + i * out_i + j * out_j, &y[j], sizeof y[j]);
+    }
+}
+
 /* V[xi][tile][c] = (B^T d B)[xi] for the band's tiles (tile_rows rows of them); d is the
  * tile's patch of the staged band, r apart. */
 INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_rows,
                      float *restrict v, int r)
 {
     int64_t cp = p->cp, row = p->wq * cp, plane = p->vplane;
-    const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *d = staged + r * ty * row + r * tx * cp;
             float *out = v + (ty * p->tiles_w + tx) * cp;
-            for (int64_t c = 0; c < cp; c += VL) {
-                lanes col[6], t[6][6], y[6];
-                #pragma GCC unroll 6
-                for (int j = 0; j < n; j++) { /* B^T d: along the patch's columns */
-                    #pragma GCC unroll 6
-                    for (int i = 0; i < n; i++)
-                        memcpy(&col[i], d + i * row + j * cp + c, sizeof col[i]);
-                    input_1d(r, col, y);
-                    #pragma GCC unroll 6
-                    for (int i = 0; i < n; i++)
-                        memcpy(&t[i][j], &y[i], sizeof y[i]);
-                }
-                #pragma GCC unroll 6
-                for (int i = 0; i < n; i++) { /* (B^T d) B: along its rows */
-                    input_1d(r, t[i], y);
-                    #pragma GCC unroll 6
-                    for (int j = 0; j < n; j++)
-                        memcpy(out + (n * i + j) * plane + c, &y[j], sizeof y[j]);
-                }
-            }
+            for (int64_t c = 0; c < cp; c += VL)
+                transform_block(INPUT, r, d + c, row, cp, out + c, (r + 2) * plane, plane, r + 2);
         }
 }
 
@@ -313,33 +335,14 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
                       float *restrict out, int r)
 {
     int64_t ocp = p->ocp, plane = p->mplane, row = p->s.ow * ocp;
-    const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *mt = m + (ty * p->tiles_w + tx) * ocp;
             float *o = out + r * ty * row + r * tx * ocp;
             int cols = (int)min64(r, p->s.ow - r * tx); /* the last tile may hang over */
-            for (int64_t oc = 0; oc < ocp; oc += VL) {
-                lanes col[6], t[4][6], y[6];
-                #pragma GCC unroll 6
-                for (int j = 0; j < n; j++) { /* A^T M: along the columns */
-                    #pragma GCC unroll 6
-                    for (int i = 0; i < n; i++)
-                        memcpy(&col[i], mt + (n * i + j) * plane + oc, sizeof col[i]);
-                    output_1d(r, col, y);
-                    #pragma GCC unroll 6
-                    for (int i = 0; i < r; i++)
-                        memcpy(&t[i][j], &y[i], sizeof y[i]);
-                }
-                #pragma GCC unroll 6
-                for (int i = 0; i < r; i++) { /* (A^T M) A: along the rows */
-                    output_1d(r, t[i], y);
-                    #pragma GCC unroll 6
-                    for (int j = 0; j < r; j++)
-                        if (j < cols)
-                            memcpy(o + i * row + j * ocp + oc, &y[j], sizeof y[j]);
-                }
-            }
+            for (int64_t oc = 0; oc < ocp; oc += VL)
+                transform_block(OUTPUT, r, mt + oc, (r + 2) * plane, plane, o + oc, row, ocp,
+                                cols);
         }
 }
 
@@ -349,31 +352,13 @@ INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_ro
                     float *restrict dm, int r)
 {
     int64_t ocp = p->ocp, row = r * p->tiles_w * ocp, plane = p->mplane;
-    const int n = r + 2;
     for (int64_t ty = 0; ty < tile_rows; ty++)
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *d = staged + r * ty * row + r * tx * ocp;
             float *out = dm + (ty * p->tiles_w + tx) * ocp;
-            for (int64_t oc = 0; oc < ocp; oc += VL) {
-                lanes col[6], t[6][4], y[6];
-                #pragma GCC unroll 6
-                for (int j = 0; j < r; j++) { /* A dY: along the columns */
-                    #pragma GCC unroll 6
-                    for (int i = 0; i < r; i++)
-                        memcpy(&col[i], d + i * row + j * ocp + oc, sizeof col[i]);
-                    grad_1d(r, col, y);
-                    #pragma GCC unroll 6
-                    for (int i = 0; i < n; i++)
-                        memcpy(&t[i][j], &y[i], sizeof y[i]);
-                }
-                #pragma GCC unroll 6
-                for (int i = 0; i < n; i++) { /* (A dY) A^T: along the rows */
-                    grad_1d(r, t[i], y);
-                    #pragma GCC unroll 6
-                    for (int j = 0; j < n; j++)
-                        memcpy(out + (n * i + j) * plane + oc, &y[j], sizeof y[j]);
-                }
-            }
+            for (int64_t oc = 0; oc < ocp; oc += VL)
+                transform_block(GRAD, r, d + oc, row, ocp, out + oc, (r + 2) * plane, plane,
+                                r + 2);
         }
 }
 
@@ -485,6 +470,24 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
               y + img * s->oc * plane + r0 * s->ow, plane, s->oc, rows * s->ow);
 }
 
+/* The threads a run takes: the library's, at most the work's worth (conv.c's threshold); all
+ * of them with a prologue, whose full-size pass is work the threshold does not count. */
+static int threads_for(const wino *p, const tg_ir_node *n)
+{
+    int threads = tg_num_threads();
+    return p->s.threads_max < threads && !n->prologue ? (int)p->s.threads_max : threads;
+}
+
+/* The calling thread's block of the scratch. */
+static char *my_scratch(const tg_ir_node *n, void *scratch)
+{
+    int me = 0;
+#ifdef _OPENMP
+    me = omp_get_thread_num();
+#endif
+    return (char *)scratch + (size_t)me * n->scratch_bytes;
+}
+
 /* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
  * (6x6 patches, with coefficients up to 8 and down to 1/24) cost more per output and round
  * worse: 3-5e-6 of the largest output against 3-7e-7 in the tests' convolutions
@@ -507,18 +510,11 @@ void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *
 {
     const wino *p = n->payload;
     int64_t tasks = p->s.batch * p->bands;
-    int threads = tg_num_threads();
-    if (p->s.threads_max < threads)
-        threads = (int)p->s.threads_max;
     if (tasks == 0)
         return;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads_for(p, n))
     {
-        int me = 0;
-#ifdef _OPENMP
-        me = omp_get_thread_num();
-#endif
-        char *mine = (char *)scratch + (size_t)me * n->scratch_bytes;
+        char *mine = my_scratch(n, scratch);
         float *u = (float *)(mine + p->at_u);
         transform_weights(p, in[1], u);
         memset(mine + p->at_staged, 0, p->at_v - p->at_staged); /* the padding columns */
@@ -606,19 +602,12 @@ void tg_winograd_wgrad_run(const tg_ir_node *n, void *dw, const void *const *in,
 {
     const wino *p = n->payload;
     int64_t sums = p->xi * p->uplane;
-    int threads = tg_num_threads();
-    if (p->s.threads_max < threads && !n->prologue) /* a prologue's pass is work too */
-        threads = (int)p->s.threads_max;
     double *acc[WGRAD_GROUPS]; /* in the first thread's scratch, whoever runs the group */
     for (int64_t grp = 0; grp < WGRAD_GROUPS; grp++)
         acc[grp] = (double *)((char *)scratch + (size_t)grp * p->group_bytes);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads_for(p, n))
     {
-        int me = 0;
-#ifdef _OPENMP
-        me = omp_get_thread_num();
-#endif
-        char *mine = (char *)scratch + (size_t)me * n->scratch_bytes;
+        char *mine = my_scratch(n, scratch);
         memset(mine + p->at_staged, 0, p->at_v - p->at_staged); /* the padding columns */
         memset(mine + p->at_out, 0, n->scratch_bytes - p->at_out); /* and the gradient's */
 #pragma omp for schedule(static)

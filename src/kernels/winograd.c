@@ -34,7 +34,8 @@
 #endif
 
 /* V and M of a band: at most this, so that both stay in L2 (512 KB on the cores we run on,
- * 1 MB on some); with 32 and 64 channels an image of 14x14 (49 tiles) takes 294 KB. */
+ * 1 MB on some); with 32 and 64 channels an image of 14x14 takes 294 KB (F(2x2): 49
+ * tiles of 16 points) or 216 KB (F(4x4): 16 tiles of 36). */
 #define BAND_BYTES (384 * 1024)
 /* Fewer images than this many tasks: thinner bands, so that two threads have work. */
 #define MIN_TASKS 4
@@ -49,9 +50,9 @@ typedef struct {
 
 typedef struct {
     tg_winograd_shape s;
-    int64_t tiles_w;            /* tiles per row of tiles: ceil(ow / 2) */
+    int64_t tiles_w;            /* tiles per row of tiles: ceil(ow / r) */
     int64_t band, bands;        /* rows of tiles per task; tasks per image */
-    int64_t tiles;              /* a full band's tiles, the stride of V's and M's planes */
+    int64_t tiles;              /* a full band's tiles */
     int r, xi;                  /* the output tile's side (2 or 4), the points per tile ((r+2)^2) */
     int64_t cp, ocp;            /* the channels, padded to a multiple of VL in the layouts */
     /* the strides of U's (or the weight gradient's sums'), V's and M's planes, one per point:

@@ -1,6 +1,6 @@
 /* Direct 2-D convolutions on libxsmm's batch-reduce GEMM: the CONV and CONV_WGRAD plan ops
- * (compile/plan_ops.def), stride 1, NCHW tensors, no im2col buffer. A CONV that the winograd
- * pass marked (TG_CONV_WINOGRAD) is read and checked here and computed by winograd.c.
+ * (compile/plan_ops.def), stride 1, NCHW tensors, no im2col buffer. A node the winograd pass
+ * marked (TG_CONV_WINOGRAD) is read and checked here and computed by winograd.c.
  *
  * The "wide rows" layout makes every kernel tap the same matrix at a shifted address: with
  * the zero-padded image stored in rows of wp = w + 2 pw columns, output position p = y wp + x

@@ -448,6 +448,12 @@ static void stage_band(const wino *p, const float *img, int64_t band, float *sta
     }
 }
 
+/* The output rows of band `band` of one image: r band, or fewer for the last band. */
+static int64_t band_rows_out(const wino *p, int64_t band)
+{
+    return min64(p->r * p->band, p->s.oh - p->r * band * p->band);
+}
+
 static int64_t tile_rows_of(const wino *p, int64_t band)
 {
     return min64(p->band, (p->s.oh + p->r - 1) / p->r - band * p->band);
@@ -466,7 +472,7 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
     for (int xi = 0; xi < p->xi; xi++)
         gemm_run(g, u + xi * p->uplane, v + xi * p->vplane, m + xi * p->mplane);
     transform_output(p, m, tile_rows, out);
-    int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = min64(p->r * tile_rows, s->oh - r0);
+    int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = band_rows_out(p, band);
     transpose(rows == p->r * p->band ? p->out_band : p->out_last, out, p->ocp,
               y + img * s->oc * plane + r0 * s->ow, plane, s->oc, rows * s->ow);
 }
@@ -533,12 +539,6 @@ void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *
  *   dg = G^T dU G        per (output channel, input channel): 3x3 from 4x4
  *
  * V is the forward's input transform, recomputed; dY is staged channels last like x. */
-
-/* The output rows of band `band` of one image: r band, or fewer for the last band. */
-static int64_t band_rows_out(const wino *p, int64_t band)
-{
-    return min64(p->r * p->band, p->s.oh - p->r * band * p->band);
-}
 
 /* dY's output rows of band `band` of one image, [row][x][oc], r band rows of r tiles_w
  * positions: transposed at once into the scratch at `rows`, then copied into place; rows
@@ -664,7 +664,8 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->at_out = p->at_m + round64((size_t)(p->xi * p->mplane) * e);
     int64_t out = p->r * p->band * p->r * p->tiles_w * p->ocp; /* >= r band ow ocp */
     p->at_rows = p->at_out + round64((size_t)out * e);
-    int64_t rows = p->rows * s->w * p->cp, grad_rows = p->r * p->band * s->ow * p->ocp;
+    int64_t rows = p->rows * s->w * p->cp; /* x's rows, and the gradient's for a wgrad */
+    int64_t grad_rows = s->wgrad ? p->r * p->band * s->ow * p->ocp : 0;
     n->scratch_bytes = p->at_rows + round64((size_t)(rows > grad_rows ? rows : grad_rows) * e);
     p = calloc(1, sizeof *p + 2 * (size_t)p->bands * sizeof p->kernels[0]);
     if (!p)

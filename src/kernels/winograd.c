@@ -148,27 +148,39 @@ static void transpose(libxsmm_xtransfunction jit, const float *src, int64_t ldi,
  * ones for F(2, 3) (r = 2, patches of 4) and F(4, 3) (r = 4, patches of 6) follow, written
  * out so that only nonzero coefficients cost an operation. The 2-D loops are written once,
  * for a constant r (always_inline: each caller passes 2 or 4, and the compiler unrolls).
- * They work on VL channels at a time, as arrays of VL floats whose loops the compiler turns
- * into the machine's vectors, whatever their width; the layouts pad the channels to a
- * multiple of VL (zeros, which the GEMMs carry through as zeros) so that there is no tail. */
+ * They work on TVL channels at a time (VL or half of it, below), as arrays of TVL floats
+ * whose loops the compiler turns into the machine's vectors, whatever their width; the
+ * layouts pad the channels to a multiple of VL (zeros, which the GEMMs carry through as
+ * zeros) so that there is no tail. */
 #define INLINE static inline __attribute__((always_inline))
 /* transform_block's loops carry `#pragma GCC unroll 6`: unrolled, the arrays of vectors
  * they pass between the two 1-D passes live in registers. Without it GCC 12 kept them on
  * the stack when it split the vectors into AVX2's halves: shape B of bench/conv_bn 1.36
  * times slower with AVX2 code (no difference with AVX-512's). */
 #define VL 16
-/* VL channels: one vector of the compilers' vector extensions where they have them (the
- * compiler splits it into the machine's own: 4 of SSE's, 2 of AVX2's, 1 of AVX-512's), else
- * an array of VL floats in a loop it vectorizes. X(a, k) is lane l of a[k], or all of it. */
+/* The transforms' own vectors: TVL channels, VL or half of it. A 4x4 patch of VL-float
+ * vectors is 16 vectors, 32 registers once split into AVX2's halves, and AVX2 has 16: GCC
+ * spilled most of the patch to the stack (1157 stack accesses in the input transform's
+ * code against 611 instructions in all with AVX-512's 32 registers; that transform took 2.6
+ * times AVX-512's time). Where the target's vectors are narrower than VL floats the
+ * transforms take 8 channels at a time, and their patches fit. */
+#if defined(__AVX512F__)
+#define TVL VL
+#else
+#define TVL (VL / 2)
+#endif
+/* TVL channels: one vector of the compilers' vector extensions where they have them (the
+ * compiler splits it into the machine's own: 2 of SSE's, 1 of AVX2's or AVX-512's), else
+ * an array of TVL floats in a loop it vectorizes. X(a, k) is lane l of a[k], or all of it. */
 #if defined(__GNUC__)
-typedef float lanes __attribute__((vector_size(VL * sizeof(float))));
+typedef float lanes __attribute__((vector_size(TVL * sizeof(float))));
 typedef lanes lane;
 #define LANES(...) do { __VA_ARGS__ } while (0)
 #define X(a, k) (a)[k]
 #else
-typedef float lanes[VL];
+typedef float lanes[TVL];
 typedef float lane;
-#define LANES(...) for (int l = 0; l < VL; l++) { __VA_ARGS__ }
+#define LANES(...) for (int l = 0; l < TVL; l++) { __VA_ARGS__ }
 #define X(a, k) (a)[k][l]
 #endif
 
@@ -274,7 +286,7 @@ INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
         }
 }
 
-/* The three 2-D transforms over floats, VL channels at a time: x, nx by nx, at in + i in_i +
+/* The three 2-D transforms over floats, TVL channels at a time: x, nx by nx, at in + i in_i +
  * j in_j, goes through the 1-D transform along its columns and then along its rows, and the
  * ny by ny result goes to out + i out_i + j out_j for j < cols (the output's last tile may
  * hang over). */
@@ -325,7 +337,7 @@ INLINE void input_2d(const wino *p, const float *restrict staged, int64_t tile_r
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *d = staged + r * ty * row + r * tx * cp;
             float *out = v + (ty * p->tiles_w + tx) * cp;
-            for (int64_t c = 0; c < cp; c += VL)
+            for (int64_t c = 0; c < cp; c += TVL)
                 transform_block(INPUT, r, d + c, row, cp, out + c, (r + 2) * plane, plane, r + 2);
         }
 }
@@ -341,7 +353,7 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
             const float *mt = m + (ty * p->tiles_w + tx) * ocp;
             float *o = out + r * ty * row + r * tx * ocp;
             int cols = (int)min64(r, p->s.ow - r * tx); /* the last tile may hang over */
-            for (int64_t oc = 0; oc < ocp; oc += VL)
+            for (int64_t oc = 0; oc < ocp; oc += TVL)
                 transform_block(OUTPUT, r, mt + oc, (r + 2) * plane, plane, o + oc, row, ocp,
                                 cols);
         }
@@ -357,7 +369,7 @@ INLINE void grad_2d(const wino *p, const float *restrict staged, int64_t tile_ro
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *d = staged + r * ty * row + r * tx * ocp;
             float *out = dm + (ty * p->tiles_w + tx) * ocp;
-            for (int64_t oc = 0; oc < ocp; oc += VL)
+            for (int64_t oc = 0; oc < ocp; oc += TVL)
                 transform_block(GRAD, r, d + oc, row, ocp, out + oc, (r + 2) * plane, plane,
                                 r + 2);
         }

@@ -138,9 +138,13 @@ static void naive_matmul(int64_t m, int64_t n, int64_t k, const double *a, const
 
 START_TEST(matmul_matches_naive)
 {
-    /* Small, odd, and sizes of the convolutions in the MNIST models. */
-    static const int64_t sizes[][3] = {{1, 1, 1}, {2, 3, 4}, {7, 5, 3}, {32, 784, 9},
-                                       {64, 196, 288}, {128, 10, 128}, {100, 3136, 17}};
+    /* Small, odd, sizes of the convolutions in the MNIST models, and sizes that the kernel
+     * cuts into panels of B (matmul.c: by columns and by rows, with shorter last panels, in
+     * bands of rows: the last three). */
+    static const int64_t sizes[][3] = {{1, 1, 1},        {2, 3, 4},     {7, 5, 3},
+                                       {32, 784, 9},     {64, 196, 288}, {128, 10, 128},
+                                       {100, 3136, 17},  {33, 1100, 70}, {20, 24, 3100},
+                                       {70, 600, 300}};
     tg_tape *tape = tg_tape_new();
     tg_rng rng;
     tg_rng_seed(&rng, 11);

@@ -11,18 +11,23 @@
 #include <limits.h>
 #include <string.h>
 
+/* The loop where libxsmm generates no kernel: row-major C[m, n] (ldc) = or += A[m, k] (lda)
+ * B[k, n] (ldb). */
 #define FALLBACK_GEMM(T)                                                                        \
-    static void gemm_loop_##T(int64_t m, int64_t n, int64_t k, const T *a, const T *b, T *c)    \
+    static void gemm_loop_##T(int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,         \
+                              const T *b, int64_t ldb, T *c, int64_t ldc, bool accumulate)      \
     {                                                                                           \
-        memset(c, 0, (size_t)(m * n) * sizeof *c);                                              \
-        for (int64_t i = 0; i < m; i++)                                                         \
+        for (int64_t i = 0; i < m; i++) {                                                       \
+            T *crow = c + i * ldc;                                                              \
+            if (!accumulate)                                                                    \
+                memset(crow, 0, (size_t)n * sizeof *crow);                                      \
             for (int64_t p = 0; p < k; p++) {                                                   \
-                T av = a[i * k + p];                                                            \
-                const T *brow = b + p * n;                                                      \
-                T *crow = c + i * n;                                                            \
+                T av = a[i * lda + p];                                                          \
+                const T *brow = b + p * ldb;                                                    \
                 for (int64_t j = 0; j < n; j++)                                                 \
                     crow[j] += av * brow[j];                                                    \
             }                                                                                   \
+        }                                                                                       \
     }
 FALLBACK_GEMM(float)
 FALLBACK_GEMM(double)
@@ -54,38 +59,82 @@ FALLBACK_GEMM(double)
 DOT_ROWS(float)
 DOT_ROWS(double)
 
-/* C[m, n] = A[m, k] B[k, n], all row-major and contiguous. */
+/* Cache blocking. A libxsmm kernel computes its C a few columns at a time, each time
+ * streaming its whole first operand, our B (column-major: B^T), k rows of n: with fc1's
+ * 3136 x 128 (1.6 MB) that comes from L3 again and again. So a call gets a panel of B of at
+ * most PANEL_BYTES, PANEL_COLS columns of it and as many of its rows as fit, and the rows'
+ * partial products are added into C (beta = 1, which loads C into the accumulators: the sums
+ * are formed in the same order as without blocking). Measured on the reference model's fc1,
+ * in cache, 1 thread, Zen 5: C[128, 128] = A[128, 3136] B[3136, 128] 0.60 -> 0.45 ms with
+ * libxsmm's AVX-512 kernels, 1.39 -> 0.98 with its AVX2 ones; C[128, 3136] = A[128, 128]
+ * B[128, 3136] 0.59 -> 0.46 and 1.30 -> 0.91. */
+#define PANEL_BYTES (256 * 1024)
+#define PANEL_COLS 512
+
+typedef struct {
+    int64_t nc, kc; /* columns and rows of B a call takes */
+} panel;
+
+static panel panel_for(int64_t n, int64_t k, size_t elem)
+{
+    panel p = {n < PANEL_COLS ? n : PANEL_COLS, 0};
+    p.kc = (int64_t)(PANEL_BYTES / elem) / p.nc;
+    p.kc = p.kc < 1 ? 1 : p.kc > k ? k : p.kc;
+    return p;
+}
+
+/* Row-major C[m, n] (ldc) = or += A[m, k] (lda) B[k, n] (ldb) by libxsmm's kernel, or the
+ * loop where it has none; `run` false only dispatches it (prepare's warm-up). */
+static void gemm_block(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
+                       const void *b, int64_t ldb, void *c, int64_t ldc, bool accumulate,
+                       bool run)
+{
+    bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
+                ldb <= INT_MAX && ldc <= INT_MAX;
+    libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m, lk = (libxsmm_blasint)k;
+    libxsmm_blasint la = (libxsmm_blasint)ldb, lb = (libxsmm_blasint)lda,
+                    lc = (libxsmm_blasint)ldc;
+    if (dt == TG_F64) {
+        double alpha = 1, beta = accumulate;
+        libxsmm_dmmfunction kernel =
+            fits ? libxsmm_dmmdispatch(lm, ln, lk, &la, &lb, &lc, &alpha, &beta, NULL, NULL)
+                 : NULL;
+        if (run && kernel)
+            kernel(b, a, c);
+        else if (run)
+            gemm_loop_double(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    } else {
+        float alpha = 1, beta = accumulate;
+        libxsmm_smmfunction kernel =
+            fits ? libxsmm_smmdispatch(lm, ln, lk, &la, &lb, &lc, &alpha, &beta, NULL, NULL)
+                 : NULL;
+        if (run && kernel)
+            kernel(b, a, c);
+        else if (run)
+            gemm_loop_float(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    }
+}
+
+/* C[m, n] = A[m, k] B[k, n], all row-major and contiguous, in panels of B. */
 static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, const void *b,
-                 void *c)
+                 void *c, bool run)
 {
     if (n == 1) {
-        if (dt == TG_F64)
+        if (run && dt == TG_F64)
             dot_rows_double(m, k, a, b, c);
-        else
+        else if (run)
             dot_rows_float(m, k, a, b, c);
         return;
     }
-    bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX;
-    libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m, lk = (libxsmm_blasint)k;
-    if (dt == TG_F64) {
-        double alpha = 1, beta = 0;
-        libxsmm_dmmfunction kernel =
-            fits ? libxsmm_dmmdispatch(lm, ln, lk, NULL, NULL, NULL, &alpha, &beta, NULL, NULL)
-                 : NULL;
-        if (kernel)
-            kernel(b, a, c);
-        else
-            gemm_loop_double(m, n, k, a, b, c);
-    } else {
-        float alpha = 1, beta = 0;
-        libxsmm_smmfunction kernel =
-            fits ? libxsmm_smmdispatch(lm, ln, lk, NULL, NULL, NULL, &alpha, &beta, NULL, NULL)
-                 : NULL;
-        if (kernel)
-            kernel(b, a, c);
-        else
-            gemm_loop_float(m, n, k, a, b, c);
-    }
+    size_t elem = dt == TG_F64 ? sizeof(double) : sizeof(float);
+    panel p = panel_for(n, k, elem);
+    for (int64_t j = 0; j < n; j += p.nc)
+        for (int64_t q = 0; q < k; q += p.kc) {
+            int64_t cols = n - j < p.nc ? n - j : p.nc, rows = k - q < p.kc ? k - q : p.kc;
+            gemm_block(dt, m, cols, rows, run ? (const char *)a + (size_t)q * elem : NULL, k,
+                       run ? (const char *)b + (size_t)(q * n + j) * elem : NULL, n,
+                       run ? (char *)c + (size_t)j * elem : NULL, n, q > 0, run);
+        }
 }
 
 /* The work is cut into tasks that do not depend on the thread count — whole products, or for
@@ -105,21 +154,12 @@ void tg_matmul_prepare(const struct tg_node *node)
     int nd = node->ndim;
     int64_t m = node->shape[nd - 2], n = node->shape[nd - 1];
     int64_t k = node->in[0]->shape[node->in[0]->ndim - 1];
-    if (m <= 0 || n <= 0 || k <= 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX)
+    if (m <= 0 || n <= 0 || k <= 0)
         return;
     int64_t bands = band_count(tg_shape_numel(nd - 2, node->shape), m);
     int64_t rows[2] = {bands > 1 ? BAND : m, bands > 1 ? m - (bands - 1) * BAND : m};
-    for (int r = 0; r < 2; r++) {
-        if (node->dtype == TG_F64) {
-            double alpha = 1, beta = 0;
-            libxsmm_dmmdispatch((libxsmm_blasint)n, (libxsmm_blasint)rows[r], (libxsmm_blasint)k,
-                                NULL, NULL, NULL, &alpha, &beta, NULL, NULL);
-        } else {
-            float alpha = 1, beta = 0;
-            libxsmm_smmdispatch((libxsmm_blasint)n, (libxsmm_blasint)rows[r], (libxsmm_blasint)k,
-                                NULL, NULL, NULL, &alpha, &beta, NULL, NULL);
-        }
-    }
+    for (int r = 0; r < 2; r++)
+        gemm(node->dtype, rows[r], n, k, NULL, NULL, NULL, false);
 }
 
 void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *in)
@@ -158,6 +198,6 @@ void tg_kernel_matmul(const struct tg_node *node, void *out, const void *const *
             ob += i * sb[d];
         }
         gemm(node->dtype, hi - lo, n, k, a + (size_t)(oa * m * k + lo * k) * elem,
-             b + (size_t)(ob * k * n) * elem, c + (size_t)(bi * m * n + lo * n) * elem);
+             b + (size_t)(ob * k * n) * elem, c + (size_t)(bi * m * n + lo * n) * elem, true);
     }
 }

@@ -84,36 +84,28 @@ static panel panel_for(int64_t n, int64_t k, size_t elem)
 }
 
 /* Row-major C[m, n] (ldc) = or += A[m, k] (lda) B[k, n] (ldb) by libxsmm's kernel, or the
- * loop where it has none; `run` false only dispatches it (prepare's warm-up). */
-static void gemm_block(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
-                       const void *b, int64_t ldb, void *c, int64_t ldc, bool accumulate,
-                       bool run)
-{
-    bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
-                ldb <= INT_MAX && ldc <= INT_MAX;
-    libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m, lk = (libxsmm_blasint)k;
-    libxsmm_blasint la = (libxsmm_blasint)ldb, lb = (libxsmm_blasint)lda,
-                    lc = (libxsmm_blasint)ldc;
-    if (dt == TG_F64) {
-        double alpha = 1, beta = accumulate;
-        libxsmm_dmmfunction kernel =
-            fits ? libxsmm_dmmdispatch(lm, ln, lk, &la, &lb, &lc, &alpha, &beta, NULL, NULL)
-                 : NULL;
-        if (run && kernel)
-            kernel(b, a, c);
-        else if (run)
-            gemm_loop_double(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
-    } else {
-        float alpha = 1, beta = accumulate;
-        libxsmm_smmfunction kernel =
-            fits ? libxsmm_smmdispatch(lm, ln, lk, &la, &lb, &lc, &alpha, &beta, NULL, NULL)
-                 : NULL;
-        if (run && kernel)
-            kernel(b, a, c);
-        else if (run)
-            gemm_loop_float(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+ * loop where it has none; `run` false only dispatches it (prepare's warm-up). libxsmm sees
+ * the column-major C^T = B^T A^T: M = n, N = m, its first operand our B. */
+#define GEMM_BLOCK(T, DISPATCH, KERNEL)                                                         \
+    static void gemm_block_##T(int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,        \
+                               const T *b, int64_t ldb, T *c, int64_t ldc, bool accumulate,     \
+                               bool run)                                                        \
+    {                                                                                           \
+        bool fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&           \
+                    ldb <= INT_MAX && ldc <= INT_MAX;                                           \
+        libxsmm_blasint lm = (libxsmm_blasint)n, ln = (libxsmm_blasint)m;                       \
+        libxsmm_blasint lk = (libxsmm_blasint)k, la = (libxsmm_blasint)ldb;                     \
+        libxsmm_blasint lb = (libxsmm_blasint)lda, lc = (libxsmm_blasint)ldc;                   \
+        T alpha = 1, beta = accumulate;                                                         \
+        KERNEL kernel =                                                                         \
+            fits ? DISPATCH(lm, ln, lk, &la, &lb, &lc, &alpha, &beta, NULL, NULL) : NULL;       \
+        if (run && kernel)                                                                      \
+            kernel(b, a, c);                                                                    \
+        else if (run)                                                                           \
+            gemm_loop_##T(m, n, k, a, lda, b, ldb, c, ldc, accumulate);                         \
     }
-}
+GEMM_BLOCK(float, libxsmm_smmdispatch, libxsmm_smmfunction)
+GEMM_BLOCK(double, libxsmm_dmmdispatch, libxsmm_dmmfunction)
 
 /* C[m, n] = A[m, k] B[k, n], all row-major and contiguous, in panels of B. */
 static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, const void *b,
@@ -131,9 +123,15 @@ static void gemm(tg_dtype dt, int64_t m, int64_t n, int64_t k, const void *a, co
     for (int64_t j = 0; j < n; j += p.nc)
         for (int64_t q = 0; q < k; q += p.kc) {
             int64_t cols = n - j < p.nc ? n - j : p.nc, rows = k - q < p.kc ? k - q : p.kc;
-            gemm_block(dt, m, cols, rows, run ? (const char *)a + (size_t)q * elem : NULL, k,
-                       run ? (const char *)b + (size_t)(q * n + j) * elem : NULL, n,
-                       run ? (char *)c + (size_t)j * elem : NULL, n, q > 0, run);
+            const char *aq = run ? (const char *)a + (size_t)q * elem : NULL;
+            const char *bq = run ? (const char *)b + (size_t)(q * n + j) * elem : NULL;
+            char *cj = run ? (char *)c + (size_t)j * elem : NULL;
+            if (dt == TG_F64)
+                gemm_block_double(m, cols, rows, (const double *)aq, k, (const double *)bq, n,
+                                  (double *)cj, n, q > 0, run);
+            else
+                gemm_block_float(m, cols, rows, (const float *)aq, k, (const float *)bq, n,
+                                 (float *)cj, n, q > 0, run);
         }
 }
 

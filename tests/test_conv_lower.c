@@ -4,6 +4,7 @@
 #include "testing.h"
 #include "compile/graph.h"
 #include "compile/plan_ops.h"
+#include "kernels/xsmm_copies.h"
 #include "tapegrad_nn.h"
 
 #include <libxsmm.h>
@@ -215,6 +216,58 @@ START_TEST(loop_fallback_matches_eager)
     check_case(0, TG_F32);
     check_case(2, TG_F64);
     check_case(5, TG_F32);
+}
+END_TEST
+
+/* kernels/xsmm_copies.c: libxsmm's transposes and copies, and the loops that stand in for
+ * them where it has none, put every element where the other puts it (f32 and f64, leading
+ * dimensions past the rows), and leave what lies between the rows alone. */
+static double element(size_t e, const char *at)
+{
+    if (e == sizeof(double)) {
+        double v;
+        memcpy(&v, at, sizeof v);
+        return v;
+    }
+    float v;
+    memcpy(&v, at, sizeof v);
+    return v;
+}
+
+START_TEST(xsmm_copies_match_the_loops)
+{
+    enum { M = 13, N = 7, LDI = 16, LDO = 15 }; /* n rows of m, ldi apart */
+    for (int d = 0; d < 2; d++) {
+        size_t e = d ? sizeof(double) : sizeof(float);
+        char src[N * LDI * sizeof(double)], dst[2][M * LDO * sizeof(double)];
+        for (int i = 0; i < N * LDI; i++) {
+            double v = i + 0.5;
+            float f = (float)v;
+            memcpy(src + (size_t)i * e, e == sizeof f ? (void *)&f : (void *)&v, e);
+        }
+        libxsmm_xtransfunction t = tg_xsmm_transpose_kernel(e, M, N, LDO);
+        ck_assert_ptr_nonnull(t);
+        for (int k = 0; k < 2; k++) { /* the JIT, then the loop */
+            memset(dst[k], 0, sizeof dst[k]);
+            tg_xsmm_transpose(k ? NULL : t, e, src, LDI, dst[k], LDO, M, N);
+        }
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < LDO; j++)
+                for (int k = 0; k < 2; k++)
+                    ck_assert(element(e, dst[k] + (size_t)(i * LDO + j) * e) ==
+                              (j < N ? element(e, src + (size_t)(j * LDI + i) * e) : 0));
+        libxsmm_xmcopyfunction c = tg_xsmm_copy_kernel(e, M, N, LDI, LDO);
+        ck_assert_ptr_nonnull(c);
+        for (int k = 0; k < 2; k++) {
+            memset(dst[k], 0, sizeof dst[k]);
+            tg_xsmm_copy(k ? NULL : c, e, src, LDI, dst[k], LDO, M, N);
+        }
+        for (int j = 0; j < N; j++)
+            for (int i = 0; i < LDO; i++)
+                for (int k = 0; k < 2; k++)
+                    ck_assert(element(e, dst[k] + (size_t)(j * LDO + i) * e) ==
+                              (i < M ? element(e, src + (size_t)(j * LDI + i) * e) : 0));
+    }
 }
 END_TEST
 
@@ -561,6 +614,7 @@ int main(void)
     tcase_add_loop_test(kernels, kernels_match_eager_f32, 0, (int)N_CASES);
     tcase_add_loop_test(kernels, kernels_match_eager_f64, 0, (int)N_CASES);
     tcase_add_test(kernels, loop_fallback_matches_eager);
+    tcase_add_test(kernels, xsmm_copies_match_the_loops);
     tcase_add_loop_test(kernels, winograd_matches_eager, 0, (int)N_WINOGRAD);
     tcase_add_loop_test(kernels, winograd_4x4_matches_eager, 0, (int)N_WINOGRAD);
     tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 4);

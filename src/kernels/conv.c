@@ -46,6 +46,7 @@
 #include "../compile/plan_ops.h"
 #include "../compile/prologue.h"
 #include "winograd.h"
+#include "xsmm_copies.h"
 
 #include <libxsmm.h>
 #include <limits.h>
@@ -172,10 +173,6 @@ static int conv_threads(const conv_geom *g, const tg_ir_node *n)
     return g->threads_max < threads && !n->prologue ? (int)g->threads_max : threads;
 }
 
-static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
-
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 /* Where tap t reads, relative to the output position, in the wide layout. */
 static int64_t tap_shift(const conv_geom *g, int64_t t) { return t / g->kw * g->wp + t % g->kw; }
 
@@ -190,20 +187,10 @@ static int thread_index(void)
 
 /* ---- the typed copies in and out of scratch ---------------------------------------------- */
 /* Rows here are short (14 elements for the reference model), so these are plain loops the
- * compiler vectorizes, not memcpy calls; the hottest, copy_rows, has libxsmm's JIT copy as
- * a fast path (below). Weights and sums come in two layouts: tap-major [t][o][c] when the
+ * compiler vectorizes, not memcpy calls; plain copies and transposes of rows are libxsmm's
+ * (xsmm_copies.h). Weights and sums come in two layouts: tap-major [t][o][c] when the
  * GEMMs batch over taps, [o][c][t] (the tensors' own) when taps are gathered. */
 #define COPIES(T)                                                                               \
-    /* n rows of m elements, ldi apart in src, to rows ldo apart in dst. */                    \
-    static void copy_rows_##T(const void *src_, int64_t ldi, void *dst_, int64_t ldo,           \
-                              int64_t m, int64_t n)                                             \
-    {                                                                                           \
-        const T *src = src_;                                                                    \
-        T *dst = dst_;                                                                          \
-        for (int64_t r = 0; r < n; r++, src += ldi, dst += ldo)                                 \
-            for (int64_t x = 0; x < m; x++)                                                     \
-                dst[x] = src[x];                                                                \
-    }                                                                                           \
     /* cols[c taps + t][r ow + x] = src[c][(r + kh) wp + x + kw] for the first `rows` output \
      * rows: the band's im2col, from its wide image src (plane elements per channel). */       \
     static void gather_taps_##T(const conv_geom *g, const void *src_, int64_t plane,            \
@@ -236,16 +223,6 @@ static int thread_index(void)
                 for (int64_t j = 0; j < ckk; j++)                                               \
                     cols[j] = at[shift[j]];                                                     \
             }                                                                                   \
-    }                                                                                           \
-    /* dst[i ldo + j] = src[j ldi + i] for i < m, j < n: n rows of m transposed. */            \
-    static void transpose_##T(const void *src_, int64_t ldi, void *dst_, int64_t ldo,           \
-                              int64_t m, int64_t n)                                             \
-    {                                                                                           \
-        const T *src = src_;                                                                    \
-        T *dst = dst_;                                                                          \
-        for (int64_t j = 0; j < n; j++)                                                         \
-            for (int64_t i = 0; i < m; i++)                                                     \
-                dst[i * ldo + j] = src[j * ldi + i];                                            \
     }                                                                                           \
     /* The weights W_t[c, o] = w[o][c][t], or flipped: w[c][o][taps - 1 - t]. */                \
     static void repack_weights_##T(const conv_geom *g, bool flipped, const void *w_, void *wt_) \
@@ -285,9 +262,11 @@ static int thread_index(void)
         T *dw = dw_;                                                                            \
         for (int64_t o = 0; o < m; o++)                                                         \
             for (int64_t c = 0; c < g->c; c++)                                                  \
-                for (int64_t t = 0; t < g->taps; t++)                                           \
-                    dw[((oc0 + o) * g->c + c) * g->taps + t] =                                  \
-                        (T)acc[g->channels_last ? (t * m + o) * g->c + c : (t * g->c + c) * m + o]; \
+                for (int64_t t = 0; t < g->taps; t++) {                                         \
+                    int64_t at = g->channels_last ? (t * m + o) * g->c + c                      \
+                                                  : (t * g->c + c) * m + o;                     \
+                    dw[((oc0 + o) * g->c + c) * g->taps + t] = (T)acc[at];                      \
+                }                                                                               \
     }                                                                                           \
     /* acc[i] += part[i]: a chunk's sums join the running total in double. */                  \
     static void add_partial_##T(double *acc, const void *part_, int64_t count)                  \
@@ -297,15 +276,10 @@ static int thread_index(void)
             acc[i] += part[i];                                                                  \
     }                                                                                           \
     static const struct conv_copies copies_##T = {                                              \
-        copy_rows_##T,      transpose_##T,      gather_taps_##T,    gather_taps_transposed_##T, \
-        repack_weights_##T, transpose_grad_##T, scatter_wgrad_##T,                              \
-        add_partial_##T};
+        gather_taps_##T, gather_taps_transposed_##T, repack_weights_##T, transpose_grad_##T,    \
+        scatter_wgrad_##T, add_partial_##T};
 
 struct conv_copies {
-    void (*copy_rows)(const void *src, int64_t ldi, void *dst, int64_t ldo, int64_t m,
-                      int64_t n);
-    void (*transpose)(const void *src, int64_t ldi, void *dst, int64_t ldo, int64_t m,
-                      int64_t n);
     void (*gather_taps)(const conv_geom *g, const void *src, int64_t plane, int64_t rows,
                         void *cols, int64_t ld);
     void (*gather_taps_transposed)(const conv_geom *g, const void *src, int64_t plane,
@@ -319,58 +293,6 @@ struct conv_copies {
 };
 COPIES(float)
 COPIES(double)
-
-/* libxsmm's copy of n rows of m elements, ldi apart, to rows ldo apart (three times as fast
- * as the loop on 14-element rows); NULL where it has none. */
-static libxsmm_xmcopyfunction copy_kernel(const conv_geom *g, int64_t m, int64_t n, int64_t ldi,
-                                          int64_t ldo)
-{
-    if (m > UINT_MAX || n > UINT_MAX || ldi > UINT_MAX || ldo > UINT_MAX)
-        return NULL;
-    libxsmm_descriptor_blob blob;
-    const libxsmm_mcopy_descriptor *desc = libxsmm_mcopy_descriptor_init(
-        &blob, (unsigned int)g->elem, (unsigned int)m, (unsigned int)n, (unsigned int)ldo,
-        (unsigned int)ldi, 0, 0, NULL);
-    return desc ? libxsmm_dispatch_mcopy(desc) : NULL;
-}
-
-/* copy_rows by `jit`, a copy_kernel of exactly these sizes, or the loop when it is NULL. */
-static void copy_rows(const conv_geom *g, libxsmm_xmcopyfunction jit, const void *src,
-                      int64_t ldi, void *dst, int64_t ldo, int64_t m, int64_t n)
-{
-    if (!jit) {
-        g->copy->copy_rows(src, ldi, dst, ldo, m, n);
-        return;
-    }
-    unsigned int i = (unsigned int)ldi, o = (unsigned int)ldo;
-    jit(src, &i, dst, &o);
-}
-
-/* libxsmm's transpose of n rows of m elements, ldi apart (given at the call), into m rows
- * of n, ldo apart; NULL where it has none. */
-static libxsmm_xtransfunction transpose_kernel(const conv_geom *g, int64_t m, int64_t n,
-                                               int64_t ldi, int64_t ldo)
-{
-    if (m > UINT_MAX || n > UINT_MAX || ldi > UINT_MAX || ldo > UINT_MAX)
-        return NULL;
-    libxsmm_descriptor_blob blob;
-    const libxsmm_trans_descriptor *desc = libxsmm_trans_descriptor_init(
-        &blob, (unsigned int)g->elem, (unsigned int)m, (unsigned int)n, (unsigned int)ldo);
-    return desc ? libxsmm_dispatch_trans(desc) : NULL;
-}
-
-/* dst[i ldo + j] = src[j ldi + i] (i < m, j < n) by `jit`, a transpose_kernel of exactly
- * these sizes, or the loop when it is NULL. */
-static void transpose_rows(const conv_geom *g, libxsmm_xtransfunction jit, const void *src,
-                           int64_t ldi, void *dst, int64_t ldo, int64_t m, int64_t n)
-{
-    if (!jit) {
-        g->copy->transpose(src, ldi, dst, ldo, m, n);
-        return;
-    }
-    unsigned int i = (unsigned int)ldi, o = (unsigned int)ldo;
-    jit(src, &i, dst, &o);
-}
 
 /* transpose_rows for floats where m and n are multiples of 8: 8x8 blocks transposed in
  * registers, written with the compilers' vector extensions (no instruction set assumed: a
@@ -424,17 +346,17 @@ static void stage_rows(const conv_geom *g, libxsmm_xmcopyfunction whole, const c
                        int64_t first, int64_t rows, int64_t plane, char *dst)
 {
     size_t e = g->elem, row = (size_t)g->wp * e;
-    int64_t above = min64(first < 0 ? -first : 0, rows); /* rows of padding, then of x */
-    int64_t in = min64(rows - above, g->h - (first + above));
+    int64_t above = tg_min64(first < 0 ? -first : 0, rows); /* rows of padding, then of x */
+    int64_t in = tg_min64(rows - above, g->h - (first + above));
     in = in > 0 ? in : 0;
     for (int64_t c = 0; c < g->c; c++) {
         char *band = dst + (size_t)(c * plane) * e;
         memset(band, 0, (size_t)above * row);
         memset(band + (size_t)(above + in) * row, 0, (size_t)(rows - above - in) * row);
         if (in > 0)
-            copy_rows(g, in == g->h ? whole : NULL,
-                      image + (size_t)((c * g->h + first + above) * g->w) * e, g->w,
-                      band + (size_t)above * row + (size_t)g->pw * e, g->wp, g->w, in);
+            tg_xsmm_copy(in == g->h ? whole : NULL, e,
+                         image + (size_t)((c * g->h + first + above) * g->w) * e, g->w,
+                         band + (size_t)above * row + (size_t)g->pw * e, g->wp, g->w, in);
     }
 }
 
@@ -444,14 +366,15 @@ static void stage_rows_last(const conv_geom *g, libxsmm_xtransfunction each, con
                             int64_t first, int64_t rows, char *dst)
 {
     size_t e = g->elem, row = (size_t)(g->wp * g->c) * e;
-    int64_t above = min64(first < 0 ? -first : 0, rows);
-    int64_t in = min64(rows - above, g->h - (first + above));
+    int64_t above = tg_min64(first < 0 ? -first : 0, rows);
+    int64_t in = tg_min64(rows - above, g->h - (first + above));
     in = in > 0 ? in : 0;
     memset(dst, 0, (size_t)above * row);
     memset(dst + (size_t)(above + in) * row, 0, (size_t)(rows - above - in) * row);
     for (int64_t r = 0; r < in; r++)
-        transpose_rows(g, each, image + (size_t)((first + above + r) * g->w) * e, g->h * g->w,
-                       dst + (above + r) * row + (size_t)(g->pw * g->c) * e, g->c, g->w, g->c);
+        tg_xsmm_transpose(each, e, image + (size_t)((first + above + r) * g->w) * e,
+                          g->h * g->w, dst + (above + r) * row + (size_t)(g->pw * g->c) * e,
+                          g->c, g->w, g->c);
 }
 
 /* ---- CONV ------------------------------------------------------------------------------------ */
@@ -503,9 +426,9 @@ static void forward_band_last(const conv_fwd *p, const char *img, char *mine, ch
         brgemm_run(&p->full, mine, staged + (size_t)(r * g->wp * g->c) * e,
                    band_out + (size_t)(r * g->ow * g->oc) * e, p->count, p->offs,
                    p->offs + p->count);
-    transpose_rows(g, rows == p->band_rows ? p->out_full : p->out_last, band_out, g->oc,
-                   y + (size_t)((image * g->oc * g->oh + r0) * g->ow) * e, g->oh * g->ow, g->oc,
-                   rows * g->ow);
+    tg_xsmm_transpose(rows == p->band_rows ? p->out_full : p->out_last, e, band_out, g->oc,
+                      y + (size_t)((image * g->oc * g->oh + r0) * g->ow) * e, g->oh * g->ow,
+                      g->oc, rows * g->ow);
 }
 
 static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, int64_t image,
@@ -513,7 +436,7 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
 {
     const conv_geom *g = &p->g;
     size_t e = g->elem;
-    int64_t r0 = band * p->band_rows, rows = min64(p->band_rows, g->oh - r0);
+    int64_t r0 = band * p->band_rows, rows = tg_min64(p->band_rows, g->oh - r0);
     const brgemm *gemm = rows == p->band_rows ? &p->full : &p->last;
     const char *img = x + (size_t)(image * g->c * g->h * g->w) * e;
     const char *a = img + (size_t)(r0 * g->w) * e;
@@ -535,10 +458,10 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
     char *band_out = mine + p->at_out;
     brgemm_run(gemm, a, mine, band_out, p->count, p->offs, p->offs + p->count);
     for (int64_t o = 0; o < g->oc; o++) /* without the garbage positions */
-        copy_rows(g, rows == p->band_rows ? p->copy_out : NULL,
-                  band_out + (size_t)(o * gemm->ldc) * e, g->wp,
-                  y + (size_t)(((image * g->oc + o) * g->oh + r0) * g->ow) * e, g->ow, g->ow,
-                  rows);
+        tg_xsmm_copy(rows == p->band_rows ? p->copy_out : NULL, e,
+                     band_out + (size_t)(o * gemm->ldc) * e, g->wp,
+                     y + (size_t)(((image * g->oc + o) * g->oh + r0) * g->ow) * e, g->ow,
+                     g->ow, rows);
 }
 
 void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
@@ -580,7 +503,7 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
         bands = (g->oh + fit - 1) / fit;
     if (g->batch * bands < MIN_TASKS)
         bands = (MIN_TASKS + g->batch - 1) / g->batch;
-    bands = min64(bands, g->oh);
+    bands = tg_min64(bands, g->oh);
     p->band_rows = (g->oh + bands - 1) / bands;
     p->bands = (g->oh + p->band_rows - 1) / p->band_rows;
     bool staged = !g->direct || g->channels_last;
@@ -595,19 +518,19 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
     } else if (g->channels_last) { /* A: W_t [c][oc]; B: a staged row [x][c]; C: [x][oc] */
         int64_t plane = g->oh * g->ow;
         brgemm_init(&p->full, g->dt, g->oc, g->ow, k, g->oc, k, g->oc, false);
-        p->stage_last = transpose_kernel(g, g->w, g->c, g->h * g->w, g->c);
-        p->out_full = transpose_kernel(g, g->oc, p->band_rows * g->ow, g->oc, plane);
-        p->out_last = transpose_kernel(g, g->oc, last_rows * g->ow, g->oc, plane);
+        p->stage_last = tg_xsmm_transpose_kernel(g->elem, g->w, g->c, g->c);
+        p->out_full = tg_xsmm_transpose_kernel(g->elem, g->oc, p->band_rows * g->ow, plane);
+        p->out_last = tg_xsmm_transpose_kernel(g->elem, g->oc, last_rows * g->ow, plane);
     } else { /* A: the wide band, a plane per channel; C: the band's output, wide too */
         int64_t positions = p->band_rows * g->wp;
         brgemm_init(&p->full, g->dt, (p->band_rows - 1) * g->wp + g->ow, g->oc, k, p->plane, k,
                     positions, false);
         brgemm_init(&p->last, g->dt, (last_rows - 1) * g->wp + g->ow, g->oc, k, p->plane, k,
                     positions, false);
-        p->copy_out = copy_kernel(g, g->ow, p->band_rows, g->wp, g->ow);
+        p->copy_out = tg_xsmm_copy_kernel(g->elem, g->ow, p->band_rows, g->wp, g->ow);
     }
     if (!g->direct && !g->channels_last)
-        p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
+        p->stage = tg_xsmm_copy_kernel(g->elem, g->w, g->h, g->w, g->wp);
     for (unsigned long long t = 0; t < count && !g->gathered; t++) {
         unsigned long long shift = (unsigned long long)tap_shift(g, (int64_t)t) * g->elem;
         unsigned long long weights = t * (unsigned long long)(g->oc * g->c) * g->elem;
@@ -615,11 +538,11 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
         p->offs[t] = g->channels_last ? weights : shift;
         p->offs[count + t] = g->channels_last ? shift * (unsigned long long)g->c : weights;
     }
-    size_t weights = round64((size_t)(g->taps * g->oc * g->c) * g->elem);
-    size_t image = staged ? round64((size_t)(g->c * p->plane) * g->elem) : 0;
-    size_t cols = g->gathered ? round64((size_t)(k * p->full.lda) * g->elem) : 0;
+    size_t weights = tg_round64((size_t)(g->taps * g->oc * g->c) * g->elem);
+    size_t image = staged ? tg_round64((size_t)(g->c * p->plane) * g->elem) : 0;
+    size_t cols = g->gathered ? tg_round64((size_t)(k * p->full.lda) * g->elem) : 0;
     int64_t band_positions = g->channels_last ? p->band_rows * g->ow : p->full.ldc;
-    size_t band_out = g->gathered ? 0 : round64((size_t)(g->oc * band_positions) * g->elem);
+    size_t band_out = g->gathered ? 0 : tg_round64((size_t)(g->oc * band_positions) * g->elem);
     p->at_image = weights;
     p->at_cols = weights + image;
     p->at_out = p->at_cols + cols;
@@ -725,9 +648,9 @@ static void wgrad_taps(const conv_wgrad *p, const char *grad, const char *x, cha
     int64_t sums = g->taps * g->c * m;
     memset(task->acc, 0, (size_t)sums * sizeof *task->acc);
     memset(gt, 0, p->staged_bytes); /* the garbage positions and padding columns */
-    for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
+    for (int64_t n0 = task->c0 * p->chunk; n0 < tg_min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
-        int64_t count = min64(p->chunk, g->batch - n0);
+        int64_t count = tg_min64(p->chunk, g->batch - n0);
         chunk_prologue(task, n0, count);
         for (int64_t i = 0; i < count; i++) {
             transpose_grad(p, grad + (size_t)((n0 + i) * g->oc * g->oh * g->ow) * e, task->oc0,
@@ -761,9 +684,9 @@ static void wgrad_gathered(const conv_wgrad *p, const char *grad, const char *x,
     char *part = mine + p->at_part;
     memset(task->acc, 0, (size_t)(m * ckk) * sizeof *task->acc);
     memset(mine + p->at_image, 0, p->padded_bytes); /* the padding */
-    for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
+    for (int64_t n0 = task->c0 * p->chunk; n0 < tg_min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
-        int64_t count = min64(p->chunk, g->batch - n0);
+        int64_t count = tg_min64(p->chunk, g->batch - n0);
         chunk_prologue(task, n0, count);
         const char *block = grad + (size_t)((n0 * g->oc + task->oc0) * plane) * e;
         for (int64_t i = 0; i < count; i++) {
@@ -776,8 +699,8 @@ static void wgrad_gathered(const conv_wgrad *p, const char *grad, const char *x,
                     transpose8((const float *)rows, plane, (float *)a, m, plane, m);
                 else
 #endif
-                    transpose_rows(g, m == p->ocb ? p->transpose_full : p->transpose_last,
-                                   rows, plane, a, m, plane, m);
+                    tg_xsmm_transpose(m == p->ocb ? p->transpose_full : p->transpose_last,
+                                      g->elem, rows, plane, a, m, plane, m);
                 g->copy->gather_taps(g, image, p->plane, g->oh,
                                      mine + p->at_b + (size_t)i * p->b_bytes, plane);
             } else { /* A: the im2col transposed, B: G where it is */
@@ -806,9 +729,9 @@ static void wgrad_last(const conv_wgrad *p, const char *grad, const char *x, cha
     char *part = mine + p->at_part, *staged = mine + p->at_b;
     memset(task->acc, 0, (size_t)sums * sizeof *task->acc);
     memset(staged, 0, p->staged_bytes); /* the padding columns */
-    for (int64_t n0 = task->c0 * p->chunk; n0 < min64(task->c1 * p->chunk, g->batch);
+    for (int64_t n0 = task->c0 * p->chunk; n0 < tg_min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
-        int64_t count = min64(p->chunk, g->batch - n0);
+        int64_t count = tg_min64(p->chunk, g->batch - n0);
         chunk_prologue(task, n0, count);
         for (int64_t i = 0; i < count; i++)
             stage_rows_last(g, p->stage_last, x + (size_t)((n0 + i) * g->c * g->h * g->w) * e,
@@ -858,7 +781,7 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
     for (int64_t grp = 0; grp < p->groups; grp++)
         acc[grp] = (double *)((char *)scratch + (size_t)grp * p->group_bytes);
     for (int64_t b = 0; b < p->blocks; b++) {
-        int64_t oc0 = b * p->ocb, m = min64(p->ocb, p->g.oc - oc0);
+        int64_t oc0 = b * p->ocb, m = tg_min64(p->ocb, p->g.oc - oc0);
 #pragma omp parallel for num_threads(conv_threads(&p->g, n)) schedule(static)
         for (int64_t grp = 0; grp < p->groups; grp++) {
             char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
@@ -884,19 +807,18 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
     bool staged = !g->direct || (last_ch && !g->gathered);
     int64_t k = g->gathered ? g->oh * g->ow : last_ch ? g->ow : (g->oh - 1) * g->wp + g->ow;
     int64_t plane = staged ? (g->oh + g->kh - 1) * g->wp : g->h * g->w;
-    size_t padded = staged ? round64((size_t)(g->c * plane) * g->elem) : 0;
+    size_t padded = staged ? tg_round64((size_t)(g->c * plane) * g->elem) : 0;
     /* A and B staged per image: G^T and X (batched, wide rows), the im2col transposed
      * (gathered), X alone (batched, channels last), G^T and the im2col (gathered, channels
      * last); a gathered padded image is one, reused */
     bool gathered_last = g->gathered && last_ch;
-    size_t a_bytes = last_ch && !g->gathered
-                         ? 0
-                         : round64((size_t)(k * (g->gathered && !last_ch ? ckk : ocb)) * g->elem);
-    size_t b_bytes = gathered_last ? round64((size_t)(ckk * k) * g->elem)
+    int64_t a_rows = g->gathered && !last_ch ? ckk : ocb;
+    size_t a_bytes = last_ch && !g->gathered ? 0 : tg_round64((size_t)(k * a_rows) * g->elem);
+    size_t b_bytes = gathered_last ? tg_round64((size_t)(ckk * k) * g->elem)
                      : g->gathered ? 0
                                    : padded;
     int64_t chunk = (int64_t)(CHUNK_BYTES / (a_bytes + b_bytes));
-    chunk = chunk < 1 ? 1 : min64(chunk, g->batch > 0 ? g->batch : 1);
+    chunk = chunk < 1 ? 1 : tg_min64(chunk, g->batch > 0 ? g->batch : 1);
     /* batch-reduced per chunk: row by row when batched channels last */
     int64_t gemms = last_ch && !g->gathered ? chunk * g->oh : chunk;
     conv_wgrad *p = calloc(1, sizeof *p + 2 * (size_t)gemms * sizeof p->offs[0]);
@@ -904,20 +826,20 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
         return tg_fail(TG_ERR_NOMEM, "conv_wgrad: out of memory");
     int64_t chunks = (g->batch + chunk - 1) / chunk;
     *p = (conv_wgrad){.g = *g, .ocb = ocb, .blocks = (g->oc + ocb - 1) / ocb, .chunk = chunk,
-                      .groups = min64(IMAGE_GROUPS, chunks > 0 ? chunks : 1), .chunks = chunks,
+                      .groups = tg_min64(IMAGE_GROUPS, chunks > 0 ? chunks : 1), .chunks = chunks,
                       .k = k, .plane = plane, .a_bytes = a_bytes, .b_bytes = b_bytes,
                       .padded_bytes = padded};
     int64_t last = g->oc - (p->blocks - 1) * ocb;
     if (!g->direct && !(last_ch && !g->gathered))
-        p->stage = copy_kernel(g, g->w, g->h, g->w, g->wp);
+        p->stage = tg_xsmm_copy_kernel(g->elem, g->w, g->h, g->w, g->wp);
     size_t b_stride = 0; /* between the chunk's images in B */
     if (gathered_last) { /* A: G^T [pos][oc]; B: cols [ckk][pos]; C: [ckk][oc] */
         brgemm_init(&p->full, g->dt, ocb, ckk, k, ocb, k, ocb, false);
         brgemm_init(&p->last, g->dt, last, ckk, k, last, k, last, false);
         b_stride = b_bytes;
         /* an image's block of G, m rows of oh ow positions, as [pos][m] */
-        p->transpose_full = transpose_kernel(g, k, ocb, k, ocb);
-        p->transpose_last = transpose_kernel(g, k, last, k, last);
+        p->transpose_full = tg_xsmm_transpose_kernel(g->elem, k, ocb, ocb);
+        p->transpose_last = tg_xsmm_transpose_kernel(g->elem, k, last, last);
         p->transpose8 = HAVE_TRANSPOSE8 && g->dt == TG_F32 && k % 8 == 0 && ocb % 8 == 0 &&
                         last % 8 == 0;
     } else if (g->gathered) { /* A: cols^T [pos][ckk]; B: G [oc][pos] in place; C: [oc][ckk] */
@@ -927,7 +849,7 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
     } else if (last_ch) { /* A: X_t [x][c] staged; B: G [oc][pos] in place; C: [oc][c] */
         brgemm_init(&p->full, g->dt, g->c, ocb, k, g->c, g->oh * g->ow, g->c, false);
         brgemm_init(&p->last, g->dt, g->c, last, k, g->c, g->oh * g->ow, g->c, false);
-        p->stage_last = transpose_kernel(g, g->w, g->c, g->h * g->w, g->c);
+        p->stage_last = tg_xsmm_transpose_kernel(g->elem, g->w, g->c, g->c);
         size_t e = g->elem;
         for (int64_t i = 0; i < chunk; i++) /* image i's output row r */
             for (int64_t r = 0; r < g->oh; r++) {
@@ -939,8 +861,8 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
         brgemm_init(&p->last, g->dt, last, g->c, k, last, plane, last, false);
         b_stride = g->direct ? (size_t)(g->c * plane) * g->elem : b_bytes;
         /* a row of G, ow positions of m channels (the channel plane apart), as [x][m] */
-        p->transpose_full = transpose_kernel(g, g->ow, ocb, g->oh * g->ow, ocb);
-        p->transpose_last = transpose_kernel(g, g->ow, last, g->oh * g->ow, last);
+        p->transpose_full = tg_xsmm_transpose_kernel(g->elem, g->ow, ocb, ocb);
+        p->transpose_last = tg_xsmm_transpose_kernel(g->elem, g->ow, last, last);
     }
     for (int64_t i = 0; i < chunk && !(last_ch && !g->gathered); i++) {
         p->offs[i] = (unsigned long long)i * a_bytes;
@@ -949,9 +871,9 @@ static int prepare_wgrad(tg_ir_node *n, const conv_geom *g)
     /* [taps][c][oc] batched, [taps][oc][c] batched channels last, [oc][c, taps] gathered,
      * [c, taps][oc] gathered channels last */
     p->sums = g->taps * g->c * ocb;
-    p->group_bytes = round64((size_t)p->sums * sizeof(double));
+    p->group_bytes = tg_round64((size_t)p->sums * sizeof(double));
     p->at_part = IMAGE_GROUPS * p->group_bytes;
-    p->at_a = p->at_part + round64((size_t)p->sums * g->elem);
+    p->at_a = p->at_part + tg_round64((size_t)p->sums * g->elem);
     p->at_b = p->at_a + (size_t)chunk * a_bytes;
     p->at_image = p->at_b + (size_t)chunk * b_bytes;
     p->staged_bytes = p->at_image + (g->gathered ? padded : 0) - p->at_a;
@@ -998,7 +920,7 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
     g->direct = g->ph == 0 && g->pw == 0;
     g->gathered = g->c * g->taps <= GATHER_MAX_K;
     int64_t macs = g->batch * g->oc * g->oh * g->ow * g->c * g->taps, per = thread_macs();
-    g->threads_max = per == 0 ? INT_MAX : min64(macs / per, INT_MAX);
+    g->threads_max = per == 0 ? INT_MAX : tg_min64(macs / per, INT_MAX);
     if (g->threads_max < 1)
         g->threads_max = 1;
     /* the vectors run along output channels (CONV; CONV_WGRAD with its taps gathered) or

@@ -23,6 +23,7 @@
  * by one task in a fixed order, so results do not depend on the thread count. */
 #include "winograd.h"
 #include "../compile/prologue.h"
+#include "xsmm_copies.h"
 
 #include <libxsmm.h>
 #include <limits.h>
@@ -39,6 +40,8 @@
 #define BAND_BYTES (384 * 1024)
 /* Fewer images than this many tasks: thinner bands, so that two threads have work. */
 #define MIN_TASKS 4
+/* The element size: f32 only (conv.c sends f64 convolutions to the direct kernels). */
+#define F32 sizeof(float)
 
 /* Column-major C (m x n, ldc = m) = A (m x k, lda = m) B (k x n, ldb = k); with `tb`
  * (the weight gradient's) C += A B^T, B stored n x k (ldb = n). */
@@ -83,10 +86,6 @@ typedef struct {
 #define WGRAD_CHUNK 8
 #define WGRAD_GROUPS 2
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
-
 static void gemm_init(gemm *g, int64_t m, int64_t n, int64_t k, bool tb)
 {
     *g = (gemm){m, n, k, tb, NULL};
@@ -115,32 +114,6 @@ static void gemm_run(const gemm *g, const float *a, const float *b, float *c)
                 cj[r] += a[p * g->m + r] * bjp;
         }
     }
-}
-
-/* libxsmm's transpose of n rows of m floats, given ldi at the call, into m rows of n, ldo
- * apart; NULL where it has none. */
-static libxsmm_xtransfunction transpose_kernel(int64_t m, int64_t n, int64_t ldo)
-{
-    if (m > UINT_MAX || n > UINT_MAX || ldo > UINT_MAX)
-        return NULL;
-    libxsmm_descriptor_blob blob;
-    const libxsmm_trans_descriptor *desc = libxsmm_trans_descriptor_init(
-        &blob, sizeof(float), (unsigned int)m, (unsigned int)n, (unsigned int)ldo);
-    return desc ? libxsmm_dispatch_trans(desc) : NULL;
-}
-
-/* dst[i ldo + j] = src[j ldi + i] for i < m, j < n: by `jit` (made for m, n, ldo) or a loop. */
-static void transpose(libxsmm_xtransfunction jit, const float *src, int64_t ldi, float *dst,
-                      int64_t ldo, int64_t m, int64_t n)
-{
-    if (jit) {
-        unsigned int i = (unsigned int)ldi, o = (unsigned int)ldo;
-        jit(src, &i, dst, &o);
-        return;
-    }
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t i = 0; i < m; i++)
-            dst[i * ldo + j] = src[j * ldi + i];
 }
 
 /* ---- the transforms -------------------------------------------------------------------- */
@@ -352,7 +325,7 @@ INLINE void output_2d(const wino *p, const float *restrict m, int64_t tile_rows,
         for (int64_t tx = 0; tx < p->tiles_w; tx++) {
             const float *mt = m + (ty * p->tiles_w + tx) * ocp;
             float *o = out + r * ty * row + r * tx * ocp;
-            int cols = (int)min64(r, p->s.ow - r * tx); /* the last tile may hang over */
+            int cols = (int)tg_min64(r, p->s.ow - r * tx); /* the last tile may hang over */
             for (int64_t oc = 0; oc < ocp; oc += TVL)
                 transform_block(OUTPUT, r, mt + oc, (r + 2) * plane, plane, o + oc, row, ocp,
                                 cols);
@@ -431,7 +404,7 @@ static int64_t band_rows_in(const wino *p, int64_t band, int64_t *first)
 {
     const tg_winograd_shape *s = &p->s;
     int64_t top = p->r * band * p->band - s->ph, lo = top > 0 ? top : 0;
-    int64_t hi = min64(s->h, top + p->rows);
+    int64_t hi = tg_min64(s->h, top + p->rows);
     *first = lo;
     return hi > lo ? hi - lo : 0;
 }
@@ -447,8 +420,8 @@ static void stage_band(const wino *p, const float *img, int64_t band, float *sta
     int64_t row = p->wq * p->cp, top = p->r * band * p->band - s->ph, first;
     int64_t count = band_rows_in(p, band, &first);
     if (count > 0)
-        transpose(p->band_x[band], img + first * s->w, s->h * s->w, rows, p->cp, count * s->w,
-                  s->c);
+        tg_xsmm_transpose(p->band_x[band], F32, img + first * s->w, s->h * s->w, rows, p->cp,
+                          count * s->w, s->c);
     for (int64_t r = 0; r < p->rows; r++) {
         int64_t y = top + r;
         float *to = staged + r * row;
@@ -463,12 +436,12 @@ static void stage_band(const wino *p, const float *img, int64_t band, float *sta
 /* The output rows of band `band` of one image: r band, or fewer for the last band. */
 static int64_t band_rows_out(const wino *p, int64_t band)
 {
-    return min64(p->r * p->band, p->s.oh - p->r * band * p->band);
+    return tg_min64(p->r * p->band, p->s.oh - p->r * band * p->band);
 }
 
 static int64_t tile_rows_of(const wino *p, int64_t band)
 {
-    return min64(p->band, (p->s.oh + p->r - 1) / p->r - band * p->band);
+    return tg_min64(p->band, (p->s.oh + p->r - 1) / p->r - band * p->band);
 }
 
 static void run_task(const wino *p, const float *x, const float *u, float *y, char *mine,
@@ -485,8 +458,8 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
         gemm_run(g, u + xi * p->uplane, v + xi * p->vplane, m + xi * p->mplane);
     transform_output(p, m, tile_rows, out);
     int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = band_rows_out(p, band);
-    transpose(rows == p->r * p->band ? p->out_band : p->out_last, out, p->ocp,
-              y + img * s->oc * plane + r0 * s->ow, plane, s->oc, rows * s->ow);
+    tg_xsmm_transpose(rows == p->r * p->band ? p->out_band : p->out_last, F32, out, p->ocp,
+                      y + img * s->oc * plane + r0 * s->ow, plane, s->oc, rows * s->ow);
 }
 
 /* The threads a run takes: the library's, at most the work's worth (conv.c's threshold); all
@@ -561,8 +534,8 @@ static void stage_grad(const wino *p, const float *grad, int64_t band, float *st
 {
     const tg_winograd_shape *s = &p->s;
     int64_t row = p->r * p->tiles_w * p->ocp, count = band_rows_out(p, band);
-    transpose(p->band_grad[band], grad + p->r * band * p->band * s->ow, s->oh * s->ow, rows,
-              p->ocp, count * s->ow, s->oc);
+    tg_xsmm_transpose(p->band_grad[band], F32, grad + p->r * band * p->band * s->ow,
+                      s->oh * s->ow, rows, p->ocp, count * s->ow, s->oc);
     for (int64_t r = 0; r < p->r * p->band; r++) {
         float *to = staged + r * row;
         if (r >= count)
@@ -598,7 +571,7 @@ static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, c
     const float *part = (const float *)(mine + p->at_u);
     memset(acc, 0, (size_t)sums * sizeof *acc);
     for (int64_t ch = grp * p->chunks / p->groups; ch < (grp + 1) * p->chunks / p->groups; ch++) {
-        int64_t n0 = ch * WGRAD_CHUNK, count = min64(WGRAD_CHUNK, s->batch - n0);
+        int64_t n0 = ch * WGRAD_CHUNK, count = tg_min64(WGRAD_CHUNK, s->batch - n0);
         if (n->prologue) /* the gradient of these images, computed just now (prologue.h) */
             tg_prologue_run(n->prologue, n0, count);
         memset(mine + p->at_u, 0, (size_t)sums * sizeof *part);
@@ -646,7 +619,7 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     int64_t fit = BAND_BYTES / (tile_bytes * p->tiles_w);
     int64_t bands = (tiles_h + (fit > 1 ? fit : 1) - 1) / (fit > 1 ? fit : 1);
     if (!s->wgrad && s->batch * bands < MIN_TASKS)
-        bands = min64((MIN_TASKS + s->batch - 1) / s->batch, tiles_h);
+        bands = tg_min64((MIN_TASKS + s->batch - 1) / s->batch, tiles_h);
     p->band = (tiles_h + bands - 1) / bands;
     p->bands = (tiles_h + p->band - 1) / p->band;
     p->tiles = p->band * p->tiles_w;
@@ -660,25 +633,26 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
         gemm_init(&p->full, p->ocp, p->cp, p->tiles, true);
         gemm_init(&p->last, p->ocp, p->cp, last * p->tiles_w, true);
         p->chunks = (s->batch + WGRAD_CHUNK - 1) / WGRAD_CHUNK;
-        p->groups = min64(WGRAD_GROUPS, p->chunks);
-        p->group_bytes = round64((size_t)(p->xi * p->uplane) * sizeof(double));
+        p->groups = tg_min64(WGRAD_GROUPS, p->chunks);
+        p->group_bytes = tg_round64((size_t)(p->xi * p->uplane) * sizeof(double));
     } else { /* M = OC, N = the band's tiles, K = C */
         gemm_init(&p->full, p->ocp, p->tiles, p->cp, false);
         gemm_init(&p->last, p->ocp, last * p->tiles_w, p->cp, false);
-        p->out_band = transpose_kernel(s->oc, p->r * p->band * s->ow, plane);
-        p->out_last = transpose_kernel(s->oc, band_rows_out(p, p->bands - 1) * s->ow, plane);
+        p->out_band = tg_xsmm_transpose_kernel(F32, s->oc, p->r * p->band * s->ow, plane);
+        p->out_last =
+            tg_xsmm_transpose_kernel(F32, s->oc, band_rows_out(p, p->bands - 1) * s->ow, plane);
     }
     size_t e = sizeof(float);
     p->at_u = WGRAD_GROUPS * p->group_bytes;
-    p->at_staged = p->at_u + round64((size_t)(p->xi * p->uplane) * e);
-    p->at_v = p->at_staged + round64((size_t)(p->rows * p->wq * p->cp) * e);
-    p->at_m = p->at_v + round64((size_t)(p->xi * p->vplane) * e);
-    p->at_out = p->at_m + round64((size_t)(p->xi * p->mplane) * e);
+    p->at_staged = p->at_u + tg_round64((size_t)(p->xi * p->uplane) * e);
+    p->at_v = p->at_staged + tg_round64((size_t)(p->rows * p->wq * p->cp) * e);
+    p->at_m = p->at_v + tg_round64((size_t)(p->xi * p->vplane) * e);
+    p->at_out = p->at_m + tg_round64((size_t)(p->xi * p->mplane) * e);
     int64_t out = p->r * p->band * p->r * p->tiles_w * p->ocp; /* >= r band ow ocp */
-    p->at_rows = p->at_out + round64((size_t)out * e);
+    p->at_rows = p->at_out + tg_round64((size_t)out * e);
     int64_t rows = p->rows * s->w * p->cp; /* x's rows, and the gradient's for a wgrad */
     int64_t grad_rows = s->wgrad ? p->r * p->band * s->ow * p->ocp : 0;
-    n->scratch_bytes = p->at_rows + round64((size_t)(rows > grad_rows ? rows : grad_rows) * e);
+    n->scratch_bytes = p->at_rows + tg_round64((size_t)(rows > grad_rows ? rows : grad_rows) * e);
     p = calloc(1, sizeof *p + 2 * (size_t)p->bands * sizeof p->kernels[0]);
     if (!p)
         return tg_fail(TG_ERR_NOMEM, "conv: out of memory");
@@ -687,9 +661,10 @@ int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s)
     p->band_grad = p->kernels + p->bands;
     for (int64_t b = 0; b < p->bands; b++) {
         int64_t first, count = band_rows_in(p, b, &first);
-        p->band_x[b] = count > 0 ? transpose_kernel(count * s->w, s->c, p->cp) : NULL;
+        p->band_x[b] = count > 0 ? tg_xsmm_transpose_kernel(F32, count * s->w, s->c, p->cp) : NULL;
         if (s->wgrad)
-            p->band_grad[b] = transpose_kernel(band_rows_out(p, b) * s->ow, s->oc, p->ocp);
+            p->band_grad[b] =
+                tg_xsmm_transpose_kernel(F32, band_rows_out(p, b) * s->ow, s->oc, p->ocp);
     }
     n->payload = p;
     return TG_OK;

@@ -6,8 +6,11 @@
  * eager execution within tolerance. Shapes: the reference model's first block (one input
  * channel: no input gradient, the weight gradient the one reader), a block with an input
  * gradient (the gradient at the convolution's output read again after the weight gradient)
- * and an odd batch that is no multiple of the weight gradient's chunks; and a block whose
- * convolutions the winograd pass takes (16 channels on each side, 1100 output positions). */
+ * and an odd batch that is no multiple of the weight gradient's chunks; and blocks whose
+ * convolutions the winograd pass takes (16 channels on each side, 1100 output positions),
+ * with an input gradient and without. Where the weight gradient is the one reader, the
+ * prologue writes chunks into the weight gradient's scratch instead of a full-size buffer
+ * (chunked): the tests count those too. */
 #include "testing.h"
 #include "compile/graph.h"
 #include "tapegrad_nn.h"
@@ -17,14 +20,19 @@
 
 typedef struct {
     int64_t n, c, oc, hw;
+    bool dx; /* the input gradient too: the gradient at the convolution's output read again */
 } block_case;
 
 static const block_case cases[] = {
-    {16, 1, 32, 28}, /* the reference model's first block, at a smaller batch */
-    {7, 5, 20, 9},   /* an input gradient too; 7 images */
-    {9, 3, 16, 13},
-    {2, 2, 16, 6},   /* two small images: with 3 threads, threads share an image's bands */
-    {11, 16, 16, 10}, /* Winograd's weight gradient (kernels/winograd.c): chunks of 8 and 3 */
+    {16, 1, 32, 28, false}, /* the reference model's first block, at a smaller batch */
+    {7, 5, 20, 9, true},    /* an input gradient too; 7 images */
+    {9, 3, 16, 13, true},
+    {2, 2, 16, 6, true},    /* two small images: with 3 threads, threads share an image's bands */
+    {11, 16, 16, 10, true}, /* Winograd's weight gradient (kernels/winograd.c): chunks of 8, 3 */
+    {11, 16, 16, 10, false}, /* the same, chunked */
+    {5, 3, 80, 7, false},   /* chunked, with two blocks of output channels (conv.c: 64 each) */
+    {6, 5, 20, 9, false},   /* chunked, taps batched over the wide rows (conv.c) */
+    {6, 16, 24, 5, false},  /* chunked, channels last (conv.c; too few positions for Winograd) */
 };
 
 enum { N_OUT = 5 }; /* y, dw, dgamma, dbeta, dx */
@@ -52,7 +60,7 @@ static void trace_block(const block_case *bc, traced_block *t, tg_tensor **eager
     t->tape = tg_tape_new();
     tg_rng rng;
     tg_rng_seed(&rng, 5);
-    bool need_dx = bc->c > 1;
+    bool need_dx = bc->dx;
     t->n_out = need_dx ? 5 : 4;
     tg_tensor *w = tg_rand_normal(t->tape, &rng, TG_F32, 4, SHAPE(bc->oc, bc->c, 3, 3), 0, 0.5);
     tg_tensor *gamma = tg_rand_uniform(t->tape, &rng, TG_F32, 1, SHAPE(bc->oc), 0.5, 1.5);
@@ -110,6 +118,7 @@ START_TEST(same_bits_as_without)
     ck_assert_int_eq(tg_set_num_threads(3), 0);
     tg_plan *with = compile_block(&t, NULL), *without = compile_block(&t, "prologue");
     ck_assert_int_eq(tg_plan_prologues(with), 1);
+    ck_assert_int_eq(tg_plan_chunked_prologues(with), !bc->dx);
     ck_assert_int_eq(tg_plan_prologues(without), 0);
     for (int threads = 3; threads >= 1; threads--) {
         ck_assert_int_eq(tg_set_num_threads(threads), 0);

@@ -166,6 +166,8 @@ typedef struct {
 const tg_graph *tg_plan_graph(const tg_plan *plan);
 /* For tests: how many kernels of the plan run inside others (compile/prologue.h). */
 int tg_plan_prologues(const tg_plan *plan);
+/* How many of them write chunks into their kernel's scratch, with no buffer of their own. */
+int tg_plan_chunked_prologues(const tg_plan *plan);
 
 extern const tg_plan_op_info tg_plan_op_table[TG_PLAN_OP_END - TG_PLAN_OP_FIRST];
 const tg_plan_op_info *tg_plan_op_info_of(int op); /* NULL for primitives */

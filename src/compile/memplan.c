@@ -72,7 +72,7 @@ static int place(buffer *b, int count, size_t *total)
 }
 
 int tg_memplan_build(const tg_graph *g, int threads, bool planned, const int *run_at,
-                     tg_memplan *plan)
+                     const bool *chunked, tg_memplan *plan)
 {
     int n = g->n;
     memset(plan, 0, sizeof *plan);
@@ -90,7 +90,7 @@ int tg_memplan_build(const tg_graph *g, int threads, bool planned, const int *ru
         const tg_ir_node *x = &g->nodes[i];
         root[i] = tg_ir_is_view(x->op) ? root[x->in[0]] : i;
         buf_of[i] = -1;
-        if (has_buffer(x)) {
+        if (has_buffer(x) && !(chunked && chunked[i])) {
             size_t elem = x->dtype == TG_F64 ? sizeof(double) : sizeof(float);
             b[count] = (buffer){round_up((size_t)x->numel * elem), i, i, 0};
             buf_of[i] = count++;

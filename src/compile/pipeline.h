@@ -30,9 +30,10 @@ typedef struct {
 
 /* Plans the arena for g run in node order by `threads` threads (scratch blocks are per
  * thread), node i inside node run_at[i]'s kernel (a prologue: prologue.h; run_at NULL:
- * each in its turn). planned = false gives every value and scratch block its own memory. */
+ * each in its turn), with no memory for node i where chunked[i] (a chunked prologue; chunked
+ * may be NULL). planned = false gives every value and scratch block its own memory. */
 int tg_memplan_build(const tg_graph *g, int threads, bool planned, const int *run_at,
-                     tg_memplan *plan);
+                     const bool *chunked, tg_memplan *plan);
 void tg_memplan_free(tg_memplan *plan);
 
 #endif

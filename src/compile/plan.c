@@ -45,6 +45,8 @@ struct tg_plan {
     const char *native_why;  /* why none were, when that failed */
     int *run_at;             /* per node: the kernel it runs inside (prologue.h), or itself */
     int *prologue_of;        /* per node: the node that runs inside it, or -1 */
+    bool *chunked;           /* per node: a prologue that writes chunks (prologue.h) */
+    size_t *chunk_at;        /* per node: where in its scratch its prologue's chunks go */
     int n_prologues;
 #ifdef TG_PLAN_PROFILE
     double *seconds; /* per node, summed over runs */
@@ -112,6 +114,8 @@ void tg_plan_free(tg_plan *plan)
     free(plan->prim);
     free(plan->run_at);
     free(plan->prologue_of);
+    free(plan->chunked);
+    free(plan->chunk_at);
     for (int i = 0; i < plan->n_input_names; i++)
         free(plan->input_names[i]);
     free(plan->input_names);
@@ -188,23 +192,38 @@ static int bind_values(tg_plan *p)
     return TG_OK;
 }
 
-/* Which kernels run inside others (prologue.h), when on; none when off. */
+/* Which kernels run inside others (prologue.h), when on; none when off. A chunked one's
+ * chunks go at the end of its kernel's scratch, which grows by them. */
 static int plan_prologues(tg_plan *p, bool on)
 {
     int n = p->g.n;
     p->run_at = malloc(((size_t)n + 1) * sizeof *p->run_at);
     p->prologue_of = malloc(((size_t)n + 1) * sizeof *p->prologue_of);
-    if (!p->run_at || !p->prologue_of)
+    p->chunked = calloc((size_t)n + 1, sizeof *p->chunked);
+    p->chunk_at = malloc(((size_t)n + 1) * sizeof *p->chunk_at);
+    if (!p->run_at || !p->prologue_of || !p->chunked || !p->chunk_at)
         return tg_fail(TG_ERR_NOMEM, "compile: out of memory");
     for (int i = 0; i < n; i++)
         p->run_at[i] = i;
     if (on)
-        p->n_prologues = tg_prologue_plan(&p->g, p->run_at);
-    for (int i = 0; i < n; i++)
+        p->n_prologues = tg_prologue_plan(&p->g, p->run_at, p->chunked);
+    for (int i = 0; i < n; i++) {
         p->prologue_of[i] = -1;
-    for (int i = 0; i < n; i++)
-        if (p->run_at[i] != i)
-            p->prologue_of[p->run_at[i]] = i;
+        p->chunk_at[i] = SIZE_MAX;
+    }
+    for (int i = 0; i < n; i++) {
+        if (p->run_at[i] == i)
+            continue;
+        tg_ir_node *kernel = &p->g.nodes[p->run_at[i]], *x = &p->g.nodes[i];
+        p->prologue_of[p->run_at[i]] = i;
+        if (!p->chunked[i])
+            continue;
+        size_t elem = x->dtype == TG_F64 ? sizeof(double) : sizeof(float);
+        size_t image = (size_t)(x->numel / x->shape[0]) * elem;
+        size_t at = (kernel->scratch_bytes + 63) / 64 * 64;
+        p->chunk_at[p->run_at[i]] = at;
+        kernel->scratch_bytes = at + (size_t)tg_conv_wgrad_chunk_images(kernel) * image;
+    }
     return TG_OK;
 }
 
@@ -246,7 +265,7 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     if (plan_prologues(p, !((disabled >> TG_PASS_ID_prologue) & 1)) != TG_OK)
         goto fail;
     bool planned = !((disabled >> TG_PASS_ID_memplan) & 1);
-    if (tg_memplan_build(&p->g, p->threads, planned, p->run_at, &p->mem) != TG_OK)
+    if (tg_memplan_build(&p->g, p->threads, planned, p->run_at, p->chunked, &p->mem) != TG_OK)
         goto fail;
     p->arena = aligned_alloc(64, p->mem.arena_bytes ? (p->mem.arena_bytes + 63) / 64 * 64 : 64);
     if (!p->arena) {
@@ -268,8 +287,8 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
                             p->native_why ? p->native_why : "", p->n_prologues);
         for (int i = 0; i < p->g.n && used > 0 && (size_t)used < sizeof note - 32; i++)
             if (p->run_at[i] != i)
-                used += snprintf(note + used, sizeof note - (size_t)used, " (%%%d inside %%%d)",
-                                 i, p->run_at[i]);
+                used += snprintf(note + used, sizeof note - (size_t)used, " (%%%d inside %%%d%s)",
+                                 i, p->run_at[i], p->chunked[i] ? ", chunked" : "");
         if (used > 0 && (size_t)used < sizeof note - 1)
             snprintf(note + used, sizeof note - (size_t)used, "\n");
         if (tg_pipeline_dump(&p->g, dump_dir, p->n_stages, "memplan", p->mem.offset, note) !=
@@ -325,7 +344,8 @@ static void run_kernel(tg_plan *p, int i)
         int from = p->prologue_of[i];
         if (from >= 0) { /* the kernel runs node `from` itself, chunk by chunk */
             const tg_ir_node *y = &p->g.nodes[from];
-            pr = (tg_prologue){.node = y, .out = p->value[from]};
+            pr = (tg_prologue){.node = y, .out = p->chunked[from] ? NULL : p->value[from],
+                               .chunk_at = p->chunk_at[i]};
             for (int k = 0; k < y->n_in; k++)
                 pr.in[k] = p->value[y->in[k]];
             x->prologue = &pr;
@@ -407,3 +427,11 @@ size_t tg_plan_unplanned_bytes(const tg_plan *plan) { return plan ? plan->mem.un
 /* For tests: the plan's final graph. */
 const tg_graph *tg_plan_graph(const tg_plan *plan) { return plan ? &plan->g : NULL; }
 int tg_plan_prologues(const tg_plan *plan) { return plan ? plan->n_prologues : 0; }
+
+int tg_plan_chunked_prologues(const tg_plan *plan)
+{
+    int count = 0;
+    for (int i = 0; plan && i < plan->g.n; i++)
+        count += plan->run_at[i] != i && plan->chunked[i];
+    return count;
+}

@@ -8,6 +8,10 @@
  * kernels/winograd.c, with 2x2 output tiles, or 4x4 with TG_CONV_WINOGRAD_4 too. */
 enum { TG_CONV_TRANSPOSED_FLIPPED = 1, TG_CONV_WINOGRAD = 2, TG_CONV_WINOGRAD_4 = 4 };
 
+/* The images a prepared CONV_WGRAD node's kernel takes at a time (its chunks): what a
+ * chunked prologue (prologue.h) writes into its scratch at once. */
+int64_t tg_conv_wgrad_chunk_images(const tg_ir_node *n);
+
 #define TG_PLAN_OP(e, name, kernel, prepare, describe, release)                                  \
     void kernel(const tg_ir_node *n, void *out, const void *const *in, void *scratch);          \
     int prepare(const tg_graph *g, tg_ir_node *n);                                              \

@@ -15,19 +15,32 @@
 #include "graph.h"
 
 /* What a kernel that has a prologue calls, per chunk of images (tg_ir_node.prologue):
- * node's kernel over images first .. first + count - 1, on these inputs and output. */
+ * node's kernel over images first .. first + count - 1, on these inputs, into its full-size
+ * output `out`, or, chunked (out NULL), into the calling thread's scratch of the kernel, at
+ * chunk_at. */
 typedef struct tg_prologue {
     const tg_ir_node *node;
     const void *in[TG_IR_MAX_IN];
     void *out;
+    size_t chunk_at;
 } tg_prologue;
 
-/* Runs the prologue's kernel over those images, on the calling thread. */
-void tg_prologue_run(const tg_prologue *pr, int64_t first, int64_t count);
+/* Chunked: when the kernel it runs inside is the only reader of its output, a prologue
+ * writes only the chunk of images that kernel is about to read, into that kernel's scratch
+ * (which grows by a chunk), and its output has no memory of its own. The full-size write
+ * went out to memory, and the weight gradient read it back from cache: the reference
+ * model's first block writes 12.8 MB there at every step. */
+
+/* Runs the prologue's kernel over those images, on the calling thread, whose block of the
+ * kernel's scratch is `mine`; returns where image `first`'s values begin (the next images
+ * follow it, each the node's size over the batch). */
+const void *tg_prologue_run(const tg_prologue *pr, int64_t first, int64_t count, char *mine);
 
 /* Chooses the prologues of g: run_at[i] is the node inside whose kernel node i runs, or i
- * for a node that runs in its own turn. The memory plan keeps such a node's inputs until
- * run_at (tg_memplan_build); the runner skips it in its turn. Returns how many. */
-int tg_prologue_plan(const tg_graph *g, int *run_at);
+ * for a node that runs in its own turn; chunked[i] says whether such a node writes chunks
+ * (above). The memory plan keeps a prologue's inputs until run_at and gives a chunked
+ * prologue no buffer (tg_memplan_build); the runner skips it in its turn. Returns how many
+ * prologues. */
+int tg_prologue_plan(const tg_graph *g, int *run_at, bool *chunked);
 
 #endif

@@ -627,12 +627,15 @@ typedef struct {
     const tg_prologue *prologue; /* computes the gradient's images first, or NULL */
 } wgrad_task;
 
-/* The chunk's images of the gradient, computed where a prologue makes them (the first
- * block of output channels only: the others find them in memory). */
-static void chunk_prologue(const wgrad_task *task, int64_t n0, int64_t count)
+/* The chunk's images of the gradient, images n0 .. n0 + count - 1: computed first where a
+ * prologue makes them (for the first block of output channels only, unless the prologue is
+ * chunked: the others find them in memory), and where they then are. */
+static const char *chunk_grad(const conv_wgrad *p, const wgrad_task *task, const char *grad,
+                              char *mine, int64_t n0, int64_t count)
 {
     if (task->prologue)
-        tg_prologue_run(task->prologue, n0, count);
+        return tg_prologue_run(task->prologue, n0, count, mine);
+    return grad + (size_t)(n0 * p->g.oc * p->g.oh * p->g.ow) * p->g.elem;
 }
 
 /* Taps batched: per tap, the task's sums acc[t][c][o] += G^T X_t over its images, with G
@@ -651,10 +654,10 @@ static void wgrad_taps(const conv_wgrad *p, const char *grad, const char *x, cha
     for (int64_t n0 = task->c0 * p->chunk; n0 < tg_min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = tg_min64(p->chunk, g->batch - n0);
-        chunk_prologue(task, n0, count);
+        const char *images = chunk_grad(p, task, grad, mine, n0, count);
         for (int64_t i = 0; i < count; i++) {
-            transpose_grad(p, grad + (size_t)((n0 + i) * g->oc * g->oh * g->ow) * e, task->oc0,
-                           m, gt + (size_t)i * p->a_bytes);
+            transpose_grad(p, images + (size_t)(i * g->oc * g->oh * g->ow) * e, task->oc0, m,
+                           gt + (size_t)i * p->a_bytes);
             padded_image(p, x, n0 + i, mine + p->at_b + (size_t)i * p->b_bytes);
         }
         const char *b = g->direct ? x + (size_t)(n0 * g->c * g->h * g->w) * e : mine + p->at_b;
@@ -687,8 +690,8 @@ static void wgrad_gathered(const conv_wgrad *p, const char *grad, const char *x,
     for (int64_t n0 = task->c0 * p->chunk; n0 < tg_min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = tg_min64(p->chunk, g->batch - n0);
-        chunk_prologue(task, n0, count);
-        const char *block = grad + (size_t)((n0 * g->oc + task->oc0) * plane) * e;
+        const char *block = chunk_grad(p, task, grad, mine, n0, count) +
+                            (size_t)(task->oc0 * plane) * e;
         for (int64_t i = 0; i < count; i++) {
             const char *image = padded_image(p, x, n0 + i, mine + p->at_image);
             char *a = mine + p->at_a + (size_t)i * p->a_bytes;
@@ -732,11 +735,11 @@ static void wgrad_last(const conv_wgrad *p, const char *grad, const char *x, cha
     for (int64_t n0 = task->c0 * p->chunk; n0 < tg_min64(task->c1 * p->chunk, g->batch);
          n0 += p->chunk) {
         int64_t count = tg_min64(p->chunk, g->batch - n0);
-        chunk_prologue(task, n0, count);
+        const char *images = chunk_grad(p, task, grad, mine, n0, count);
         for (int64_t i = 0; i < count; i++)
             stage_rows_last(g, p->stage_last, x + (size_t)((n0 + i) * g->c * g->h * g->w) * e,
                             -g->ph, g->oh + g->kh - 1, staged + (size_t)i * p->b_bytes);
-        const char *b = grad + (size_t)((n0 * g->oc + task->oc0) * g->oh * g->ow) * e;
+        const char *b = images + (size_t)(task->oc0 * g->oh * g->ow) * e;
         for (int64_t t = 0; t < g->taps; t++)
             brgemm_run(gemm, staged + (size_t)(tap_shift(g, t) * g->c) * e, b,
                        part + (size_t)(t * m * g->c) * e, (unsigned long long)(count * g->oh),
@@ -770,6 +773,13 @@ static void wgrad_store(const conv_wgrad *p, double *const *acc, int64_t oc0, in
     }
 }
 
+int64_t tg_conv_wgrad_chunk_images(const tg_ir_node *n)
+{
+    if (n->attr[4] & TG_CONV_WINOGRAD)
+        return tg_winograd_chunk_images();
+    return ((const conv_wgrad *)n->payload)->chunk;
+}
+
 void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
 {
     if (n->attr[4] & TG_CONV_WINOGRAD) {
@@ -785,9 +795,11 @@ void tg_conv_wgrad_run(const tg_ir_node *n, void *out, const void *const *in, vo
 #pragma omp parallel for num_threads(conv_threads(&p->g, n)) schedule(static)
         for (int64_t grp = 0; grp < p->groups; grp++) {
             char *mine = (char *)scratch + (size_t)thread_index() * n->scratch_bytes;
+            /* a chunked prologue keeps no images for the next block: it runs for each */
+            const tg_prologue *pr = n->prologue && (b == 0 || !n->prologue->out)
+                                        ? n->prologue : NULL;
             wgrad_task task = {oc0, m, grp * p->chunks / p->groups,
-                               (grp + 1) * p->chunks / p->groups, acc[grp],
-                               b == 0 ? n->prologue : NULL};
+                               (grp + 1) * p->chunks / p->groups, acc[grp], pr};
             if (p->g.gathered)
                 wgrad_gathered(p, in[0], in[1], mine, &task);
             else if (p->g.channels_last)

@@ -492,6 +492,8 @@ static char *my_scratch(const tg_ir_node *n, void *scratch)
  * runs, block time 0.93 of F(2x2)'s with libxsmm's AVX-512 GEMMs and 0.86 with its AVX2 ones
  * (LIBXSMM_TARGET=hsw, the library built for x86-64-v3); the reference model trains 4-8%
  * faster. So F(2x2) by default, and F(4x4) when TG_WINOGRAD_TILE=4 asks for it. */
+int64_t tg_winograd_chunk_images(void) { return WGRAD_CHUNK; }
+
 int tg_winograd_tile(void)
 {
     const char *env = getenv("TG_WINOGRAD_TILE");
@@ -572,13 +574,14 @@ static void wgrad_group(const tg_ir_node *n, const wino *p, const float *grad, c
     memset(acc, 0, (size_t)sums * sizeof *acc);
     for (int64_t ch = grp * p->chunks / p->groups; ch < (grp + 1) * p->chunks / p->groups; ch++) {
         int64_t n0 = ch * WGRAD_CHUNK, count = tg_min64(WGRAD_CHUNK, s->batch - n0);
-        if (n->prologue) /* the gradient of these images, computed just now (prologue.h) */
-            tg_prologue_run(n->prologue, n0, count);
+        /* the gradient of these images, computed just now where a prologue makes it */
+        const float *images = n->prologue ? tg_prologue_run(n->prologue, n0, count, mine)
+                                          : grad + n0 * s->oc * s->oh * s->ow;
         memset(mine + p->at_u, 0, (size_t)sums * sizeof *part);
-        for (int64_t i = n0; i < n0 + count; i++)
+        for (int64_t i = 0; i < count; i++)
             for (int64_t b = 0; b < p->bands; b++)
-                wgrad_band(p, x + i * s->c * s->h * s->w, grad + i * s->oc * s->oh * s->ow, mine,
-                           b);
+                wgrad_band(p, x + (n0 + i) * s->c * s->h * s->w,
+                           images + i * s->oc * s->oh * s->ow, mine, b);
         for (int64_t k = 0; k < sums; k++)
             acc[k] += part[k];
     }

@@ -20,6 +20,9 @@ typedef struct {
  * TG_WINOGRAD_TILE=4 in the environment (winograd.c says why). */
 int tg_winograd_tile(void);
 
+/* The images the weight gradient takes at a time (a chunked prologue's chunk). */
+int64_t tg_winograd_chunk_images(void);
+
 /* Sets n->payload (one allocation: free() releases it) and n->scratch_bytes (per thread). */
 int tg_winograd_prepare(tg_ir_node *n, const tg_winograd_shape *s);
 

@@ -448,13 +448,21 @@ START_TEST(segmented_pooling)
                 ((float *)t.data[0])[i] = (float)v;
         }
         tg_plan *fused = compare_case(&c, &t, true);
-        const tg_graph *g = tg_plan_graph(fused);
+        /* compiled, batch norm's sums recompute the pooled gradient; interpreted, they write
+         * it beside them (pass_fuse.c's cost of a gather) */
+        tg_plan *interpreted = compile_with(&t, true, true);
+        const tg_graph *g = tg_plan_graph(fused), *gi = tg_plan_graph(interpreted);
         bool ties = has_kernel(g, "with tie counts (5 planes a tile)"),
-             spread = has_kernel(g, "+ store + sum(0,2,3,4,5) of 2 values (5 planes a tile)");
+             spread = has_kernel(g, "} + sum(0,2,3,4,5) of 2 values (5 planes a tile)"),
+             spread_stored =
+                 has_kernel(gi, "+ store + sum(0,2,3,4,5) of 2 values (5 planes a tile)");
         if (!ties || !spread)
             print_kernels(g);
-        ck_assert_msg(ties && spread, "the pool's kernels are not segmented");
+        if (!spread_stored)
+            print_kernels(gi);
+        ck_assert_msg(ties && spread && spread_stored, "the pool's kernels are not segmented");
         tg_plan_free(fused);
+        tg_plan_free(interpreted);
         traced_free(&t);
         check_threads(&c);
     }
@@ -1000,15 +1008,25 @@ START_TEST(training_step)
         ck_assert_msg(has_kernel(tg_plan_graph(fused), "fused{sub mul add lt where} + max("),
                       "normalize + relu + pool is not one kernel");
         /* The gradient routed back through the pool to the relu output reads the pooled
-         * values repeated over each window (a gather): it is written once, and batch norm's
-         * backward kernels read it back. Only its kernel recomputes relu and tests for the
-         * window's max: the count of ties in each window, which the gradient divides by,
-         * is counted by the forward's pool kernel (fuse_ties.c). */
-        int window_tests = count_kernels(tg_plan_graph(fused), "lt where eq");
-        if (window_tests != 1)
+         * values repeated over each window (a gather). Compiled, that costs the pooled
+         * values' own bytes, and both of batch norm's backward kernels (its sums, its input
+         * gradient) recompute relu and test for the window's max, writing nothing between
+         * them; interpreted, the gather costs its points, so the gradient is written once
+         * beside the sums and the input gradient's kernel reads it back. Either way the count
+         * of ties in each window, which the gradient divides by, is counted by the forward's
+         * pool kernel (fuse_ties.c). */
+        tg_plan *interpreted = compile_with(&t, true, true);
+        int window_tests = count_kernels(tg_plan_graph(fused), "lt where eq"),
+            window_tests_i = count_kernels(tg_plan_graph(interpreted), "lt where eq");
+        if (window_tests != 2)
             print_kernels(tg_plan_graph(fused));
-        ck_assert_msg(window_tests == 1, "%d kernels test for the window's max, not 1",
-                      window_tests);
+        if (window_tests_i != 1)
+            print_kernels(tg_plan_graph(interpreted));
+        ck_assert_msg(window_tests == 2 && window_tests_i == 1,
+                      "%d kernels test for the window's max compiled, not 2, and %d "
+                      "interpreted, not 1", window_tests, window_tests_i);
+        ck_assert(!has_kernel(tg_plan_graph(fused), "+ store"));
+        tg_plan_free(interpreted);
         ck_assert_msg(has_kernel(tg_plan_graph(fused), "+ max(") &&
                           has_kernel(tg_plan_graph(fused), "with tie counts"),
                       "the pool's kernel does not count ties");
@@ -1190,7 +1208,7 @@ START_TEST(native_kernels_run)
         if (g->nodes[i].op != TG_PLAN_OP_FUSED || !p->native)
             continue;
         max_native |= p->count_ties;
-        pooled_sums_native |= p->reduce_op == TG_OP_SUM && p->stores && p->ndim == 6;
+        pooled_sums_native |= p->reduce_op == TG_OP_SUM && p->ndim == 6;
     }
     ck_assert(max_native && pooled_sums_native);
     tg_plan_free(fused);

@@ -98,7 +98,8 @@ int tg_pipeline_dump(const tg_graph *g, const char *dir, int stage, const char *
 int tg_pipeline_run(tg_graph *g, uint32_t disabled, bool layer_forms, const char *dump_dir,
                     tg_plan_stage *stages, int *n_stages)
 {
-    const tg_pass_ctx ctx = {.training = g->n_updates > 0, .layer_forms = layer_forms};
+    const tg_pass_ctx ctx = {.training = g->n_updates > 0, .layer_forms = layer_forms,
+                             .native = !((disabled >> TG_PASS_ID_native) & 1)};
     int count = 0;
     stages[count].name = "traced";
     stages[count].ran = true;

@@ -19,6 +19,8 @@ typedef struct {
     bool training;    /* informational: the graph holds updates */
     bool layer_forms; /* the graph is read as layers (ONNX export), not run: rewrites that
                          only help kernels and hide a layer's form stay off */
+    bool native;      /* fused kernels will be compiled (native.h) unless no compiler runs:
+                         not switched off */
 } tg_pass_ctx;
 
 #define TG_PASS(name, doc) int tg_pass_##name(tg_graph *g, const tg_pass_ctx *ctx);

@@ -218,11 +218,10 @@ static int plan_prologues(tg_plan *p, bool on)
         p->prologue_of[p->run_at[i]] = i;
         if (!p->chunked[i])
             continue;
-        size_t elem = x->dtype == TG_F64 ? sizeof(double) : sizeof(float);
-        size_t image = (size_t)(x->numel / x->shape[0]) * elem;
         size_t at = (kernel->scratch_bytes + 63) / 64 * 64;
         p->chunk_at[p->run_at[i]] = at;
-        kernel->scratch_bytes = at + (size_t)tg_conv_wgrad_chunk_images(kernel) * image;
+        kernel->scratch_bytes =
+            at + (size_t)tg_conv_wgrad_chunk_images(kernel) * tg_prologue_image_bytes(x);
     }
     return TG_OK;
 }
@@ -246,7 +245,8 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     p->threads = tg_num_threads();
     p->comm = tg_tape_comm(tape);
     if (tg_graph_from_tape(&p->g, tape, n_outputs, outputs) != TG_OK ||
-        remember_inputs(p) != TG_OK || tg_pipeline_run(&p->g, disabled, false, dump_dir, p->stages, &p->n_stages) != TG_OK)
+        remember_inputs(p) != TG_OK ||
+        tg_pipeline_run(&p->g, disabled, false, dump_dir, p->stages, &p->n_stages) != TG_OK)
         goto fail;
     p->prim = calloc((size_t)p->g.n + 1, sizeof *p->prim);
     p->value = calloc((size_t)p->g.n + 1, sizeof *p->value);

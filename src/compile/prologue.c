@@ -66,13 +66,18 @@ int tg_prologue_plan(const tg_graph *g, int *run_at, bool *chunked)
     return count;
 }
 
+size_t tg_prologue_image_bytes(const tg_ir_node *x)
+{
+    return (size_t)(x->numel / x->shape[0]) * (x->dtype == TG_F64 ? sizeof(double)
+                                                                   : sizeof(float));
+}
+
 const void *tg_prologue_run(const tg_prologue *pr, int64_t first, int64_t count, char *mine)
 {
     const tg_ir_node *x = pr->node;
     const tg_fused_program *p = x->payload;
     int64_t batch = x->shape[0], units = p->native_units;
-    size_t image = (size_t)(x->numel / batch) * (x->dtype == TG_F64 ? sizeof(double)
-                                                                      : sizeof(float));
+    size_t image = tg_prologue_image_bytes(x);
     char *at = pr->out ? (char *)pr->out + (size_t)first * image : mine + pr->chunk_at;
     /* The kernel writes image i at its output + i image: an output `first` images before
      * the chunk puts image `first` at its start. Computed as an integer: that address lies

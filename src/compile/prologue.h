@@ -31,6 +31,9 @@ typedef struct tg_prologue {
  * went out to memory, and the weight gradient read it back from cache: the reference
  * model's first block writes 12.8 MB there at every step. */
 
+/* The bytes of one image of node x's value: a chunk holds whole images. */
+size_t tg_prologue_image_bytes(const tg_ir_node *x);
+
 /* Runs the prologue's kernel over those images, on the calling thread, whose block of the
  * kernel's scratch is `mine`; returns where image `first`'s values begin (the next images
  * follow it, each the node's size over the batch). */

@@ -509,17 +509,23 @@ END_TEST
 
 /* The winograd pass (compile/pass_winograd.c) marks the f32 3x3 convolutions with 16
  * channels or more on both sides and 1024 output positions or more: all three of such a
- * step's (the first case has exactly 1024), with the tile TG_WINOGRAD_TILE asks for, and
- * the steps are still right; with the pass off none, nor in f64, nor with fewer channels
- * (case 6's forward has 16 and 6), nor with fewer positions (winograd_cases[0]: 72). */
+ * step's (the first case has exactly 1024), with 4x4 tiles for the two gradients by default
+ * and the tile TG_WINOGRAD_TILE names everywhere, and the steps are still right; with the
+ * pass off none, nor in f64, nor with fewer channels (case 6's forward has 16 and 6), nor
+ * with fewer positions (winograd_cases[0]: 72). */
 START_TEST(winograd_pass_marks_the_convolutions)
 {
     const conv_case marked[] = {{4, 16, 16, 16, 16, 3, 1}, {3, 20, 21, 19, 24, 3, 1}};
-    for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(setenv("TG_WINOGRAD_TILE", i % 2 ? "4" : "2", 1), 0);
-        op_counts c = check_compiled_step(&marked[i], 1, TG_F32, "fuse");
+    const char *tile[] = {NULL, "2", "4"};
+    const int winograd_4[] = {2, 0, 3};
+    for (int i = 0; i < 3; i++) {
+        if (tile[i])
+            ck_assert_int_eq(setenv("TG_WINOGRAD_TILE", tile[i], 1), 0);
+        else
+            unsetenv("TG_WINOGRAD_TILE");
+        op_counts c = check_compiled_step(&marked[i % 2], 1, TG_F32, "fuse");
         ck_assert_int_eq(c.winograd, 3);
-        ck_assert_int_eq(c.winograd_4, i % 2 ? 3 : 0);
+        ck_assert_int_eq(c.winograd_4, winograd_4[i]);
     }
     unsetenv("TG_WINOGRAD_TILE");
     ck_assert_int_eq(check_compiled_step(&marked[0], 1, TG_F32, "fuse,winograd").winograd, 0);

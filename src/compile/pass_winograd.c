@@ -1,6 +1,7 @@
 /* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(2x2,
  * 3x3) or F(4x4, 3x3) should run (TG_CONV_WINOGRAD, and TG_CONV_WINOGRAD_4 for the second,
- * as tg_winograd_tile says; kernels/winograd.c says how): 3x3 kernels, stride 1, f32, and at
+ * as tg_winograd_tile says: F(2x2) forward, F(4x4) for the gradients; kernels/winograd.c
+ * says how and why): 3x3 kernels, stride 1, f32, and at
  * least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
  * channel and tile, so the fewer multiply-adds only pay where the GEMMs over the channels are
  * long: the reference model's 32->64 convolution, its 64->32 input gradient and its weight
@@ -32,7 +33,6 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
 {
     if (ctx->layer_forms) /* an exported graph has no use for it */
         return TG_OK;
-    unsigned flags = TG_CONV_WINOGRAD | (tg_winograd_tile() == 4 ? TG_CONV_WINOGRAD_4 : 0);
     for (int i = 0; i < g->n; i++) {
         tg_ir_node *n = &g->nodes[i];
         /* attr: padding, stride, flags, the image slid over [N, C, H, W], the kernel size */
@@ -42,8 +42,11 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
         if ((wgrad || n->op == TG_PLAN_OP_CONV) && n->dtype == TG_F32 && n->ndim == 4 &&
             n->attr[2] == 1 && n->attr[3] == 1 && kh == 3 && kw == 3 &&
             n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS &&
-            output_positions(n) >= MIN_POSITIONS)
-            n->attr[4] |= flags;
+            output_positions(n) >= MIN_POSITIONS) {
+            bool gradient = wgrad || (n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED);
+            n->attr[4] |= TG_CONV_WINOGRAD |
+                          (tg_winograd_tile(gradient) == 4 ? TG_CONV_WINOGRAD_4 : 0);
+        }
     }
     return TG_OK;
 }

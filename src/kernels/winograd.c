@@ -483,21 +483,28 @@ static char *my_scratch(const tg_ir_node *n, void *scratch)
 /* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
  * (6x6 patches, with coefficients up to 8 and down to 1/24) cost more per output and round
  * worse: 3-5e-6 of the largest output against 3-7e-7 in the tests' convolutions
- * (tests/test_conv_lower.c), and in training that matters. The reference model's compiled
- * state after 3 steps differs from eager execution's by 3.8e-3 (relative, the largest
- * tensor's: fc1's momentum) with F(4x4) for conv2's forward and input gradient, 7.6e-6 with
- * F(2x2), as with no Winograd at all: batch norm's backward cancels most of the gradient,
- * and the kinks of ReLU and max pool amplify what is left (3.8e-5 after one step, 8.6e-4
- * after two). F(4x4) is faster: shape B of bench/conv_bn, 1 thread, Zen 5, 3 alternating
- * runs, block time 0.93 of F(2x2)'s with libxsmm's AVX-512 GEMMs and 0.86 with its AVX2 ones
- * (LIBXSMM_TARGET=hsw, the library built for x86-64-v3); the reference model trains 4-8%
- * faster. So F(2x2) by default, and F(4x4) when TG_WINOGRAD_TILE=4 asks for it. */
+ * (tests/test_conv_lower.c). In a forward that matters: its values decide the kinks of
+ * ReLU and max pool, and a value rounded to the other side of one moves the training state
+ * by a whole gradient's worth. The reference model's compiled state after 3 steps differs
+ * from eager execution's by 3.8e-3 (relative, the largest tensor's: fc1's momentum) with
+ * F(4x4) in conv2's forward, 7.6e-6 with F(2x2), as with no Winograd at all. A gradient's
+ * values decide no kink (the masks and the max's routing are the forward's), so its rounding
+ * stays its own size: with F(4x4) in the input gradient or the weight gradient (or both)
+ * the state after 3 steps is 7.6e-6 away, as with F(2x2). F(4x4) is faster: shape B of
+ * bench/conv_bn, 1 thread, Zen 5, 3 alternating runs, block time 0.93 of F(2x2)'s with
+ * libxsmm's AVX-512 GEMMs and 0.86 with its AVX2 ones (LIBXSMM_TARGET=hsw, the library built
+ * for x86-64-v3); in the gradients alone the reference model trains 1.026 (AVX-512) and
+ * 1.046 (AVX2) times faster (3 alternating runs of 300 steps). So F(2x2) for forward
+ * convolutions and F(4x4) for their gradients, unless TG_WINOGRAD_TILE=2 or 4 asks for one
+ * tile everywhere. */
 int64_t tg_winograd_chunk_images(void) { return WGRAD_CHUNK; }
 
-int tg_winograd_tile(void)
+int tg_winograd_tile(bool gradient)
 {
     const char *env = getenv("TG_WINOGRAD_TILE");
-    return env && strcmp(env, "4") == 0 ? 4 : 2;
+    if (env && (strcmp(env, "2") == 0 || strcmp(env, "4") == 0))
+        return env[0] - '0';
+    return gradient ? 4 : 2;
 }
 
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch)

@@ -16,9 +16,10 @@ typedef struct {
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
 
-/* The output tile's side the winograd pass asks for: 2, or 4 (faster, rounding worse) with
- * TG_WINOGRAD_TILE=4 in the environment (winograd.c says why). */
-int tg_winograd_tile(void);
+/* The output tile's side the winograd pass asks for: 2 for a forward convolution, 4
+ * (faster, rounding worse) for a gradient (the input's or the weights'), or the one that
+ * TG_WINOGRAD_TILE=2 or 4 in the environment names (winograd.c says why). */
+int tg_winograd_tile(bool gradient);
 
 /* The images the weight gradient takes at a time (a chunked prologue's chunk). */
 int64_t tg_winograd_chunk_images(void);

@@ -2,6 +2,7 @@
  * (matmul at sizes that reach libxsmm's JIT kernels, sliding windows), and f32 against f64. */
 #include "testing.h"
 
+#include <libxsmm.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -136,7 +137,7 @@ static void naive_matmul(int64_t m, int64_t n, int64_t k, const double *a, const
         }
 }
 
-START_TEST(matmul_matches_naive)
+static void check_matmuls(void)
 {
     /* Small, odd, sizes of the convolutions in the MNIST models, and sizes that the kernel
      * cuts into panels of B (matmul.c: by columns and by rows, with shorter last panels, in
@@ -173,6 +174,24 @@ START_TEST(matmul_matches_naive)
         }
     }
     tg_tape_free(tape);
+}
+
+START_TEST(matmul_matches_naive)
+{
+    check_matmuls();
+}
+END_TEST
+
+/* Without JIT (libxsmm's generic target) every product is matmul.c's loop, panels and all:
+ * the same sums. Each test runs in its own process, so the target stays off in this one. */
+START_TEST(matmul_loop_fallback_matches_naive)
+{
+    libxsmm_init(); /* which would otherwise set the target from the CPU later */
+    libxsmm_set_target_arch("generic");
+    float alpha = 1, beta = 0;
+    ck_assert_ptr_null(libxsmm_smmdispatch(7, 5, 3, NULL, NULL, NULL, &alpha, &beta, NULL,
+                                           NULL));
+    check_matmuls();
 }
 END_TEST
 
@@ -273,6 +292,7 @@ int main(void)
     tcase_add_test(tc, reductions_over_axis_sets);
     tcase_add_test(tc, movement);
     tcase_add_test(tc, matmul_matches_naive);
+    tcase_add_test(tc, matmul_loop_fallback_matches_naive);
     tcase_add_test(tc, windows_are_adjoint);
     tcase_add_test(tc, f32_matches_f64);
     suite_add_tcase(s, tc);

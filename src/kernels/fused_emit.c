@@ -132,12 +132,42 @@ static void declare_copies(const emitter *e)
 
 static bool emit_outer_index(const emitter *e, const int64_t *stride);
 
+/* Whether load l reads one element for the whole innermost loop (batch norm's per-channel
+ * mean and scale): read once, h<l>, at the outer loops' position. The compiler cannot do
+ * that itself, as y might overlap the input: with AVX2 code it broadcast each such value
+ * again for every vector. (No output overlaps such a load: an output is made in place only
+ * of an input read at its own points, pass_fuse.c.) */
+static bool invariant(const emitter *e, int l)
+{
+    if (e->copied[l] || (e->n_window > 0 && e->windowed[l]))
+        return false;
+    for (int k = e->inner; k < e->x.ndim; k++)
+        if (e->x.stride[l][k] != 0 && e->x.shape[k] > 1)
+            return false;
+    return true;
+}
+
+static void emit_invariants(const emitter *e)
+{
+    const tg_fused_program *p = e->p;
+    for (int l = 0; l < p->n_loads; l++) {
+        if (!invariant(e, l))
+            continue;
+        tg_text_printf(e->t, "const %s h%d = in%d[", ctype(p->load[l].dtype), l, l);
+        if (!emit_outer_index(e, e->x.stride[l]))
+            tg_text_printf(e->t, "0");
+        tg_text_printf(e->t, "];\n");
+    }
+}
+
 /* The copies for the outer loops' position: loops over the merged axes (variables j<k>),
- * each buffer filled row-major. */
+ * each buffer filled row-major; and the invariant loads, once (at the first window point). */
 static void emit_copies(const emitter *e)
 {
     const tg_fused_loops *x = &e->x;
     int d = x->ndim;
+    if (e->n_window == 0 || e->window == 0)
+        emit_invariants(e);
     for (int l = 0; l < e->p->n_loads; l++) {
         if (!e->copied[l] || (e->n_window > 0 && e->window > 0 && !e->windowed[l]))
             continue;
@@ -215,12 +245,17 @@ static bool emittable(int op)
 
 /* Every value at one point, v<n> in the program's numbering, with the eager kernels'
  * semantics (maximum takes a on ties and NaN in a; where tests cond != 0 and picks by bits,
- * as the interpreter does, so that no load is made conditional). */
+ * as the interpreter does, so that no load is made conditional: GCC 12 then makes a ReLU's
+ * where one AND with the comparison's mask, where a ternary made it compare twice and blend). */
 static void emit_values(const emitter *e)
 {
     const tg_fused_program *p = e->p;
     tg_text *t = e->t;
     for (int l = 0; l < p->n_loads; l++) {
+        if (invariant(e, l)) {
+            tg_text_printf(t, "const %s v%d = h%d;\n", ctype(p->load[l].dtype), l, l);
+            continue;
+        }
         if (e->copied[l]) {
             tg_text_printf(t, "const %s v%d = ", ctype(p->load[l].dtype), l);
             copy_name(e, l, e->window);

@@ -302,10 +302,13 @@ INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int6
     #pragma GCC unroll 6
     for (int i = 0; i < ny; i++) { /* along the rows */
         transform_1d(kind, r, t[i], y);
+        float *at = to;
         #pragma GCC unroll 6
         for (int j = 0; j < ny; j++) {
             if (j < cols)
-                memcpy(to + j * out_j, &y[j], sizeof y[j]);
+                memcpy(at, &y[j], sizeof y[j]);
+            at += out_j;
+            OPAQUE(at);
         }
         to += out_i;
         OPAQUE(to);

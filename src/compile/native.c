@@ -83,8 +83,10 @@ void tg_text_free(tg_text *t)
     *t = (tg_text){0};
 }
 
-/* What every generated file begins with: where's pick by bits, and a run's lanes added
- * pairwise in double. */
+/* What every generated file begins with: where's pick by bits, and a run's 16 lanes
+ * (fused_emit.c's LANES) as vector values, one of 16 floats where the machine has such
+ * vectors and two of 8 where not (a 16-float vector there went through general registers),
+ * added pairwise in double. */
 static const char prelude[] =
     "#include <math.h>\n#include <stdint.h>\n#include <string.h>\n"
     "static inline float tg_pick_f32(int k, float a, float b)\n"
@@ -93,11 +95,34 @@ static const char prelude[] =
     "static inline double tg_pick_f64(int k, double a, double b)\n"
     "{ uint64_t x, y, m = k ? ~(uint64_t)0 : 0; memcpy(&x, &a, 8); memcpy(&y, &b, 8);\n"
     "  x = (x & m) | (y & ~m); memcpy(&a, &x, 8); return a; }\n"
-    "static inline double tg_lanes_f32(const float *l)\n"
-    "{ double w[8]; for (int i = 0; i < 8; i++) w[i] = (double)l[i] + (double)l[i + 8];\n"
+    "#if defined(__AVX512F__)\n"
+    "typedef float tg_acc_f32 __attribute__((vector_size(64)));\n"
+    "static inline tg_acc_f32 tg_acc_add_f32(tg_acc_f32 a, const float *s)\n"
+    "{ tg_acc_f32 v; memcpy(&v, s, sizeof v); return a + v; }\n"
+    "static inline void tg_acc_out_f32(tg_acc_f32 a, float *l) { memcpy(l, &a, sizeof a); }\n"
+    "#else\n"
+    "typedef float tg_half_f32 __attribute__((vector_size(32)));\n"
+    "typedef struct { tg_half_f32 lo, hi; } tg_acc_f32;\n"
+    "static inline tg_acc_f32 tg_acc_add_f32(tg_acc_f32 a, const float *s)\n"
+    "{ tg_half_f32 lo, hi; memcpy(&lo, s, sizeof lo); memcpy(&hi, s + 8, sizeof hi);\n"
+    "  a.lo += lo; a.hi += hi; return a; }\n"
+    "static inline void tg_acc_out_f32(tg_acc_f32 a, float *l)\n"
+    "{ memcpy(l, &a.lo, sizeof a.lo); memcpy(l + 8, &a.hi, sizeof a.hi); }\n"
+    "#endif\n"
+    "typedef double tg_half_f64 __attribute__((vector_size(64)));\n"
+    "typedef struct { tg_half_f64 lo, hi; } tg_acc_f64;\n"
+    "static inline tg_acc_f64 tg_acc_add_f64(tg_acc_f64 a, const double *s)\n"
+    "{ tg_half_f64 lo, hi; memcpy(&lo, s, sizeof lo); memcpy(&hi, s + 8, sizeof hi);\n"
+    "  a.lo += lo; a.hi += hi; return a; }\n"
+    "static inline void tg_acc_out_f64(tg_acc_f64 a, double *l)\n"
+    "{ memcpy(l, &a.lo, sizeof a.lo); memcpy(l + 8, &a.hi, sizeof a.hi); }\n"
+    "static inline double tg_lanes_f32(tg_acc_f32 a)\n"
+    "{ float l[16]; double w[8]; tg_acc_out_f32(a, l);\n"
+    "  for (int i = 0; i < 8; i++) w[i] = (double)l[i] + (double)l[i + 8];\n"
     "  return ((w[0] + w[1]) + (w[2] + w[3])) + ((w[4] + w[5]) + (w[6] + w[7])); }\n"
-    "static inline double tg_lanes_f64(const double *l)\n"
-    "{ double w[8]; for (int i = 0; i < 8; i++) w[i] = l[i] + l[i + 8];\n"
+    "static inline double tg_lanes_f64(tg_acc_f64 a)\n"
+    "{ double l[16], w[8]; tg_acc_out_f64(a, l);\n"
+    "  for (int i = 0; i < 8; i++) w[i] = l[i] + l[i + 8];\n"
     "  return ((w[0] + w[1]) + (w[2] + w[3])) + ((w[4] + w[5]) + (w[6] + w[7])); }\n";
 
 static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)

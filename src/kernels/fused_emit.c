@@ -731,11 +731,16 @@ static void emit_window_fold(const emitter *e, int64_t block_numel)
         }
         return;
     }
-    /* the NaN flag in T: GCC 12 vectorizes no loop that mixes it as an int with floats */
-    tg_text_printf(t, "{ %s best = u0_0, nan = best != best ? 1 : 0;\n", T);
+    /* The NaN flag in T (GCC 12 vectorizes no loop that mixes it as an int with floats), from
+     * the points two at a time: one unordered comparison for a pair where a test of each
+     * point against itself took three instructions a point with AVX2 code. */
+    tg_text_printf(t, "{ %s best = u0_0, nan = (%s)(0", T, T);
+    for (int r = 0; r < e->n_window; r += 2)
+        tg_text_printf(t, " | __builtin_isunordered(u0_%d, u0_%d)", r,
+                       r + 1 < e->n_window ? r + 1 : r);
+    tg_text_printf(t, ");\n");
     for (int r = 1; r < e->n_window; r++)
-        tg_text_printf(t, "nan += u0_%d != u0_%d ? 1 : 0; best = u0_%d > best ? u0_%d : best;\n",
-                       r, r, r, r);
+        tg_text_printf(t, "best = u0_%d > best ? u0_%d : best;\n", r, r);
     tg_text_printf(t, "y[");
     emit_index(e, e->x.out_stride);
     tg_text_printf(t, "] = nan != 0 ? (%s)NAN : best;\n", T);

@@ -276,8 +276,13 @@ INLINE void transform_1d(int kind, int r, lanes *x, lanes *y)
 }
 
 /* Keeps GCC from computing a block's 36 addresses once, for every block, and spilling them
- * (AVX2's 16 registers are full): nearly half the transforms' time went to reloading them. */
+ * (AVX2's 16 registers are full): nearly half the transforms' time went to reloading them.
+ * The pointers step from one row to the next only when there is a next one. */
+#if defined(__GNUC__)
 #define OPAQUE(pointer) __asm__("" : "+r"(pointer))
+#else
+#define OPAQUE(pointer) (void)(pointer)
+#endif
 
 INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int64_t in_j,
                             float *out, int64_t out_i, int64_t out_j, int cols)
@@ -289,9 +294,11 @@ INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int6
         const float *from = in + j * in_j;
         #pragma GCC unroll 6
         for (int i = 0; i < nx; i++) {
+            if (i > 0) {
+                from += in_i;
+                OPAQUE(from);
+            }
             memcpy(&col[i], from, sizeof col[i]);
-            from += in_i;
-            OPAQUE(from);
         }
         transform_1d(kind, r, col, y);
         #pragma GCC unroll 6
@@ -302,16 +309,19 @@ INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int6
     #pragma GCC unroll 6
     for (int i = 0; i < ny; i++) { /* along the rows */
         transform_1d(kind, r, t[i], y);
+        if (i > 0) {
+            to += out_i;
+            OPAQUE(to);
+        }
         float *at = to;
         #pragma GCC unroll 6
-        for (int j = 0; j < ny; j++) {
-            if (j < cols)
-                memcpy(at, &y[j], sizeof y[j]);
-            at += out_j;
-            OPAQUE(at);
+        for (int j = 0; j < ny && j < cols; j++) {
+            if (j > 0) {
+                at += out_j;
+                OPAQUE(at);
+            }
+            memcpy(at, &y[j], sizeof y[j]);
         }
-        to += out_i;
-        OPAQUE(to);
     }
 }
 

@@ -123,7 +123,37 @@ static const char prelude[] =
     "static inline double tg_lanes_f64(tg_acc_f64 a)\n"
     "{ double l[16], w[8]; tg_acc_out_f64(a, l);\n"
     "  for (int i = 0; i < 8; i++) w[i] = l[i] + l[i + 8];\n"
-    "  return ((w[0] + w[1]) + (w[2] + w[3])) + ((w[4] + w[5]) + (w[6] + w[7])); }\n";
+    "  return ((w[0] + w[1]) + (w[2] + w[3])) + ((w[4] + w[5]) + (w[6] + w[7])); }\n"
+    /* a pool's copies (fused_emit.c): tg_dup2 broadcasts n >= 4 values over windows of 2,
+     * into `rows` rows `row` apart; tg_unzip2 splits 2 n values into the even and the odd
+     * ones. Four values a step, the last overlapping the one before where n is not a
+     * multiple of 4; loops where the compiler has no vector shuffles. */
+    "#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)\n"
+    "#define TG_POOL_COPIES(S, T) \\\n"
+    "typedef T tg_q4_##S __attribute__((vector_size(4 * sizeof(T)))); \\\n"
+    "typedef T tg_q8_##S __attribute__((vector_size(8 * sizeof(T)))); \\\n"
+    "static inline void tg_dup2_##S(const T *s, T *d, int64_t n, int rows, int64_t row) \\\n"
+    "{ for (int64_t i = 0;; i += 4) { if (i + 4 > n) i = n - 4; \\\n"
+    "    tg_q4_##S x; memcpy(&x, s + i, sizeof x); \\\n"
+    "    tg_q8_##S y = __builtin_shufflevector(x, x, 0, 0, 1, 1, 2, 2, 3, 3); \\\n"
+    "    for (int r = 0; r < rows; r++) memcpy(d + r * row + 2 * i, &y, sizeof y); \\\n"
+    "    if (i + 4 >= n) return; } } \\\n"
+    "static inline void tg_unzip2_##S(const T *s, T *a, T *b, int64_t n) \\\n"
+    "{ for (int64_t i = 0;; i += 4) { if (i + 4 > n) i = n - 4; \\\n"
+    "    tg_q8_##S x; memcpy(&x, s + 2 * i, sizeof x); \\\n"
+    "    tg_q4_##S ev = __builtin_shufflevector(x, x, 0, 2, 4, 6); \\\n"
+    "    tg_q4_##S od = __builtin_shufflevector(x, x, 1, 3, 5, 7); \\\n"
+    "    memcpy(a + i, &ev, sizeof ev); memcpy(b + i, &od, sizeof od); \\\n"
+    "    if (i + 4 >= n) return; } }\n"
+    "#else\n"
+    "#define TG_POOL_COPIES(S, T) \\\n"
+    "static inline void tg_dup2_##S(const T *s, T *d, int64_t n, int rows, int64_t row) \\\n"
+    "{ for (int r = 0; r < rows; r++) for (int64_t i = 0; i < n; i++) \\\n"
+    "    d[r * row + 2 * i] = d[r * row + 2 * i + 1] = s[i]; } \\\n"
+    "static inline void tg_unzip2_##S(const T *s, T *a, T *b, int64_t n) \\\n"
+    "{ for (int64_t i = 0; i < n; i++) { a[i] = s[2 * i]; b[i] = s[2 * i + 1]; } }\n"
+    "#endif\n"
+    "TG_POOL_COPIES(f32, float)\nTG_POOL_COPIES(f64, double)\n";
 
 static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)
 {

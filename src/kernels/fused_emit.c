@@ -160,37 +160,97 @@ static void emit_invariants(const emitter *e)
     }
 }
 
-/* The copies for the outer loops' position: loops over the merged axes (variables j<k>),
- * each buffer filled row-major; and the invariant loads, once (at the first window point). */
-static void emit_copies(const emitter *e)
+/* The loops over the merged axes inner .. top - 1 (variables j<k>) that fill the copies. */
+static void open_copy_loops(const emitter *e, int top)
+{
+    for (int k = e->inner; k < top; k++)
+        tg_text_printf(e->t, "for (int64_t j%d = 0; j%d < %lldLL; j%d++)\n", k, k,
+                       (long long)e->x.shape[k], k);
+    tg_text_printf(e->t, "{\n");
+}
+
+/* A copy's element for a position of those loops, the axes from top on at 0: row-major. */
+static void emit_copy_index(const emitter *e, int top)
+{
+    if (top == e->inner) {
+        tg_text_printf(e->t, "0");
+        return;
+    }
+    for (int k = e->inner + 1; k < top; k++)
+        tg_text_printf(e->t, "(");
+    tg_text_printf(e->t, "j%d", e->inner);
+    for (int k = e->inner + 1; k < top; k++)
+        tg_text_printf(e->t, " * %lldLL + j%d)", (long long)e->x.shape[k], k);
+    tg_text_printf(e->t, " * %lldLL", (long long)extent(e, top, e->x.ndim));
+}
+
+/* Load l's element there, at the current window point. */
+static void emit_copy_source(const emitter *e, int l, int top)
+{
+    bool any = emit_outer_index(e, e->x.stride[l]);
+    for (int k = e->inner; k < top; k++) {
+        if (e->x.stride[l][k] == 0)
+            continue;
+        tg_text_printf(e->t, "%sj%d * %lldLL", any ? " + " : "", k,
+                       (long long)e->x.stride[l][k]);
+        any = true;
+    }
+    tg_text_printf(e->t, "%s + %lldLL", any ? "" : "0", (long long)e->shift[l]);
+}
+
+/* Load l's copy (at the current window point), element by element. */
+static void emit_copy(const emitter *e, int l)
+{
+    copy_name(e, l, e->window);
+    tg_text_printf(e->t, "[");
+    emit_copy_index(e, e->x.ndim);
+    tg_text_printf(e->t, "] = in%d[", l);
+    emit_copy_source(e, l, e->x.ndim);
+    tg_text_printf(e->t, "];\n");
+}
+
+/* A pool's broadcast, [.., a, j, b] with b of 2 read at stride 0 and j contiguously, at
+ * least 4 long (the prelude's tg_dup2 steps 4 values at a time): the first axis one call
+ * fills, a where a is read at stride 0 too (its rows repeated), else j; -1 for another
+ * copy. GCC 12 vectorized the loops over [a, j, b] poorly (3.9 times tg_dup2's time at
+ * 28x28 with AVX2 code). */
+static int dup2_top(const emitter *e, int l)
 {
     const tg_fused_loops *x = &e->x;
     int d = x->ndim;
-    if (e->n_window == 0 || e->window == 0)
-        emit_invariants(e);
+    if (d - e->inner < 2 || x->shape[d - 1] != 2 || x->stride[l][d - 1] != 0 ||
+        x->stride[l][d - 2] != 1 || x->shape[d - 2] < 4)
+        return -1;
+    return d - 3 >= e->inner && x->stride[l][d - 3] == 0 ? d - 3 : d - 2;
+}
+
+/* The copies and the invariant loads for the outer loops' position (outside a window
+ * reduction: emit_window_copies), a nest of loops each: GCC 12 vectorized the pool's
+ * backward duplicating copies one at a time, and not when two shared a nest. */
+static void emit_copies(const emitter *e)
+{
+    int d = e->x.ndim;
+    emit_invariants(e);
     for (int l = 0; l < e->p->n_loads; l++) {
-        if (!e->copied[l] || (e->n_window > 0 && e->window > 0 && !e->windowed[l]))
+        if (!e->copied[l])
             continue;
-        for (int k = e->inner; k < d; k++)
-            tg_text_printf(e->t, "for (int64_t j%d = 0; j%d < %lldLL; j%d++)\n", k, k,
-                           (long long)x->shape[k], k);
+        int top = dup2_top(e, l);
+        if (top < 0) {
+            open_copy_loops(e, d);
+            emit_copy(e, l);
+            tg_text_printf(e->t, "}\n");
+            continue;
+        }
+        open_copy_loops(e, top);
+        tg_text_printf(e->t, "tg_dup2_%s(&in%d[", suffix(e->p->load[l].dtype), l);
+        emit_copy_source(e, l, top);
+        tg_text_printf(e->t, "], &");
         copy_name(e, l, e->window);
         tg_text_printf(e->t, "[");
-        for (int k = e->inner + 1; k < d; k++)
-            tg_text_printf(e->t, "(");
-        tg_text_printf(e->t, "j%d", e->inner);
-        for (int k = e->inner + 1; k < d; k++)
-            tg_text_printf(e->t, " * %lldLL + j%d)", (long long)x->shape[k], k);
-        tg_text_printf(e->t, "] = in%d[", l);
-        bool any = emit_outer_index(e, x->stride[l]);
-        for (int k = e->inner; k < d; k++) {
-            if (x->stride[l][k] == 0)
-                continue;
-            tg_text_printf(e->t, "%sj%d * %lldLL", any ? " + " : "", k,
-                           (long long)x->stride[l][k]);
-            any = true;
-        }
-        tg_text_printf(e->t, "%s + %lldLL];\n", any ? "" : "0", (long long)e->shift[l]);
+        emit_copy_index(e, top);
+        tg_text_printf(e->t, "], %lldLL, %lld, %lldLL);\n}\n", (long long)e->x.shape[d - 2],
+                       (long long)(top == d - 3 ? e->x.shape[d - 3] : 1),
+                       (long long)(2 * e->x.shape[d - 2]));
     }
 }
 
@@ -772,6 +832,58 @@ static void set_window_point(emitter *e, const tg_fused_loops *full, int block_s
     e->window = r;
 }
 
+/* A window reduction's copies and invariant loads. A load that varies over the window and
+ * steps 2 along the innermost axis, at least 4 long, whose points pair up one element
+ * apart (a pool's [.., i, a, j, b] with b of 2): each pair split by one call of the
+ * prelude's tg_unzip2 per position of the outer loops. GCC 12 read each point's elements
+ * on their own, shuffling out every other one: 46% of max pool's forward kernel with AVX2
+ * code. Other loads: their points' copies filled in one nest of loops. */
+static void emit_window_copies(emitter *e, const tg_fused_loops *full, int block_start)
+{
+    const tg_fused_loops *x = &e->x;
+    int d = x->ndim, n = e->n_window, partner[16];
+    set_window_point(e, full, block_start, 0);
+    emit_invariants(e);
+    for (int l = 0; l < e->p->n_loads; l++) {
+        if (!e->copied[l])
+            continue;
+        int64_t shift[16];
+        bool paired = e->windowed[l] && x->stride[l][d - 1] == 2 && x->shape[d - 1] >= 4;
+        for (int r = 0; r < n; r++) {
+            set_window_point(e, full, block_start, r);
+            shift[r] = e->shift[l];
+            partner[r] = -1;
+        }
+        for (int r = 0; paired && r < n; r++) {
+            for (int q = 0; q < n && partner[r] < 0; q++)
+                if (shift[q] == shift[r] + 1 && partner[q] < 0 && q != r)
+                    partner[r] = q, partner[q] = r;
+            paired = partner[r] >= 0;
+        }
+        open_copy_loops(e, paired ? d - 1 : d);
+        for (int r = 0; r < (e->windowed[l] ? n : 1); r++) {
+            set_window_point(e, full, block_start, r);
+            if (!paired) {
+                emit_copy(e, l);
+                continue;
+            }
+            if (shift[partner[r]] < shift[r])
+                continue; /* r is the odd point of its pair */
+            tg_text_printf(e->t, "tg_unzip2_%s(&in%d[", suffix(e->p->load[l].dtype), l);
+            emit_copy_source(e, l, d - 1);
+            const int points[2] = {r, partner[r]}; /* the even, the odd */
+            for (int k = 0; k < 2; k++) {
+                tg_text_printf(e->t, "], &");
+                copy_name(e, l, points[k]);
+                tg_text_printf(e->t, "[");
+                emit_copy_index(e, d - 1);
+            }
+            tg_text_printf(e->t, "], %lldLL);\n", (long long)x->shape[d - 1]);
+        }
+        tg_text_printf(e->t, "}\n");
+    }
+}
+
 /* Every window point's values, into u<b>_<r>. */
 static void emit_window_points(emitter *e, const tg_fused_loops *full, int block_start)
 {
@@ -793,7 +905,7 @@ static void emit_window_points(emitter *e, const tg_fused_loops *full, int block
  * vector loop; each window point's values made in the loop's body (the window's points
  * unrolled) and folded there. Loads that do not step through the plane's kept axes as one
  * (the full-size input, stepping 2 along j) are copied for the unit, per window point
- * where they vary over the window, as emit_copies does. */
+ * where they vary over the window (emit_window_copies). */
 static bool emit_window_reduction(emitter *e, const char *name, int64_t *units)
 {
     const tg_fused_program *p = e->p;
@@ -841,10 +953,7 @@ static bool emit_window_reduction(emitter *e, const char *name, int64_t *units)
     int blocks = 1 + p->n_more;
     emit_head(e, name);
     emit_units(e);
-    for (int r = 0; r < e->n_window; r++) {
-        set_window_point(e, &full, block, r);
-        emit_copies(e);
-    }
+    emit_window_copies(e, &full, block);
     for (int pass = 0; pass < 2; pass++) { /* vectors of LANES points, then the rest */
         if (pass == 0)
             tg_text_printf(e->t, "int64_t w0 = 0;\nfor (; w0 + %d <= %lldLL; w0 += %d) {\n"

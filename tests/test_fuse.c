@@ -1030,6 +1030,10 @@ START_TEST(training_step)
         ck_assert_msg(has_kernel(tg_plan_graph(fused), "+ max(") &&
                           has_kernel(tg_plan_graph(fused), "with tie counts"),
                       "the pool's kernel does not count ties");
+        /* the linear layer's weight, transposed for its matmul: libxsmm's transposes, 64
+         * columns (of 144) at a time and the rest (kernels/fused_transpose.c) */
+        ck_assert_msg(has_kernel(tg_plan_graph(fused), "fused{copy} transposed by libxsmm"),
+                      "the weight's transpose is not libxsmm's");
         tg_plan_free(fused);
         tg_optim_free(net.opt);
         tg_params_free(net.params);

@@ -350,7 +350,8 @@ void *tg_native_load(tg_graph *g, const char *dump_dir, int *count, const char *
     int n_emitted = 0;
     for (int i = 0; i < g->n && made && emitted; i++) {
         tg_ir_node *x = &g->nodes[i];
-        if (x->op != TG_PLAN_OP_FUSED || !x->payload || points(x->payload) < least)
+        if (x->op != TG_PLAN_OP_FUSED || !x->payload || points(x->payload) < least ||
+            tg_fused_transposes(x->payload))
             continue;
         char name[32];
         snprintf(name, sizeof name, "tg_kernel_%d", i);

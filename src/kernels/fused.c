@@ -30,6 +30,7 @@
  * point as it folds (tg_fused_program.stores: compile/pass_fuse_stores.c), made straight in
  * the output where a tile's points are contiguous there, scattered back elsewhere. */
 #include "fused.h"
+#include "fused_transpose.h"
 #include "../compile/plan_ops.h"
 #include "strided.h"
 
@@ -783,6 +784,7 @@ typedef struct {
 } step;
 
 struct tg_fused_exec {
+    tg_fused_transpose transpose; /* a transposing copy: libxsmm's (fused_transpose.h) */
     int ndim; /* >= 2 */
     int64_t shape[TG_FUSED_MAX_DIMS];
     int64_t stride[TG_FUSED_MAX_LOADS][TG_FUSED_MAX_DIMS];
@@ -1777,8 +1779,11 @@ int tg_fused_prepare(const tg_graph *g, tg_ir_node *n)
     if (!index_gathers(p, e))
         return tg_fail(TG_ERR_NOMEM, "fused: out of memory");
     n->scratch_bytes = scratch_need(p, e);
+    tg_fused_transpose_plan(p, &e->transpose);
     return TG_OK;
 }
+
+bool tg_fused_transposes(const tg_fused_program *p) { return p->exec && p->exec->transpose.on; }
 
 void tg_fused_release(void *payload)
 {
@@ -2302,6 +2307,12 @@ void tg_fused_run(const tg_ir_node *n, void *out, const void *const *in, void *s
     int64_t points = 1;
     for (int k = 0; k < e->ndim; k++)
         points *= e->shape[k];
+    if (e->transpose.on) {
+        tg_fused_transpose_run(&e->transpose, out,
+                               (const char *)in[p->load[0].input] +
+                                   p->load[0].offset * (int64_t)elem_size(p->load[0].dtype));
+        return;
+    }
     if (points == 0) { /* nothing to read: a reduction's outputs are its identity */
         if (reduce) /* (a reduction that stores has no points to store) */
             fill(n->dtype, out, p->reduce_op == TG_OP_SUM ? 0.0 : -INFINITY, n->numel);
@@ -2402,6 +2413,8 @@ void tg_fused_describe(const tg_ir_node *n, char *buf, size_t size)
         used += (size_t)snprintf(buf + used, size - used, " (%d chained)", chains);
     if (p && p->native && used < size)
         used += (size_t)snprintf(buf + used, size - used, " native");
+    if (e && e->transpose.on && used < size)
+        used += (size_t)snprintf(buf + used, size - used, " transposed by libxsmm");
     if (p && p->native_combine && used < size) /* a reduction's partial sums per chunk */
         snprintf(buf + used, size - used, " in %lld chunks", (long long)p->native_units);
 }

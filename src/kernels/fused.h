@@ -101,6 +101,10 @@ typedef struct {
 } tg_fused_loops;
 void tg_fused_loops_of(const tg_fused_program *p, bool kept_first, tg_fused_loops *out);
 
+/* Whether the prepared program runs as libxsmm's transposes (kernels/fused_transpose.h):
+ * then it is neither interpreted nor compiled to machine code. */
+bool tg_fused_transposes(const tg_fused_program *p);
+
 /* A native elementwise program's units u0 .. u1 - 1, on the calling thread (a prologue:
  * compile/prologue.h). */
 void tg_fused_run_units(const tg_ir_node *n, void *out, const void *const *in, int64_t u0,

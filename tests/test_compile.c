@@ -4,6 +4,7 @@
  * step, and each shown to change the graph it is given (fuse_stores by tests/test_fuse.c,
  * as it acts only on fuse's kernels). */
 #include "testing.h"
+#include "compile/arena.h"
 #include "compile/graph.h"
 #include "tapegrad_nn.h"
 
@@ -427,11 +428,35 @@ START_TEST(each_pass_changes_the_step)
 }
 END_TEST
 
+/* A plan's arena: aligned, zeroed and writable end to end, in malloc's blocks and in the
+ * huge-page mappings of the larger ones alike (compile/arena.c), sizes on either side of
+ * a page. */
+START_TEST(arena_sizes)
+{
+    const size_t sizes[] = {0, 100, 4096, (8u << 20) - 64, 8u << 20, (9u << 20) + 1, 33u << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        char *a = tg_arena_alloc(n);
+        ck_assert_ptr_nonnull(a);
+        ck_assert_uint_eq((uintptr_t)a % 64, 0);
+        for (size_t k = 0; k < n; k += 4093)
+            ck_assert_int_eq(a[k], 0);
+        if (n > 0) {
+            ck_assert_int_eq(a[n - 1], 0);
+            memset(a, 0x5a, n);
+        }
+        tg_arena_free(a, n);
+    }
+    tg_arena_free(NULL, 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("compile");
     TCase *tc = tcase_create("compile");
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, arena_sizes);
     tcase_add_test(tc, compiled_matches_eager);
     tcase_add_test(tc, fold_scale_folds_batch_norm);
     tcase_add_test(tc, single_row_times_transpose);

@@ -6,6 +6,7 @@
  * their values into their targets. Nothing is allocated while running: libxsmm's kernels
  * are dispatched, the fused kernels compiled to machine code (native.h) and OpenMP's
  * threads started when the plan is built. */
+#include "arena.h"
 #include "native.h"
 #include "pipeline.h"
 #include "plan_ops.h"
@@ -108,8 +109,8 @@ void tg_plan_free(tg_plan *plan)
 #endif
     tg_graph_free(&plan->g);
     tg_native_unload(plan->native);
+    tg_arena_free(plan->arena, plan->mem.arena_bytes); /* before the plan that sized it */
     tg_memplan_free(&plan->mem);
-    free(plan->arena);
     free(plan->value);
     free(plan->prim);
     free(plan->run_at);
@@ -267,14 +268,12 @@ tg_plan *tg_compile(tg_tape *tape, int n_outputs, tg_tensor *const *outputs,
     bool planned = !((disabled >> TG_PASS_ID_memplan) & 1);
     if (tg_memplan_build(&p->g, p->threads, planned, p->run_at, p->chunked, &p->mem) != TG_OK)
         goto fail;
-    p->arena = aligned_alloc(64, p->mem.arena_bytes ? (p->mem.arena_bytes + 63) / 64 * 64 : 64);
+    p->arena = tg_arena_alloc(p->mem.arena_bytes); /* every page touched: no run pays for it */
     if (!p->arena) {
         tg_fail(TG_ERR_NOMEM, "compile: out of memory for a %zu-byte arena",
                 p->mem.arena_bytes);
         goto fail;
     }
-    /* Touch every page now, so no run pays for first touches. */
-    memset(p->arena, 0, p->mem.arena_bytes);
     bind_values(p);
     if (dump_dir) {
         char note[1024];

@@ -29,11 +29,10 @@ static char *map_aligned(size_t bytes)
                      -1, 0);
     if (raw == MAP_FAILED)
         return NULL;
-    size_t head = (HUGE_PAGE - (uintptr_t)raw % HUGE_PAGE) % HUGE_PAGE;
+    size_t head = (HUGE_PAGE - (uintptr_t)raw % HUGE_PAGE) % HUGE_PAGE; /* < HUGE_PAGE */
     if (head > 0)
         munmap(raw, head);
-    if (HUGE_PAGE - head > 0)
-        munmap(raw + head + bytes, HUGE_PAGE - head);
+    munmap(raw + head + bytes, HUGE_PAGE - head);
     return raw + head;
 }
 #endif

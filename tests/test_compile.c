@@ -430,7 +430,7 @@ END_TEST
 
 /* A plan's arena: aligned, zeroed and writable end to end, in malloc's blocks and in the
  * huge-page mappings of the larger ones alike (compile/arena.c), sizes on either side of
- * a page. */
+ * its 8 MB threshold. */
 START_TEST(arena_sizes)
 {
     const size_t sizes[] = {0, 100, 4096, (8u << 20) - 64, 8u << 20, (9u << 20) + 1, 33u << 20};

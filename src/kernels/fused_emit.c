@@ -39,6 +39,8 @@
 
 #define LANES 16
 #define LANE_RUN 256   /* points per run: 16 a lane before they meet in double */
+/* emit_lane_runs' masked remainder is the last run's alone: every run before it is whole vectors */
+_Static_assert(LANE_RUN % LANES == 0, "a run is a whole number of vectors");
 #define INNER_MIN 16   /* points of the innermost loop, at least: a vector's */
 #define MERGE_BELOW 64 /* the innermost loop takes in outer axes while shorter than this */
 #define COPY_MAX 4096  /* points of an innermost loop of merged axes, at most */

@@ -25,14 +25,18 @@ typedef struct {
  * input gradient of the 16-channel case, in bands), with padding and without (24); so do
  * weight gradients of sixteen input channels or more (16, 32), and with taps gathered those
  * of sixteen output channels or more (33, 40; 16 on 8x6 images, whose gradient's planes and
- * channels are multiples of 8: transposed in 8x8 blocks). */
+ * channels are multiples of 8: transposed in 8x8 blocks). Gathered forwards with conv_rows.c's
+ * kernel: 1 and 3 channels, 3x3 and 5x5 (K = 25), with padding and without, output channels
+ * no multiple of its blocks (5, 7, 33), bands of an odd number of vectors, and bands shorter
+ * than a vector (N = 1 on 5x5: the GEMM takes those). */
 static const conv_case cases[] = {
     {2, 3, 7, 9, 5, 3, 1},   {1, 1, 5, 5, 3, 1, 0},  {3, 4, 6, 6, 17, 5, 2},
     {2, 2, 8, 5, 3, 3, 0},   {1, 2, 20, 9, 5, 3, 1}, {2, 1, 9, 7, 33, 3, 2},
     {3, 16, 48, 40, 6, 3, 1}, {4, 5, 4, 4, 2, 3, 2}, {1, 6, 11, 7, 4, 3, 1},
     {2, 8, 7, 6, 5, 3, 0},   {3, 3, 30, 26, 40, 3, 1}, {1, 2, 5, 4, 3, 3, 4},
     {1, 5, 5, 4, 3, 3, 4},   {3, 8, 9, 7, 40, 3, 1}, {2, 32, 6, 6, 64, 3, 1},
-    {2, 8, 7, 6, 24, 3, 0},  {3, 1, 8, 6, 16, 3, 1},
+    {2, 8, 7, 6, 24, 3, 0},  {3, 1, 8, 6, 16, 3, 1}, {2, 1, 12, 19, 7, 5, 2},
+    {1, 3, 10, 17, 6, 3, 0},
 };
 #define N_CASES (sizeof cases / sizeof *cases)
 
@@ -190,7 +194,17 @@ static void check_kernels(const conv_case *cs, int c, tg_dtype dt, unsigned flag
     tg_tape_free(e.tape);
 }
 
-static void check_case(int c, tg_dtype dt) { check_kernels(&cases[c], c, dt, 0); }
+/* Each case with the forward's taps gathered both ways: conv_rows.c's kernel and the im2col
+ * with a GEMM (TG_CONV_ROWS, read when a node is prepared). */
+static void check_case(int c, tg_dtype dt)
+{
+    const char *modes[] = {"1", "0"};
+    for (int m = 0; m < 2; m++) {
+        ck_assert_int_eq(setenv("TG_CONV_ROWS", modes[m], 1), 0);
+        check_kernels(&cases[c], c, dt, 0);
+    }
+    unsetenv("TG_CONV_ROWS");
+}
 
 START_TEST(kernels_match_eager_f32)
 {

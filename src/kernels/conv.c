@@ -30,7 +30,8 @@
  * for a GEMM to be fast, and the output is large next to the work, so the taps are gathered
  * instead: the C*KH*KW shifted windows of a band's rows go to scratch as an im2col of that
  * band, small because C is, without garbage positions. One GEMM with K = C*KH*KW then writes
- * the output in place (forward); for the weight gradient, the image's im2col transposed
+ * the output in place (forward; or conv_rows.c's kernel, where it is chosen, multiplies and
+ * adds over KW shifted copies of the band's rows instead); for the weight gradient, the image's im2col transposed
  * ([pos][C*KH*KW], M = C*KH*KW) against the gradient read where it is (N = OC) sums straight
  * into dW, with no transpose of the gradient at all, or, with 16 output channels or more,
  * the gradient transposed per image ([pos][OC], M = OC) against the im2col (N = C*KH*KW):
@@ -45,6 +46,7 @@
  * added in order). So results are bit-identical for any thread count. */
 #include "../compile/plan_ops.h"
 #include "../compile/prologue.h"
+#include "conv_rows.h"
 #include "winograd.h"
 #include "xsmm_copies.h"
 
@@ -395,6 +397,8 @@ static void stage_rows_last(const conv_geom *g, libxsmm_xtransfunction each, con
 typedef struct {
     conv_geom g;
     bool flipped;
+    bool by_rows;             /* taps gathered: conv_rows.c computes the bands */
+    tg_conv_rows_shape rows;
     int64_t band_rows, bands;
     int64_t plane;            /* elements per channel of the band's input: its rows, or h w */
     brgemm full, last;        /* a full band and the last, maybe shorter, band */
@@ -448,6 +452,11 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
         forward_band_last(p, img, mine, y, image, r0, rows);
         return;
     }
+    if (p->by_rows) {
+        tg_conv_rows(g->dt, &p->rows, img, mine, r0, rows, mine + p->at_cols,
+                     y + (size_t)(image * g->oc * g->oh * g->ow) * e);
+        return;
+    }
     if (!g->direct) {
         stage_rows(g, p->stage, img, r0 - g->ph, rows + g->kh - 1, p->plane, mine + p->at_image);
         a = mine + p->at_image;
@@ -489,6 +498,27 @@ void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *sc
     }
 }
 
+/* Bands of output rows whose A operand (the band's padded rows, its im2col, or with
+ * conv_rows.c's kernel its shifted copies) fits in L1; see BAND_L1_BYTES. */
+static int64_t choose_bands(const conv_geom *g, bool by_rows)
+{
+    bool cols = g->gathered && !by_rows;
+    int64_t row_elems = by_rows ? g->c * g->kw * g->ow
+                        : cols  ? g->c * g->taps * g->ow
+                                : g->c * g->wp;
+    int64_t fit = BAND_L1_BYTES / (row_elems * (int64_t)g->elem) - (cols ? 0 : g->kh - 1);
+    fit = fit < 1 ? 1 : fit;
+    int64_t bands = (g->oh * g->wp + BAND_POSITIONS - 1) / BAND_POSITIONS;
+    if (bands < (g->oh + fit - 1) / fit)
+        bands = (g->oh + fit - 1) / fit;
+    if (g->batch * bands < MIN_TASKS)
+        bands = (MIN_TASKS + g->batch - 1) / g->batch;
+    bands = tg_min64(bands, g->oh);
+    /* as many bands as rows of that height make */
+    int64_t band_rows = (g->oh + bands - 1) / bands;
+    return (g->oh + band_rows - 1) / band_rows;
+}
+
 static int prepare_forward(tg_ir_node *n, const conv_geom *g)
 {
     unsigned long long count = g->gathered ? 1 : (unsigned long long)g->taps;
@@ -498,23 +528,26 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
     p->g = *g;
     p->flipped = n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED;
     p->count = count;
-    /* Output rows whose A operand (the band's padded rows, or its im2col) fits in L1. */
-    int64_t row_bytes = (g->gathered ? g->c * g->taps * g->ow : g->c * g->wp) * (int64_t)g->elem;
-    int64_t fit = BAND_L1_BYTES / row_bytes - (g->gathered ? 0 : g->kh - 1);
-    fit = fit < 1 ? 1 : fit;
-    int64_t bands = (g->oh * g->wp + BAND_POSITIONS - 1) / BAND_POSITIONS;
-    if (bands < (g->oh + fit - 1) / fit)
-        bands = (g->oh + fit - 1) / fit;
-    if (g->batch * bands < MIN_TASKS)
-        bands = (MIN_TASKS + g->batch - 1) / g->batch;
-    bands = tg_min64(bands, g->oh);
+    /* Taps gathered: conv_rows.c's kernel where it is the faster, unless a band would be
+     * shorter than its vector. */
+    p->by_rows = g->gathered && tg_conv_rows_chosen();
+    p->rows = (tg_conv_rows_shape){g->c, g->h, g->w, g->oc, g->oh, g->ow, g->kh, g->kw, g->ph,
+                                   g->pw};
+    int64_t bands = choose_bands(g, p->by_rows);
+    int64_t band_rows = (g->oh + bands - 1) / bands;
+    if (p->by_rows && (g->oh - (bands - 1) * band_rows) * g->ow <
+                          tg_conv_rows_min_positions(g->dt)) {
+        p->by_rows = false;
+        bands = choose_bands(g, false);
+    }
+    bool cols = g->gathered && !p->by_rows;
     p->band_rows = (g->oh + bands - 1) / bands;
     p->bands = (g->oh + p->band_rows - 1) / p->band_rows;
-    bool staged = !g->direct || g->channels_last;
+    bool staged = (!g->direct || g->channels_last) && !p->by_rows;
     p->plane = staged ? (p->band_rows + g->kh - 1) * g->wp : g->h * g->w;
     int64_t last_rows = g->oh - (p->bands - 1) * p->band_rows, k = g->gathered ? g->c * g->taps
                                                                                         : g->c;
-    if (g->gathered) { /* A: the band's im2col; C: y's channel planes */
+    if (cols) { /* A: the band's im2col; C: y's channel planes */
         int64_t positions = p->band_rows * g->ow;
         brgemm_init(&p->full, g->dt, positions, g->oc, k, positions, k, g->oh * g->ow, false);
         brgemm_init(&p->last, g->dt, last_rows * g->ow, g->oc, k, positions, k, g->oh * g->ow,
@@ -525,7 +558,7 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
         p->stage_last = tg_xsmm_transpose_kernel(g->elem, g->w, g->c, g->c);
         p->out_full = tg_xsmm_transpose_kernel(g->elem, g->oc, p->band_rows * g->ow, plane);
         p->out_last = tg_xsmm_transpose_kernel(g->elem, g->oc, last_rows * g->ow, plane);
-    } else { /* A: the wide band, a plane per channel; C: the band's output, wide too */
+    } else if (!p->by_rows) { /* A: the wide band, a plane per channel; C: the band's output */
         int64_t positions = p->band_rows * g->wp;
         brgemm_init(&p->full, g->dt, (p->band_rows - 1) * g->wp + g->ow, g->oc, k, p->plane, k,
                     positions, false);
@@ -533,7 +566,7 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
                     positions, false);
         p->copy_out = tg_xsmm_copy_kernel(g->elem, g->ow, p->band_rows, g->wp, g->ow);
     }
-    if (!g->direct && !g->channels_last)
+    if (!g->direct && !g->channels_last && !p->by_rows)
         p->stage = tg_xsmm_copy_kernel(g->elem, g->w, g->h, g->w, g->wp);
     for (unsigned long long t = 0; t < count && !g->gathered; t++) {
         unsigned long long shift = (unsigned long long)tap_shift(g, (int64_t)t) * g->elem;
@@ -544,12 +577,15 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
     }
     size_t weights = tg_round64((size_t)(g->taps * g->oc * g->c) * g->elem);
     size_t image = staged ? tg_round64((size_t)(g->c * p->plane) * g->elem) : 0;
-    size_t cols = g->gathered ? tg_round64((size_t)(k * p->full.lda) * g->elem) : 0;
+    size_t cols_bytes = p->by_rows ? tg_round64(tg_conv_rows_scratch(g->dt, &p->rows,
+                                                                      p->band_rows))
+                        : cols ? tg_round64((size_t)(k * p->full.lda) * g->elem)
+                               : 0;
     int64_t band_positions = g->channels_last ? p->band_rows * g->ow : p->full.ldc;
     size_t band_out = g->gathered ? 0 : tg_round64((size_t)(g->oc * band_positions) * g->elem);
     p->at_image = weights;
     p->at_cols = weights + image;
-    p->at_out = p->at_cols + cols;
+    p->at_out = p->at_cols + cols_bytes;
     n->scratch_bytes = p->at_out + band_out;
     n->payload = p;
     return TG_OK;

@@ -1,6 +1,6 @@
-/* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(2x2,
- * 3x3) or F(4x4, 3x3) should run (TG_CONV_WINOGRAD, and TG_CONV_WINOGRAD_4 for the second,
- * as tg_winograd_tile says: F(2x2) forward, F(4x4) for the gradients; kernels/winograd.c
+/* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(r x r,
+ * 3x3) should run (TG_CONV_WINOGRAD, with TG_CONV_WINOGRAD_3 or _4 for r = 3 or 4, as
+ * tg_winograd_tile says: F(3x3) forward, F(4x4) for the gradients; kernels/winograd.c
  * says how and why): 3x3 kernels, stride 1, f32, and at
  * least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
  * channel and tile, so the fewer multiply-adds only pay where the GEMMs over the channels are
@@ -44,8 +44,10 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
             n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS &&
             output_positions(n) >= MIN_POSITIONS) {
             bool gradient = wgrad || (n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED);
-            n->attr[4] |= TG_CONV_WINOGRAD |
-                          (tg_winograd_tile(gradient) == 4 ? TG_CONV_WINOGRAD_4 : 0);
+            int tile = tg_winograd_tile(gradient);
+            n->attr[4] |= TG_CONV_WINOGRAD | (tile == 4   ? TG_CONV_WINOGRAD_4
+                                              : tile == 3 ? TG_CONV_WINOGRAD_3
+                                                          : 0);
         }
     }
     return TG_OK;

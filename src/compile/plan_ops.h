@@ -5,8 +5,14 @@
 #include "graph.h"
 
 /* CONV's and CONV_WGRAD's attr[4] flags: TG_CONV_WINOGRAD (3x3 f32 only) runs it by
- * kernels/winograd.c, with 2x2 output tiles, or 4x4 with TG_CONV_WINOGRAD_4 too. */
-enum { TG_CONV_TRANSPOSED_FLIPPED = 1, TG_CONV_WINOGRAD = 2, TG_CONV_WINOGRAD_4 = 4 };
+ * kernels/winograd.c, with 2x2 output tiles, or 3x3 or 4x4 with TG_CONV_WINOGRAD_3 or _4
+ * too. */
+enum {
+    TG_CONV_TRANSPOSED_FLIPPED = 1,
+    TG_CONV_WINOGRAD = 2,
+    TG_CONV_WINOGRAD_4 = 4,
+    TG_CONV_WINOGRAD_3 = 8
+};
 
 /* The images a prepared CONV_WGRAD node's kernel takes at a time (its chunks): what a
  * chunked prologue (prologue.h) writes into its scratch at once. */

@@ -1004,13 +1004,16 @@ int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
     n->payload = NULL;
     if (n->attr[4] & TG_CONV_WINOGRAD) {
         if (geom.dt != TG_F32 || geom.kh != 3 || geom.kw != 3)
-            return tg_fail(TG_ERR_ARG, "conv: Winograd's F(2x2, 3x3) needs a 3x3 f32 "
+            return tg_fail(TG_ERR_ARG, "conv: Winograd's F(r x r, 3x3) needs a 3x3 f32 "
                            "convolution, not %lldx%lld %s", (long long)geom.kh,
                            (long long)geom.kw, geom.dt == TG_F64 ? "f64" : "f32");
         tg_winograd_shape s = {geom.batch, geom.c, geom.h, geom.w, geom.oc, geom.oh, geom.ow,
                                geom.ph, geom.pw, n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED,
                                n->op == TG_PLAN_OP_CONV_WGRAD,
-                               n->attr[4] & TG_CONV_WINOGRAD_4 ? 4 : 2, geom.threads_max};
+                               n->attr[4] & TG_CONV_WINOGRAD_4   ? 4
+                               : n->attr[4] & TG_CONV_WINOGRAD_3 ? 3
+                                                                 : 2,
+                               geom.threads_max};
         return tg_winograd_prepare(n, &s);
     }
     return n->op == TG_PLAN_OP_CONV_WGRAD ? prepare_wgrad(n, &geom) : prepare_forward(n, &geom);
@@ -1035,6 +1038,7 @@ void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
              n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "",
              !(n->attr[4] & TG_CONV_WINOGRAD)  ? ""
              : n->attr[4] & TG_CONV_WINOGRAD_4 ? " winograd F(4,3)"
+             : n->attr[4] & TG_CONV_WINOGRAD_3 ? " winograd F(3,3)"
                                                : " winograd F(2,3)",
              kh, kw, pad,
              c, oc, (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3]);

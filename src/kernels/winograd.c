@@ -1,8 +1,8 @@
 /* Winograd's minimal filtering for 3x3 stride-1 convolutions (Lavin and Gray, "Fast
  * Algorithms for Convolutional Neural Networks", 2015): F(r x r, 3x3) computes an r x r
  * output tile from an (r+2) x (r+2) input patch, patches r apart, with (r+2)^2
- * multiplications per channel pair where the direct form has 9 r^2: r = 2 (16 for 36) or
- * r = 4 (36 for 144). With the transforms' constant matrices B^T, G and A^T:
+ * multiplications per channel pair where the direct form has 9 r^2: r = 2 (16 for 36),
+ * r = 3 (25 for 81) or r = 4 (36 for 144). With the transforms' constant matrices B^T, G and A^T:
  *
  *   U = G g G^T         per (output channel, input channel): the 3x3 kernel g
  *   V = B^T d B         per (tile, input channel): the input patch d
@@ -56,7 +56,7 @@ typedef struct {
     int64_t tiles_w;            /* tiles per row of tiles: ceil(ow / r) */
     int64_t band, bands;        /* rows of tiles per task; tasks per image */
     int64_t tiles;              /* a full band's tiles */
-    int r, xi;                  /* the output tile's side (2 or 4), the points per tile ((r+2)^2) */
+    int r, xi;                  /* the output tile's side (2-4), the points per tile ((r+2)^2) */
     int64_t cp, ocp;            /* the channels, padded to a multiple of VL in the layouts */
     /* the strides of U's (or the weight gradient's sums'), V's and M's planes, one per point:
      * a plane's size plus VL floats, so that the planes a transform writes in turn start in
@@ -157,13 +157,19 @@ typedef float lane;
 #define X(a, k) (a)[k][l]
 #endif
 
-/* y = B^T x: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], or for r = 4 [4 0 -5 0 1 0;
+/* y = B^T x: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for r = 3 [2 -1 -2 1 0;
+ * 0 -2 -1 1 0; 0 2 -3 1 0; 0 -1 0 1 0; 0 2 -1 -2 1], or for r = 4 [4 0 -5 0 1 0;
  * 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]. */
 INLINE void input_1d(int r, lanes *x, lanes *y)
 {
     LANES(if (r == 2) {
         X(y, 0) = X(x, 0) - X(x, 2), X(y, 1) = X(x, 1) + X(x, 2);
         X(y, 2) = X(x, 2) - X(x, 1), X(y, 3) = X(x, 1) - X(x, 3);
+    } else if (r == 3) {
+        lane a = X(x, 3) - X(x, 1), b = X(x, 2) + X(x, 2);
+        X(y, 0) = 2 * X(x, 0) - b + a, X(y, 1) = a - X(x, 1) - X(x, 2);
+        X(y, 2) = a + 3 * (X(x, 1) - X(x, 2)), X(y, 3) = a;
+        X(y, 4) = 2 * X(x, 1) - X(x, 2) - 2 * X(x, 3) + X(x, 4);
     } else {
         lane a = X(x, 4) - 4 * X(x, 2), b = X(x, 3) - 4 * X(x, 1);
         lane c = X(x, 4) - X(x, 2), d = 2 * (X(x, 3) - X(x, 1));
@@ -172,12 +178,17 @@ INLINE void input_1d(int r, lanes *x, lanes *y)
     });
 }
 
-/* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], or for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0;
+/* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], for r = 3 [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 1], or
+ * for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0;
  * 0 1 1 4 4 0; 0 1 -1 8 -8 1]. */
 INLINE void output_1d(int r, lanes *x, lanes *y)
 {
     LANES(if (r == 2) {
         X(y, 0) = X(x, 0) + X(x, 1) + X(x, 2), X(y, 1) = X(x, 1) - X(x, 2) - X(x, 3);
+    } else if (r == 3) {
+        lane p = X(x, 1) + X(x, 2), q = X(x, 1) - X(x, 2);
+        X(y, 0) = X(x, 0) + p + X(x, 3), X(y, 1) = q + 2 * X(x, 3);
+        X(y, 2) = p + 4 * X(x, 3) + X(x, 4);
     } else {
         lane p = X(x, 1) + X(x, 2), q = X(x, 1) - X(x, 2);
         lane s = X(x, 3) + X(x, 4), t = X(x, 3) - X(x, 4);
@@ -192,6 +203,10 @@ INLINE void grad_1d(int r, lanes *x, lanes *y)
     LANES(if (r == 2) {
         X(y, 0) = X(x, 0), X(y, 1) = X(x, 0) + X(x, 1), X(y, 2) = X(x, 0) - X(x, 1);
         X(y, 3) = -X(x, 1);
+    } else if (r == 3) {
+        lane e = X(x, 0) + X(x, 2);
+        X(y, 0) = X(x, 0), X(y, 1) = e + X(x, 1), X(y, 2) = e - X(x, 1);
+        X(y, 3) = X(x, 0) + 2 * X(x, 1) + 4 * X(x, 2), X(y, 4) = X(x, 2);
     } else {
         lane e = X(x, 0) + X(x, 2), o = X(x, 1) + X(x, 3);
         lane e4 = X(x, 0) + 4 * X(x, 2), o4 = 2 * X(x, 1) + 8 * X(x, 3);
@@ -200,7 +215,8 @@ INLINE void grad_1d(int r, lanes *x, lanes *y)
     });
 }
 
-/* y = G x (a kernel's 3 values to r + 2): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], or
+/* y = G x (a kernel's 3 values to r + 2): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+ * for r = 3 [1/2 0 0; -1/2 -1/2 -1/2; -1/6 1/6 -1/6; 1/6 1/3 2/3; 0 0 1], or
  * for r = 4 [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
  * 0 0 1]. In double, one kernel at a time: the weights are transformed once per run, and
  * 1/6 is inexact. */
@@ -209,6 +225,13 @@ INLINE void weights_1d(int r, const double *x, double *y)
     if (r == 2) {
         y[0] = x[0], y[1] = 0.5 * (x[0] + x[1] + x[2]), y[2] = 0.5 * (x[0] - x[1] + x[2]);
         y[3] = x[2];
+        return;
+    }
+    if (r == 3) {
+        const double sixth = 1.0 / 6;
+        y[0] = 0.5 * x[0], y[1] = -0.5 * (x[0] + x[1] + x[2]);
+        y[2] = sixth * (x[1] - x[0] - x[2]), y[3] = sixth * (x[0] + 2 * x[1] + 4 * x[2]);
+        y[4] = x[2];
         return;
     }
     const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
@@ -224,6 +247,13 @@ INLINE void sums_1d(int r, const double *x, double *y)
     if (r == 2) {
         y[0] = x[0] + 0.5 * (x[1] + x[2]), y[1] = 0.5 * (x[1] - x[2]);
         y[2] = 0.5 * (x[1] + x[2]) + x[3];
+        return;
+    }
+    if (r == 3) {
+        const double sixth = 1.0 / 6;
+        y[0] = 0.5 * (x[0] - x[1]) + sixth * (x[3] - x[2]);
+        y[1] = -0.5 * x[1] + sixth * (x[2] + 2 * x[3]);
+        y[2] = -0.5 * x[1] + sixth * (4 * x[3] - x[2]) + x[4];
         return;
     }
     const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
@@ -399,27 +429,52 @@ INLINE void sums_2d(const wino *p, const double *acc, float *dw, int r)
 /* The transforms for the node's tile size. */
 static void transform_weights(const wino *p, const float *w, float *u)
 {
-    p->r == 2 ? weights_2d(p, w, u, 2) : weights_2d(p, w, u, 4);
+    if (p->r == 2)
+        weights_2d(p, w, u, 2);
+    else if (p->r == 3)
+        weights_2d(p, w, u, 3);
+    else
+        weights_2d(p, w, u, 4);
 }
 
 static void transform_input(const wino *p, const float *staged, int64_t tile_rows, float *v)
 {
-    p->r == 2 ? input_2d(p, staged, tile_rows, v, 2) : input_2d(p, staged, tile_rows, v, 4);
+    if (p->r == 2)
+        input_2d(p, staged, tile_rows, v, 2);
+    else if (p->r == 3)
+        input_2d(p, staged, tile_rows, v, 3);
+    else
+        input_2d(p, staged, tile_rows, v, 4);
 }
 
 static void transform_output(const wino *p, const float *m, int64_t tile_rows, float *out)
 {
-    p->r == 2 ? output_2d(p, m, tile_rows, out, 2) : output_2d(p, m, tile_rows, out, 4);
+    if (p->r == 2)
+        output_2d(p, m, tile_rows, out, 2);
+    else if (p->r == 3)
+        output_2d(p, m, tile_rows, out, 3);
+    else
+        output_2d(p, m, tile_rows, out, 4);
 }
 
 static void transform_grad(const wino *p, const float *staged, int64_t tile_rows, float *dm)
 {
-    p->r == 2 ? grad_2d(p, staged, tile_rows, dm, 2) : grad_2d(p, staged, tile_rows, dm, 4);
+    if (p->r == 2)
+        grad_2d(p, staged, tile_rows, dm, 2);
+    else if (p->r == 3)
+        grad_2d(p, staged, tile_rows, dm, 3);
+    else
+        grad_2d(p, staged, tile_rows, dm, 4);
 }
 
 static void transform_sums(const wino *p, const double *acc, float *dw)
 {
-    p->r == 2 ? sums_2d(p, acc, dw, 2) : sums_2d(p, acc, dw, 4);
+    if (p->r == 2)
+        sums_2d(p, acc, dw, 2);
+    else if (p->r == 3)
+        sums_2d(p, acc, dw, 3);
+    else
+        sums_2d(p, acc, dw, 4);
 }
 
 /* ---- a task ----------------------------------------------------------------------------- */
@@ -505,31 +560,32 @@ static char *my_scratch(const tg_ir_node *n, void *scratch)
     return (char *)scratch + (size_t)me * n->scratch_bytes;
 }
 
-/* F(4x4) has 2.25 multiplications per output and channel pair, F(2x2) 4, but its transforms
- * (6x6 patches, with coefficients up to 8 and down to 1/24) cost more per output and round
- * worse: 3-5e-6 of the largest output against 3-7e-7 in the tests' convolutions
- * (tests/test_conv_lower.c). In a forward that matters: its values decide the kinks of
- * ReLU and max pool, and a value rounded to the other side of one moves the training state
- * by a whole gradient's worth. The reference model's compiled state after 3 steps differs
- * from eager execution's by 3.8e-3 (relative, the largest tensor's: fc1's momentum) with
- * F(4x4) in conv2's forward, 7.6e-6 with F(2x2), as with no Winograd at all. A gradient's
- * values decide no kink (the masks and the max's routing are the forward's), so its rounding
- * stays its own size: with F(4x4) in the input gradient or the weight gradient (or both)
- * the state after 3 steps is 7.6e-6 away, as with F(2x2). F(4x4) is faster: shape B of
- * bench/conv_bn, 1 thread, Zen 5, 3 alternating runs, block time 0.93 of F(2x2)'s with
- * libxsmm's AVX-512 GEMMs and 0.86 with its AVX2 ones (LIBXSMM_TARGET=hsw, the library built
- * for x86-64-v3); in the gradients alone the reference model trains 1.026 (AVX-512) and
- * 1.046 (AVX2) times faster (3 alternating runs of 300 steps). So F(2x2) for forward
- * convolutions and F(4x4) for their gradients, unless TG_WINOGRAD_TILE=2 or 4 asks for one
- * tile everywhere. */
+/* F(4x4) has 2.25 multiplications per output and channel pair, F(3x3) 2.78, F(2x2) 4, but
+ * the larger tiles' transforms (6x6 patches, with coefficients up to 8 and down to 1/24 for
+ * F(4x4); 5x5, up to 4 and down to 1/6 for F(3x3)) round worse: 2.0-4.8e-6 of the largest
+ * output with F(4x4), 0.84-1.5e-6 with F(3x3), 0.35-0.66e-6 with F(2x2) in the tests'
+ * forward convolutions (tests/test_conv_lower.c). In a forward that matters: its values
+ * decide the kinks of ReLU and max pool, and a value rounded to the other side of one moves
+ * the training state by a whole gradient's worth. The reference model's compiled state
+ * after 3 steps differs from eager execution's by 3.8e-3 (relative, the largest tensor's:
+ * fc1's momentum) with F(4x4) in conv2's forward, 7.7e-6 with F(3x3) and 7.6e-6 with F(2x2),
+ * as with no Winograd at all (tests/example_tests.sh allows 1e-4). A gradient's values decide
+ * no kink (the masks and the max's routing are the forward's), so its rounding stays its own
+ * size: with F(4x4) in the input gradient or the weight gradient (or both) the state after 3
+ * steps is 7.6e-6 away. Speed: with F(4x4) in the gradients the reference model trains 1.026
+ * (AVX-512) and 1.046 (AVX2) times faster than with F(2x2) (3 alternating runs of 300
+ * steps); F(3x3) in the forward takes 0.93 (AVX-512) and 0.88 (AVX2) of F(2x2)'s time there
+ * (14x14: 25 tiles of 25 points against 49 of 16; TG_PLAN_PROFILE, 4 alternating runs of 150
+ * steps, Zen 5). So F(3x3) for forward convolutions and F(4x4) for their gradients, unless
+ * TG_WINOGRAD_TILE=2, 3 or 4 asks for one tile everywhere. */
 int64_t tg_winograd_chunk_images(void) { return WGRAD_CHUNK; }
 
 int tg_winograd_tile(bool gradient)
 {
     const char *env = getenv("TG_WINOGRAD_TILE");
-    if (env && (strcmp(env, "2") == 0 || strcmp(env, "4") == 0))
+    if (env && (strcmp(env, "2") == 0 || strcmp(env, "3") == 0 || strcmp(env, "4") == 0))
         return env[0] - '0';
-    return gradient ? 4 : 2;
+    return gradient ? 4 : 3;
 }
 
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch)

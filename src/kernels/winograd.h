@@ -1,4 +1,4 @@
-/* Winograd F(2x2, 3x3) convolutions (winograd.c): how conv.c hands over a CONV plan node that
+/* Winograd F(r x r, 3x3) convolutions, r = 2, 3 or 4 (winograd.c): how conv.c hands over a CONV plan node that
  * pass_winograd marked with TG_CONV_WINOGRAD. */
 #ifndef TG_KERNELS_WINOGRAD_H
 #define TG_KERNELS_WINOGRAD_H
@@ -12,13 +12,13 @@
 typedef struct {
     int64_t batch, c, h, w, oc, oh, ow, ph, pw;
     bool flipped, wgrad;
-    int tile;            /* the output tile's side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)) */
+    int tile;            /* the output tile's side: 2, 3 or 4 (F(2x2, 3x3) .. F(4x4, 3x3)) */
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
 
-/* The output tile's side the winograd pass asks for: 2 for a forward convolution, 4
+/* The output tile's side the winograd pass asks for: 3 for a forward convolution, 4
  * (faster, rounding worse) for a gradient (the input's or the weights'), or the one that
- * TG_WINOGRAD_TILE=2 or 4 in the environment names (winograd.c says why). */
+ * TG_WINOGRAD_TILE=2, 3 or 4 in the environment names (winograd.c says why). */
 int tg_winograd_tile(bool gradient);
 
 /* The images the weight gradient takes at a time (a chunked prologue's chunk). */

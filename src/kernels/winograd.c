@@ -426,55 +426,34 @@ INLINE void sums_2d(const wino *p, const double *acc, float *dw, int r)
         }
 }
 
-/* The transforms for the node's tile size. */
+/* The transforms for the node's tile size: f(..., r) with r a constant, so that each tile's
+ * loops are compiled for it (their sizes known, unrolled). */
+#define FOR_TILE(r, f, ...)                                                                     \
+    ((r) == 2 ? f(__VA_ARGS__, 2) : (r) == 3 ? f(__VA_ARGS__, 3) : f(__VA_ARGS__, 4))
+
 static void transform_weights(const wino *p, const float *w, float *u)
 {
-    if (p->r == 2)
-        weights_2d(p, w, u, 2);
-    else if (p->r == 3)
-        weights_2d(p, w, u, 3);
-    else
-        weights_2d(p, w, u, 4);
+    FOR_TILE(p->r, weights_2d, p, w, u);
 }
 
 static void transform_input(const wino *p, const float *staged, int64_t tile_rows, float *v)
 {
-    if (p->r == 2)
-        input_2d(p, staged, tile_rows, v, 2);
-    else if (p->r == 3)
-        input_2d(p, staged, tile_rows, v, 3);
-    else
-        input_2d(p, staged, tile_rows, v, 4);
+    FOR_TILE(p->r, input_2d, p, staged, tile_rows, v);
 }
 
 static void transform_output(const wino *p, const float *m, int64_t tile_rows, float *out)
 {
-    if (p->r == 2)
-        output_2d(p, m, tile_rows, out, 2);
-    else if (p->r == 3)
-        output_2d(p, m, tile_rows, out, 3);
-    else
-        output_2d(p, m, tile_rows, out, 4);
+    FOR_TILE(p->r, output_2d, p, m, tile_rows, out);
 }
 
 static void transform_grad(const wino *p, const float *staged, int64_t tile_rows, float *dm)
 {
-    if (p->r == 2)
-        grad_2d(p, staged, tile_rows, dm, 2);
-    else if (p->r == 3)
-        grad_2d(p, staged, tile_rows, dm, 3);
-    else
-        grad_2d(p, staged, tile_rows, dm, 4);
+    FOR_TILE(p->r, grad_2d, p, staged, tile_rows, dm);
 }
 
 static void transform_sums(const wino *p, const double *acc, float *dw)
 {
-    if (p->r == 2)
-        sums_2d(p, acc, dw, 2);
-    else if (p->r == 3)
-        sums_2d(p, acc, dw, 3);
-    else
-        sums_2d(p, acc, dw, 4);
+    FOR_TILE(p->r, sums_2d, p, acc, dw);
 }
 
 /* ---- a task ----------------------------------------------------------------------------- */

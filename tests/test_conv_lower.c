@@ -536,9 +536,9 @@ END_TEST
 /* The winograd pass (compile/pass_winograd.c) marks the f32 3x3 convolutions with 16
  * channels or more on both sides and 1024 output positions or more: all three of such a
  * step's (the first case has exactly 1024), with 3x3 tiles for the forward and 4x4 for the
- * two gradients by default, and the tile TG_WINOGRAD_TILE names everywhere, and the steps are still right; with the
- * pass off none, nor in f64, nor with fewer channels (case 6's forward has 16 and 6), nor
- * with fewer positions (winograd_cases[0]: 72). */
+ * two gradients by default, and the tile TG_WINOGRAD_TILE names everywhere, and the steps
+ * are still right; with the pass off none, nor in f64, nor with fewer channels (case 6's
+ * forward has 16 and 6), nor with fewer positions (winograd_cases[0]: 72). */
 START_TEST(winograd_pass_marks_the_convolutions)
 {
     const conv_case marked[] = {{4, 16, 16, 16, 16, 3, 1}, {3, 20, 21, 19, 24, 3, 1}};

@@ -30,12 +30,12 @@
  * for a GEMM to be fast, and the output is large next to the work, so the taps are gathered
  * instead: the C*KH*KW shifted windows of a band's rows go to scratch as an im2col of that
  * band, small because C is, without garbage positions. One GEMM with K = C*KH*KW then writes
- * the output in place (forward; or conv_rows.c's kernel, where it is chosen, multiplies and
- * adds over KW shifted copies of the band's rows instead); for the weight gradient, the image's im2col transposed
- * ([pos][C*KH*KW], M = C*KH*KW) against the gradient read where it is (N = OC) sums straight
- * into dW, with no transpose of the gradient at all, or, with 16 output channels or more,
- * the gradient transposed per image ([pos][OC], M = OC) against the im2col (N = C*KH*KW):
- * M = 9 would fill one vector and a lane of the next with AVX2.
+ * the output in place (forward; where conv_rows.c's kernel is chosen, it multiplies and adds
+ * over KW shifted copies of the band's rows instead); for the weight gradient, the image's
+ * im2col transposed ([pos][C*KH*KW], M = C*KH*KW) against the gradient read where it is
+ * (N = OC) sums straight into dW, with no transpose of the gradient at all, or, with 16
+ * output channels or more, the gradient transposed per image ([pos][OC], M = OC) against
+ * the im2col (N = C*KH*KW): M = 9 would fill one vector and a lane of the next with AVX2.
  *
  * The copies in and out of scratch use libxsmm's JIT copies and transposes where it has them
  * (2-3 times faster than loops on such short rows), and plain loops elsewhere; where libxsmm

@@ -1,5 +1,5 @@
-/* Winograd F(r x r, 3x3) convolutions, r = 2, 3 or 4 (winograd.c): how conv.c hands over a CONV plan node that
- * pass_winograd marked with TG_CONV_WINOGRAD. */
+/* Winograd F(r x r, 3x3) convolutions, r = 2, 3 or 4 (winograd.c): how conv.c hands over a
+ * CONV plan node that pass_winograd marked with TG_CONV_WINOGRAD. */
 #ifndef TG_KERNELS_WINOGRAD_H
 #define TG_KERNELS_WINOGRAD_H
 

@@ -17,7 +17,8 @@
 /* A vector of the target's width, 64 bytes with AVX-512 and 32 elsewhere: one of the
  * compilers' vector extensions, or without them an array in loops the compiler vectorizes.
  * Wider than the machine's, GCC 12 split each into halves and kept a block's accumulators
- * on the stack (AVX2's 16 registers): 9 times slower. */
+ * on the stack (AVX2's 16 registers; that first version, without fused multiply-adds as
+ * well, took 9 times the GEMM's time). */
 #if defined(__AVX512F__)
 #define ROW_BYTES 64
 #else
@@ -25,7 +26,7 @@
 #endif
 /* A block: OC_BLOCK output channels times VECTORS vectors of positions, whose accumulators,
  * the VECTORS input vectors and a weight's broadcast stay in registers (28 of AVX-512's 32,
- * 16 of AVX2's 16: libxsmm's own AVX2 GEMMs take 3 x 4). Per tap, each weight broadcast
+ * 16 of AVX2's 16). Per tap, each weight broadcast
  * serves VECTORS multiply-adds and each input vector OC_BLOCK; with 1 x 8 the broadcasts
  * were as many as the multiply-adds, and the kernel took 1.4 times the im2col's time with
  * AVX2 code. */

@@ -133,8 +133,10 @@ static void brgemm_run(const brgemm *g, const void *a, const void *b, void *c,
 }
 
 /* ---- geometry ------------------------------------------------------------------------------ */
-/* Taps are gathered when C*KH*KW is at most this (see the top of the file). */
+/* Taps are gathered when C*KH*KW is at most this (see the top of the file); conv_rows.c's
+ * kernel takes them all. */
 #define GATHER_MAX_K 32
+_Static_assert(GATHER_MAX_K <= TG_CONV_ROWS_MAX_K, "conv_rows.c must take every gathered K");
 
 /* A stride-1 convolution as the kernels see it: the image x [batch, c, h, w] zero-padded by
  * (ph, pw), oc output channels of oh x ow, a kh x kw kernel. */

@@ -36,8 +36,6 @@
 #define OC_BLOCK 4
 #endif
 #define VECTORS 3
-/* Taps conv.c sends here at most (its GATHER_MAX_K): the shifts live on the stack. */
-#define ROWS_MAX_K 32
 
 /* A block of vectors at positions at[v] of the band's output: y rows yb[b], weights wb[b]
  * (their k taps), the first nb of them stored; tap j of position p is at p + shift[j]. */
@@ -130,7 +128,8 @@
                          int64_t rows, T *staged, T *y)                                         \
     {                                                                                           \
         stage_##T(s, x, r0, rows, staged);                                                      \
-        int64_t k = s->c * s->kh * s->kw, taps = s->kh * s->kw, shift[ROWS_MAX_K];              \
+        int64_t k = s->c * s->kh * s->kw, taps = s->kh * s->kw;                                 \
+        int64_t shift[TG_CONV_ROWS_MAX_K];                                                      \
         int64_t positions = rows * s->ow, last = positions - T##_lanes;                         \
         int64_t vectors = (positions + T##_lanes - 1) / T##_lanes;                              \
         for (int64_t j = 0; j < k; j++) {                                                       \

@@ -9,6 +9,9 @@
 
 #include "tapegrad.h"
 
+/* The most taps (C*KH*KW) the kernel takes: their offsets live on its stack. */
+#define TG_CONV_ROWS_MAX_K 32
+
 /* One image x [c][h][w], zero-padded by (ph, pw), convolved with a kh x kw kernel into y
  * [oc][oh][ow], stride 1 (oh = h + 2 ph - kh + 1, ow likewise). */
 typedef struct {

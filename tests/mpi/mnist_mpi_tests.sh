@@ -108,7 +108,20 @@ kill)
             victim=$pid
         fi
     done
-    [ -n "$victim" ] || { kill "$launcher"; die "rank 1's process not found"; }
+    if [ -z "$victim" ]; then
+        # What there was to find, for the next one to read: the launcher's state, its
+        # children, and what the run said (it failed once in CI, and never since).
+        state=$(cut -d' ' -f3 "/proc/$launcher/stat" 2>/dev/null || true)
+        echo "launcher $launcher: state ${state:-gone}"
+        for pid in $(for c in $(children "$launcher"); do echo "$c"; children "$c"; done); do
+            rank=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep '^OMPI_COMM_WORLD_RANK=' ||
+                   echo "no rank readable")
+            echo "  process $pid ($(cat "/proc/$pid/comm" 2>/dev/null || echo gone)): $rank"
+        done
+        echo "the run said:"; tail -n 5 "$work/out" "$work/err" 2>/dev/null || true
+        kill "$launcher" 2>/dev/null || true
+        die "rank 1's process not found"
+    fi
     killed_at=$(date +%s%N)
     kill -9 "$victim"
     status=0

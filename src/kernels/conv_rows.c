@@ -108,11 +108,12 @@
                         memset(to, 0, (size_t)s->ow * sizeof(T));                               \
                         continue;                                                               \
                     }                                                                           \
-                    const T *from = x + (ci * s->h + ir) * s->w + jj - s->pw;                   \
+                    /* column j reads x's column j + jj - pw, in the row for j in [lo, hi) */    \
+                    const T *row = x + (ci * s->h + ir) * s->w;                                 \
                     for (int64_t j = 0; j < lo; j++)                                            \
                         to[j] = 0;                                                              \
                     for (int64_t j = lo; j < hi; j++)                                           \
-                        to[j] = from[j];                                                        \
+                        to[j] = row[j + jj - s->pw];                                            \
                     for (int64_t j = hi; j < s->ow; j++)                                        \
                         to[j] = 0;                                                              \
                 }                                                                               \
@@ -162,10 +163,10 @@ ROWS_BAND(float)
 ROWS_BAND(double)
 
 /* With AVX2 code (this CPU, a Zen 5, made to run it) the kernel took 1.07-1.11 times the
- * im2col and libxsmm GEMM's time in the reference model's training step, against 0.74-0.77
- * with AVX-512 code: 8 lanes a vector, the multiply-adds bound it, as many as the GEMM's,
- * and libxsmm schedules its own better; 16 lanes, it is bound by writing the output, once,
- * where the GEMM path also gathers the taps. */
+ * im2col and libxsmm GEMM's time in the reference model's training step, against 0.74-0.84
+ * with AVX-512 code (1 and 2 threads): with 8 lanes a vector the multiply-adds bound it, as
+ * many as the GEMM's, and libxsmm schedules its own better; with 16 lanes writing the output
+ * bounds it, once, where the GEMM path also gathers the taps. */
 bool tg_conv_rows_chosen(void)
 {
     const char *env = getenv("TG_CONV_ROWS");

@@ -179,8 +179,7 @@ INLINE void input_1d(int r, lanes *x, lanes *y)
 }
 
 /* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], for r = 3 [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 1], or
- * for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0;
- * 0 1 1 4 4 0; 0 1 -1 8 -8 1]. */
+ * for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]. */
 INLINE void output_1d(int r, lanes *x, lanes *y)
 {
     LANES(if (r == 2) {

@@ -327,9 +327,10 @@ typedef struct {
     /** Passes to switch off, comma-separated ("cse,fuse"; "all" for every pass, "memplan" for
      * the memory plan, "native" for fused kernels compiled to machine code by the system's C
      * compiler when the plan is built: interpreted instead; "winograd" for 3x3 convolutions
-     * by Winograd's F(2x2, 3x3) forward and F(4x4, 3x3) for the input and weight gradients,
-     * whose values differ from the direct kernels' by rounding, F(4x4)'s five times more;
-     * TG_WINOGRAD_TILE=2 or 4 in the environment takes that tile everywhere);
+     * by Winograd's F(r x r, 3x3), r up to 3 forward and up to 5 for the input and weight
+     * gradients (the tile of the fewest products for the plane), whose values differ from
+     * the direct kernels' by rounding, up to about ten times as much;
+     * TG_WINOGRAD_TILE=2 to 5 in the environment takes that tile everywhere);
      * TG_DISABLE_PASSES in the environment adds to it. NULL: none. */
     const char *disable;
     /** A directory to write each pass's graph into (NN-name.txt, before and after), and the

@@ -299,7 +299,7 @@ static void swap_taps(tg_dtype dt, void *w, int64_t outer, int64_t taps, int64_t
     }
 }
 
-/* Winograd (kernels/winograd.c), each tile (2x2, 3x3, 4x4), for all three: the
+/* Winograd (kernels/winograd.c), each tile (2x2 to 5x5), for all three: the
  * reference model's kind (32->64 at 6x6); odd sizes, whose last row and column of tiles
  * hang over the output; no padding, on one image (bands of tile rows, 9 output rows: the
  * last band's tiles half outside); padding 2; channels that are no multiple of 8 or 16; a
@@ -328,14 +328,21 @@ START_TEST(winograd_4x4_matches_eager)
 }
 END_TEST
 
-/* Case 0 gathers its taps, case 2 batches over them; then Winograd's, with 2x2 tiles, 4x4 and
- * 3x3 (flags). */
+START_TEST(winograd_5x5_matches_eager)
+{
+    check_kernels(&winograd_cases[_i], _i, TG_F32, TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_5);
+}
+END_TEST
+
+/* Case 0 gathers its taps, case 2 batches over them; then Winograd's, with 2x2 tiles, 4x4,
+ * 3x3 and 5x5 (flags). */
 START_TEST(planted_wrong_tap_fails)
 {
     const conv_case *cs = _i == 0 ? &cases[0] : _i == 1 ? &cases[2] : &winograd_cases[0];
     unsigned flags = _i == 2 ? TG_CONV_WINOGRAD
                      : _i == 3 ? TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_4
                      : _i == 4 ? TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_3
+                     : _i == 5 ? TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_5
                                : 0;
     eager_conv e;
     eager_conv_init(&e, cs, TG_F32, 99);
@@ -427,6 +434,10 @@ START_TEST(describe_names_the_convolution)
     tg_conv_describe(&n, buf, sizeof buf);
     ck_assert_str_eq(buf, "conv transposed+flipped winograd F(4,3) 3x3 pad 1 32->64 "
                           "[128,32,14,14]");
+    n.attr[4] = TG_CONV_TRANSPOSED_FLIPPED | TG_CONV_WINOGRAD | TG_CONV_WINOGRAD_5;
+    tg_conv_describe(&n, buf, sizeof buf);
+    ck_assert_str_eq(buf, "conv transposed+flipped winograd F(5,3) 3x3 pad 1 32->64 "
+                          "[128,32,14,14]");
     tg_ir_node w = {.op = TG_PLAN_OP_CONV_WGRAD, .ndim = 4, .shape = {64, 32, 3, 3},
                     .attr = {1, 2, 1, 1, 0, 128, 32, 14, 14}};
     tg_conv_describe(&w, buf, sizeof buf);
@@ -437,6 +448,7 @@ END_TEST
 /* ---- the pass on traced graphs ------------------------------------------------------------- */
 typedef struct {
     int conv, flipped, wgrad, im2col, col2im, matmul, winograd, winograd_3, winograd_4;
+    int winograd_5;
 } op_counts;
 
 static op_counts count_ops(const tg_plan *plan)
@@ -455,6 +467,7 @@ static op_counts count_ops(const tg_plan *plan)
         c.winograd += conv && (n->attr[4] & TG_CONV_WINOGRAD);
         c.winograd_3 += conv && (n->attr[4] & TG_CONV_WINOGRAD_3);
         c.winograd_4 += conv && (n->attr[4] & TG_CONV_WINOGRAD_4);
+        c.winograd_5 += conv && (n->attr[4] & TG_CONV_WINOGRAD_5);
     }
     return c;
 }
@@ -535,16 +548,19 @@ END_TEST
 
 /* The winograd pass (compile/pass_winograd.c) marks the f32 3x3 convolutions with 16
  * channels or more on both sides and 1024 output positions or more: all three of such a
- * step's (the first case has exactly 1024), with 3x3 tiles for the forward and 4x4 for the
- * two gradients by default, and the tile TG_WINOGRAD_TILE names everywhere, and the steps
- * are still right; with the pass off none, nor in f64, nor with fewer channels (case 6's
- * forward has 16 and 6), nor with fewer positions (winograd_cases[0]: 72). */
+ * step's (the first case has exactly 1024), with 3x3 tiles for the forward by default and,
+ * for the two gradients, the tile of the fewest products for their plane (16x16: 4x4's 16
+ * tiles of 36 points against 5x5's 16 of 49; 21x19: 5x5's 20 of 49 against 4x4's 30 of 36),
+ * and the tile TG_WINOGRAD_TILE names everywhere, and the steps are still right; with the
+ * pass off none, nor in f64, nor with fewer channels (case 6's forward has 16 and 6), nor
+ * with fewer positions (winograd_cases[0]: 72). */
 START_TEST(winograd_pass_marks_the_convolutions)
 {
     const conv_case marked[] = {{4, 16, 16, 16, 16, 3, 1}, {3, 20, 21, 19, 24, 3, 1}};
-    const char *tile[] = {NULL, "2", "3", "4"};
-    const int winograd_3[] = {1, 0, 3, 0}, winograd_4[] = {2, 0, 0, 3};
-    for (int i = 0; i < 4; i++) {
+    const char *tile[] = {NULL, NULL, "2", "3", "4", "5"};
+    const int winograd_3[] = {1, 1, 0, 3, 0, 0}, winograd_4[] = {2, 0, 0, 0, 3, 0};
+    const int winograd_5[] = {0, 2, 0, 0, 0, 3};
+    for (int i = 0; i < 6; i++) {
         if (tile[i])
             ck_assert_int_eq(setenv("TG_WINOGRAD_TILE", tile[i], 1), 0);
         else
@@ -553,6 +569,7 @@ START_TEST(winograd_pass_marks_the_convolutions)
         ck_assert_int_eq(c.winograd, 3);
         ck_assert_int_eq(c.winograd_3, winograd_3[i]);
         ck_assert_int_eq(c.winograd_4, winograd_4[i]);
+        ck_assert_int_eq(c.winograd_5, winograd_5[i]);
     }
     unsetenv("TG_WINOGRAD_TILE");
     ck_assert_int_eq(check_compiled_step(&marked[0], 1, TG_F32, "fuse,winograd").winograd, 0);
@@ -651,7 +668,8 @@ int main(void)
     tcase_add_loop_test(kernels, winograd_matches_eager, 0, (int)N_WINOGRAD);
     tcase_add_loop_test(kernels, winograd_4x4_matches_eager, 0, (int)N_WINOGRAD);
     tcase_add_loop_test(kernels, winograd_3x3_matches_eager, 0, (int)N_WINOGRAD);
-    tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 5);
+    tcase_add_loop_test(kernels, winograd_5x5_matches_eager, 0, (int)N_WINOGRAD);
+    tcase_add_loop_test(kernels, planted_wrong_tap_fails, 0, 6);
     tcase_add_test(kernels, prepare_checks_the_node);
     tcase_add_test(kernels, describe_names_the_convolution);
     suite_add_tcase(s, kernels);

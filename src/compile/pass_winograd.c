@@ -1,7 +1,7 @@
 /* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(r x r,
- * 3x3) should run (TG_CONV_WINOGRAD, with TG_CONV_WINOGRAD_3 or _4 for r = 3 or 4, as
- * tg_winograd_tile says: F(3x3) forward, F(4x4) for the gradients; kernels/winograd.c
- * says how and why): 3x3 kernels, stride 1, f32, and at
+ * 3x3) should run (TG_CONV_WINOGRAD, with TG_CONV_WINOGRAD_3, _4 or _5 for r = 3 to 5, as
+ * tg_winograd_tile says for the output's plane: up to F(3x3) forward, up to F(5x5) for the
+ * gradients; kernels/winograd.c says how and why): 3x3 kernels, stride 1, f32, and at
  * least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
  * channel and tile, so the fewer multiply-adds only pay where the GEMMs over the channels are
  * long: the reference model's 32->64 convolution, its 64->32 input gradient and its weight
@@ -19,14 +19,22 @@
  * positions at conv2) took 165 us with it, 123 without (Zen 5, 1 thread). */
 #define MIN_POSITIONS 1024
 
-/* N OH OW of the convolution: the output's for a CONV, the gradient's (the same) for a
+/* OH and OW of the convolution: the output's for a CONV, the gradient's (the same) for a
  * CONV_WGRAD, from the image slid over (attr[5..8]), its padding and the kernel. */
-static int64_t output_positions(const tg_ir_node *n)
+static void output_plane(const tg_ir_node *n, int64_t *oh, int64_t *ow)
 {
     bool wgrad = n->op == TG_PLAN_OP_CONV_WGRAD;
     int64_t kh = wgrad ? n->shape[2] : n->attr[9], kw = wgrad ? n->shape[3] : n->attr[10];
-    return n->attr[5] * (n->attr[7] + 2 * n->attr[0] - kh + 1) *
-           (n->attr[8] + 2 * n->attr[1] - kw + 1);
+    *oh = n->attr[7] + 2 * n->attr[0] - kh + 1;
+    *ow = n->attr[8] + 2 * n->attr[1] - kw + 1;
+}
+
+/* N OH OW: the convolution's output positions. */
+static int64_t output_positions(const tg_ir_node *n)
+{
+    int64_t oh, ow;
+    output_plane(n, &oh, &ow);
+    return n->attr[5] * oh * ow;
 }
 
 int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
@@ -44,10 +52,10 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
             n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS &&
             output_positions(n) >= MIN_POSITIONS) {
             bool gradient = wgrad || (n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED);
-            int tile = tg_winograd_tile(gradient);
-            n->attr[4] |= TG_CONV_WINOGRAD | (tile == 4   ? TG_CONV_WINOGRAD_4
-                                              : tile == 3 ? TG_CONV_WINOGRAD_3
-                                                          : 0);
+            int64_t oh, ow;
+            output_plane(n, &oh, &ow);
+            n->attr[4] |= TG_CONV_WINOGRAD |
+                          tg_conv_winograd_flag(tg_winograd_tile(gradient, oh, ow));
         }
     }
     return TG_OK;

@@ -5,14 +5,28 @@
 #include "graph.h"
 
 /* CONV's and CONV_WGRAD's attr[4] flags: TG_CONV_WINOGRAD (3x3 f32 only) runs it by
- * kernels/winograd.c, with 2x2 output tiles, or 3x3 or 4x4 with TG_CONV_WINOGRAD_3 or _4
- * too. */
+ * kernels/winograd.c, with 2x2 output tiles, or 3x3, 4x4 or 5x5 with TG_CONV_WINOGRAD_3,
+ * _4 or _5 too. */
 enum {
     TG_CONV_TRANSPOSED_FLIPPED = 1,
     TG_CONV_WINOGRAD = 2,
     TG_CONV_WINOGRAD_4 = 4,
-    TG_CONV_WINOGRAD_3 = 8
+    TG_CONV_WINOGRAD_3 = 8,
+    TG_CONV_WINOGRAD_5 = 16
 };
+
+/* The flag that names an output tile's side (2 to 5), and the side the flags name. */
+static inline int64_t tg_conv_winograd_flag(int tile)
+{
+    return tile == 5 ? TG_CONV_WINOGRAD_5 : tile == 4 ? TG_CONV_WINOGRAD_4
+                                          : tile == 3 ? TG_CONV_WINOGRAD_3 : 0;
+}
+
+static inline int tg_conv_winograd_tile(int64_t flags)
+{
+    return flags & TG_CONV_WINOGRAD_5 ? 5 : flags & TG_CONV_WINOGRAD_4 ? 4
+                                          : flags & TG_CONV_WINOGRAD_3 ? 3 : 2;
+}
 
 /* The images a prepared CONV_WGRAD node's kernel takes at a time (its chunks): what a
  * chunked prologue (prologue.h) writes into its scratch at once. */

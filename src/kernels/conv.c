@@ -1012,9 +1012,7 @@ int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
         tg_winograd_shape s = {geom.batch, geom.c, geom.h, geom.w, geom.oc, geom.oh, geom.ow,
                                geom.ph, geom.pw, n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED,
                                n->op == TG_PLAN_OP_CONV_WGRAD,
-                               n->attr[4] & TG_CONV_WINOGRAD_4   ? 4
-                               : n->attr[4] & TG_CONV_WINOGRAD_3 ? 3
-                                                                 : 2,
+                               tg_conv_winograd_tile(n->attr[4]),
                                geom.threads_max};
         return tg_winograd_prepare(n, &s);
     }
@@ -1035,13 +1033,13 @@ void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
         snprintf(pad, sizeof pad, "%lld", (long long)n->attr[0]);
     else
         snprintf(pad, sizeof pad, "%lldx%lld", (long long)n->attr[0], (long long)n->attr[1]);
+    char winograd[24] = "";
+    if (n->attr[4] & TG_CONV_WINOGRAD)
+        snprintf(winograd, sizeof winograd, " winograd F(%d,3)",
+                 tg_conv_winograd_tile(n->attr[4]));
     snprintf(buf, size, "%s%s%s %lldx%lld pad %s %lld->%lld [%lld,%lld,%lld,%lld]",
              wgrad ? "conv_wgrad" : "conv",
-             n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "",
-             !(n->attr[4] & TG_CONV_WINOGRAD)  ? ""
-             : n->attr[4] & TG_CONV_WINOGRAD_4 ? " winograd F(4,3)"
-             : n->attr[4] & TG_CONV_WINOGRAD_3 ? " winograd F(3,3)"
-                                               : " winograd F(2,3)",
+             n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "", winograd,
              kh, kw, pad,
              c, oc, (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3]);
 }

@@ -2,7 +2,8 @@
  * Algorithms for Convolutional Neural Networks", 2015): F(r x r, 3x3) computes an r x r
  * output tile from an (r+2) x (r+2) input patch, patches r apart, with (r+2)^2
  * multiplications per channel pair where the direct form has 9 r^2: r = 2 (16 for 36),
- * r = 3 (25 for 81) or r = 4 (36 for 144). With the transforms' constant matrices B^T, G and A^T:
+ * r = 3 (25 for 81), r = 4 (36 for 144) or r = 5 (49 for 225). With the transforms' constant
+ * matrices B^T, G and A^T:
  *
  *   U = G g G^T         per (output channel, input channel): the 3x3 kernel g
  *   V = B^T d B         per (tile, input channel): the input patch d
@@ -56,7 +57,7 @@ typedef struct {
     int64_t tiles_w;            /* tiles per row of tiles: ceil(ow / r) */
     int64_t band, bands;        /* rows of tiles per task; tasks per image */
     int64_t tiles;              /* a full band's tiles */
-    int r, xi;                  /* the output tile's side (2-4), the points per tile ((r+2)^2) */
+    int r, xi;                  /* the output tile's side (2-5), the points per tile ((r+2)^2) */
     int64_t cp, ocp;            /* the channels, padded to a multiple of VL in the layouts */
     /* the strides of U's (or the weight gradient's sums'), V's and M's planes, one per point:
      * a plane's size plus VL floats, so that the planes a transform writes in turn start in
@@ -118,15 +119,15 @@ static void gemm_run(const gemm *g, const float *a, const float *b, float *c)
 
 /* ---- the transforms -------------------------------------------------------------------- */
 /* Each 2-D transform is a 1-D one along the patch's columns, then along its rows; the 1-D
- * ones for F(2, 3) (r = 2, patches of 4) and F(4, 3) (r = 4, patches of 6) follow, written
- * out so that only nonzero coefficients cost an operation. The 2-D loops are written once,
- * for a constant r (always_inline: each caller passes 2 or 4, and the compiler unrolls).
+ * ones for F(r, 3) (patches of r + 2) follow, written out so that only nonzero coefficients
+ * cost an operation. The 2-D loops are written once, for a constant r (always_inline: each
+ * caller passes 2, 3, 4 or 5, and the compiler unrolls).
  * They work on TVL channels at a time (VL or half of it, below), as arrays of TVL floats
  * whose loops the compiler turns into the machine's vectors, whatever their width; the
  * layouts pad the channels to a multiple of VL (zeros, which the GEMMs carry through as
  * zeros) so that there is no tail. */
 #define INLINE static inline __attribute__((always_inline))
-/* transform_block's loops carry `#pragma GCC unroll 6`: unrolled, the arrays of vectors
+/* transform_block's loops carry `#pragma GCC unroll 7`: unrolled, the arrays of vectors
  * they pass between the two 1-D passes live in registers. Without it GCC 12 kept them on
  * the stack when it split the vectors into AVX2's halves: shape B of bench/conv_bn 1.36
  * times slower with AVX2 code (no difference with AVX-512's). */
@@ -158,8 +159,13 @@ typedef float lane;
 #endif
 
 /* y = B^T x: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for r = 3 [2 -1 -2 1 0;
- * 0 -2 -1 1 0; 0 2 -3 1 0; 0 -1 0 1 0; 0 2 -1 -2 1], or for r = 4 [4 0 -5 0 1 0;
- * 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]. */
+ * 0 -2 -1 1 0; 0 2 -3 1 0; 0 -1 0 1 0; 0 2 -1 -2 1], for r = 4 [4 0 -5 0 1 0;
+ * 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1], or for r = 5
+ * [-4 8 5 -10 -1 2 0; 0 4 -4 -9 1 2 0; 0 -4 12 -7 -3 2 0; 0 2 -3 -4 3 2 0; 0 -2 5 0 -5 2 0;
+ * 0 4 0 -5 0 1 0; 0 -4 8 5 -10 -1 2]. F(5, 3)'s points are F(4, 3)'s (0, 1, -1, 2, -2 and
+ * infinity) and 1/2: its rows for the points they share are F(4, 3)'s applied to
+ * z[l] = 2 x[l + 1] - x[l] (a product with the polynomial 2 t - 1, whose root 1/2 is the new
+ * point): 35 multiplications and additions where the matrix's rows take 57. */
 INLINE void input_1d(int r, lanes *x, lanes *y)
 {
     LANES(if (r == 2) {
@@ -170,16 +176,27 @@ INLINE void input_1d(int r, lanes *x, lanes *y)
         X(y, 0) = 2 * X(x, 0) - b + a, X(y, 1) = a - X(x, 1) - X(x, 2);
         X(y, 2) = a + 3 * (X(x, 1) - X(x, 2)), X(y, 3) = a;
         X(y, 4) = 2 * X(x, 1) - X(x, 2) - 2 * X(x, 3) + X(x, 4);
-    } else {
+    } else if (r == 4) {
         lane a = X(x, 4) - 4 * X(x, 2), b = X(x, 3) - 4 * X(x, 1);
         lane c = X(x, 4) - X(x, 2), d = 2 * (X(x, 3) - X(x, 1));
         X(y, 0) = 4 * X(x, 0) - 5 * X(x, 2) + X(x, 4), X(y, 1) = a + b, X(y, 2) = a - b;
         X(y, 3) = c + d, X(y, 4) = c - d, X(y, 5) = 4 * X(x, 1) - 5 * X(x, 3) + X(x, 5);
+    } else {
+        lane z[6];
+        for (int k = 0; k < 6; k++)
+            z[k] = 2 * X(x, k + 1) - X(x, k);
+        lane a = z[4] - 4 * z[2], b = z[3] - 4 * z[1];
+        lane c = z[4] - z[2], d = 2 * (z[3] - z[1]);
+        X(y, 0) = 4 * z[0] - 5 * z[2] + z[4], X(y, 1) = a + b, X(y, 2) = a - b;
+        X(y, 3) = c + d, X(y, 4) = c - d, X(y, 5) = 4 * X(x, 1) - 5 * X(x, 3) + X(x, 5);
+        X(y, 6) = 4 * z[1] - 5 * z[3] + z[5];
     });
 }
 
-/* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], for r = 3 [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 1], or
- * for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]. */
+/* y = A^T x: A^T = [1 1 1 0; 0 1 -1 -1], for r = 3 [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 1],
+ * for r = 4 [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1], or for r = 5
+ * [1 1 1 1 1 16 0; 0 1 -1 2 -2 8 0; 0 1 1 4 4 4 0; 0 1 -1 8 -8 2 0; 0 1 1 16 16 1 1] (the
+ * point 1/2's column (1, 1/2, .., 1/16) times 16, and its row of G divided by 16). */
 INLINE void output_1d(int r, lanes *x, lanes *y)
 {
     LANES(if (r == 2) {
@@ -188,11 +205,17 @@ INLINE void output_1d(int r, lanes *x, lanes *y)
         lane p = X(x, 1) + X(x, 2), q = X(x, 1) - X(x, 2);
         X(y, 0) = X(x, 0) + p + X(x, 3), X(y, 1) = q + 2 * X(x, 3);
         X(y, 2) = p + 4 * X(x, 3) + X(x, 4);
-    } else {
+    } else if (r == 4) {
         lane p = X(x, 1) + X(x, 2), q = X(x, 1) - X(x, 2);
         lane s = X(x, 3) + X(x, 4), t = X(x, 3) - X(x, 4);
         X(y, 0) = X(x, 0) + p + s, X(y, 1) = q + 2 * t, X(y, 2) = p + 4 * s;
         X(y, 3) = q + 8 * t + X(x, 5);
+    } else {
+        lane p = X(x, 1) + X(x, 2), q = X(x, 1) - X(x, 2);
+        lane s = X(x, 3) + X(x, 4), t = X(x, 3) - X(x, 4);
+        X(y, 0) = X(x, 0) + p + s + 16 * X(x, 5), X(y, 1) = q + 2 * t + 8 * X(x, 5);
+        X(y, 2) = p + 4 * s + 4 * X(x, 5), X(y, 3) = q + 8 * t + 2 * X(x, 5);
+        X(y, 4) = p + 16 * s + X(x, 5) + X(x, 6);
     });
 }
 
@@ -206,19 +229,27 @@ INLINE void grad_1d(int r, lanes *x, lanes *y)
         lane e = X(x, 0) + X(x, 2);
         X(y, 0) = X(x, 0), X(y, 1) = e + X(x, 1), X(y, 2) = e - X(x, 1);
         X(y, 3) = X(x, 0) + 2 * X(x, 1) + 4 * X(x, 2), X(y, 4) = X(x, 2);
-    } else {
+    } else if (r == 4) {
         lane e = X(x, 0) + X(x, 2), o = X(x, 1) + X(x, 3);
         lane e4 = X(x, 0) + 4 * X(x, 2), o4 = 2 * X(x, 1) + 8 * X(x, 3);
         X(y, 0) = X(x, 0), X(y, 1) = e + o, X(y, 2) = e - o, X(y, 3) = e4 + o4;
         X(y, 4) = e4 - o4, X(y, 5) = X(x, 3);
+    } else {
+        lane e = X(x, 0) + X(x, 2) + X(x, 4), o = X(x, 1) + X(x, 3);
+        lane e4 = X(x, 0) + 4 * X(x, 2) + 16 * X(x, 4), o4 = 2 * X(x, 1) + 8 * X(x, 3);
+        X(y, 0) = X(x, 0), X(y, 1) = e + o, X(y, 2) = e - o, X(y, 3) = e4 + o4;
+        X(y, 4) = e4 - o4;
+        X(y, 5) = X(x, 4) + 2 * (X(x, 3) + 2 * (X(x, 2) + 2 * (X(x, 1) + 2 * X(x, 0))));
+        X(y, 6) = X(x, 4);
     });
 }
 
 /* y = G x (a kernel's 3 values to r + 2): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
- * for r = 3 [1/2 0 0; -1/2 -1/2 -1/2; -1/6 1/6 -1/6; 1/6 1/3 2/3; 0 0 1], or
+ * for r = 3 [1/2 0 0; -1/2 -1/2 -1/2; -1/6 1/6 -1/6; 1/6 1/3 2/3; 0 0 1],
  * for r = 4 [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
- * 0 0 1]. In double, one kernel at a time: the weights are transformed once per run, and
- * 1/6 is inexact. */
+ * 0 0 1], or for r = 5 [-1/4 0 0; -1/6 -1/6 -1/6; 1/18 -1/18 1/18; 1/72 1/36 1/18;
+ * -1/120 1/60 -1/30; 2/45 1/45 1/90; 0 0 1/2]. In double, one kernel at a time: the
+ * weights are transformed once per run, and 1/6 is inexact. */
 INLINE void weights_1d(int r, const double *x, double *y)
 {
     if (r == 2) {
@@ -233,11 +264,19 @@ INLINE void weights_1d(int r, const double *x, double *y)
         y[4] = x[2];
         return;
     }
-    const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
-    y[0] = 0.25 * x[0], y[1] = -sixth * (x[0] + x[1] + x[2]);
-    y[2] = -sixth * (x[0] - x[1] + x[2]);
-    y[3] = twentyfourth * x[0] + twelfth * x[1] + sixth * x[2];
-    y[4] = twentyfourth * x[0] - twelfth * x[1] + sixth * x[2], y[5] = x[2];
+    if (r == 4) {
+        const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
+        y[0] = 0.25 * x[0], y[1] = -sixth * (x[0] + x[1] + x[2]);
+        y[2] = -sixth * (x[0] - x[1] + x[2]);
+        y[3] = twentyfourth * x[0] + twelfth * x[1] + sixth * x[2];
+        y[4] = twentyfourth * x[0] - twelfth * x[1] + sixth * x[2], y[5] = x[2];
+        return;
+    }
+    /* multiplications by the inverses: with divisions the transform took twice the time */
+    const double i6 = 1.0 / 6, i18 = 1.0 / 18, i36 = 1.0 / 36, i45 = 1.0 / 45, i60 = 1.0 / 60;
+    y[0] = -0.25 * x[0], y[1] = -i6 * (x[0] + x[1] + x[2]), y[2] = i18 * (x[0] - x[1] + x[2]);
+    y[3] = i36 * (0.5 * x[0] + x[1] + 2 * x[2]), y[4] = i60 * (x[1] - 0.5 * x[0] - 2 * x[2]);
+    y[5] = i45 * (2 * x[0] + x[1] + 0.5 * x[2]), y[6] = 0.5 * x[2];
 }
 
 /* y = G^T x (the weight gradient's: r + 2 values to 3), in double. */
@@ -255,10 +294,19 @@ INLINE void sums_1d(int r, const double *x, double *y)
         y[2] = -0.5 * x[1] + sixth * (4 * x[3] - x[2]) + x[4];
         return;
     }
-    const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
-    y[0] = 0.25 * x[0] - sixth * (x[1] + x[2]) + twentyfourth * (x[3] + x[4]);
-    y[1] = sixth * (x[2] - x[1]) + twelfth * (x[3] - x[4]);
-    y[2] = sixth * (x[3] + x[4] - x[1] - x[2]) + x[5];
+    if (r == 4) {
+        const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
+        y[0] = 0.25 * x[0] - sixth * (x[1] + x[2]) + twentyfourth * (x[3] + x[4]);
+        y[1] = sixth * (x[2] - x[1]) + twelfth * (x[3] - x[4]);
+        y[2] = sixth * (x[3] + x[4] - x[1] - x[2]) + x[5];
+        return;
+    }
+    const double i6 = 1.0 / 6, i18 = 1.0 / 18, i36 = 1.0 / 36, i45 = 1.0 / 45, i60 = 1.0 / 60;
+    y[0] = -0.25 * x[0] - i6 * x[1] + i18 * x[2] + i36 * 0.5 * x[3] - i60 * 0.5 * x[4] +
+           i45 * 2 * x[5];
+    y[1] = -i6 * x[1] - i18 * x[2] + i36 * x[3] + i60 * x[4] + i45 * x[5];
+    y[2] = -i6 * x[1] + i18 * x[2] + i36 * 2 * x[3] - i60 * 2 * x[4] + i45 * 0.5 * x[5] +
+           0.5 * x[6];
 }
 
 /* U[xi][c][oc] = (G g G^T)[xi] for every kernel g; zeros for the padding channels. */
@@ -269,7 +317,7 @@ INLINE void weights_2d(const wino *p, const float *w, float *restrict u, int r)
     memset(u, 0, (size_t)(p->xi * p->uplane) * sizeof *u);
     for (int64_t oc = 0; oc < oc_n; oc++)
         for (int64_t c = 0; c < c_n; c++) {
-            double g[3][3], col[3], t[6][3], v[6];
+            double g[3][3], col[3], t[7][3], v[7];
             for (int k = 0; k < 9; k++)
                 g[k / 3][k % 3] = p->s.flipped ? w[(c * oc_n + oc) * 9 + 8 - k]
                                                : w[(oc * c_n + c) * 9 + k];
@@ -317,11 +365,11 @@ INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int6
                             float *out, int64_t out_i, int64_t out_j, int cols)
 {
     const int nx = kind == GRAD ? r : r + 2, ny = kind == OUTPUT ? r : r + 2;
-    lanes col[6], t[6][6], y[6];
-    #pragma GCC unroll 6
+    lanes col[7], t[7][7], y[7];
+    #pragma GCC unroll 7
     for (int j = 0; j < nx; j++) { /* along the columns */
         const float *from = in + j * in_j;
-        #pragma GCC unroll 6
+        #pragma GCC unroll 7
         for (int i = 0; i < nx; i++) {
             if (i > 0) {
                 from += in_i;
@@ -330,12 +378,12 @@ INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int6
             memcpy(&col[i], from, sizeof col[i]);
         }
         transform_1d(kind, r, col, y);
-        #pragma GCC unroll 6
+        #pragma GCC unroll 7
         for (int i = 0; i < ny; i++)
             memcpy(&t[i][j], &y[i], sizeof y[i]);
     }
     float *to = out;
-    #pragma GCC unroll 6
+    #pragma GCC unroll 7
     for (int i = 0; i < ny; i++) { /* along the rows */
         transform_1d(kind, r, t[i], y);
         if (i > 0) {
@@ -343,7 +391,7 @@ INLINE void transform_block(int kind, int r, const float *in, int64_t in_i, int6
             OPAQUE(to);
         }
         float *at = to;
-        #pragma GCC unroll 6
+        #pragma GCC unroll 7
         for (int j = 0; j < ny && j < cols; j++) {
             if (j > 0) {
                 at += out_j;
@@ -409,7 +457,7 @@ INLINE void sums_2d(const wino *p, const double *acc, float *dw, int r)
     const int n = r + 2;
     for (int64_t oc = 0; oc < oc_n; oc++)
         for (int64_t c = 0; c < c_n; c++) {
-            double col[6], t[3][6], y[3];
+            double col[7], t[3][7], y[3];
             for (int j = 0; j < n; j++) { /* G^T dU: along the columns */
                 for (int i = 0; i < n; i++)
                     col[i] = acc[(n * i + j) * p->uplane + c * ocp + oc];
@@ -428,7 +476,10 @@ INLINE void sums_2d(const wino *p, const double *acc, float *dw, int r)
 /* The transforms for the node's tile size: f(..., r) with r a constant, so that each tile's
  * loops are compiled for it (their sizes known, unrolled). */
 #define FOR_TILE(r, f, ...)                                                                     \
-    ((r) == 2 ? f(__VA_ARGS__, 2) : (r) == 3 ? f(__VA_ARGS__, 3) : f(__VA_ARGS__, 4))
+    ((r) == 2   ? f(__VA_ARGS__, 2)                                                             \
+     : (r) == 3 ? f(__VA_ARGS__, 3)                                                             \
+     : (r) == 4 ? f(__VA_ARGS__, 4)                                                             \
+                : f(__VA_ARGS__, 5))
 
 static void transform_weights(const wino *p, const float *w, float *u)
 {
@@ -538,32 +589,49 @@ static char *my_scratch(const tg_ir_node *n, void *scratch)
     return (char *)scratch + (size_t)me * n->scratch_bytes;
 }
 
-/* F(4x4) has 2.25 multiplications per output and channel pair, F(3x3) 2.78, F(2x2) 4, but
- * the larger tiles' transforms (6x6 patches, with coefficients up to 8 and down to 1/24 for
- * F(4x4); 5x5, up to 4 and down to 1/6 for F(3x3)) round worse: 2.0-4.8e-6 of the largest
- * output with F(4x4), 0.84-1.5e-6 with F(3x3), 0.35-0.66e-6 with F(2x2) in the tests'
- * forward convolutions (tests/test_conv_lower.c). In a forward that matters: its values
- * decide the kinks of ReLU and max pool, and a value rounded to the other side of one moves
- * the training state by a whole gradient's worth. The reference model's compiled state
- * after 3 steps differs from eager execution's by 3.8e-3 (relative, the largest tensor's:
- * fc1's momentum) with F(4x4) in conv2's forward, 7.7e-6 with F(3x3) and 7.6e-6 with F(2x2),
- * as with no Winograd at all (tests/example_tests.sh allows 1e-4). A gradient's values decide
- * no kink (the masks and the max's routing are the forward's), so its rounding stays its own
- * size: with F(4x4) in the input gradient or the weight gradient (or both) the state after 3
- * steps is 7.6e-6 away. Speed: with F(4x4) in the gradients the reference model trains 1.026
- * (AVX-512) and 1.046 (AVX2) times faster than with F(2x2) (3 alternating runs of 300
- * steps); F(3x3) in the forward takes 0.93 (AVX-512) and 0.88 (AVX2) of F(2x2)'s time there
- * (14x14: 25 tiles of 25 points against 49 of 16; TG_PLAN_PROFILE, 4 alternating runs of 150
- * steps, Zen 5). So F(3x3) for forward convolutions and F(4x4) for their gradients, unless
- * TG_WINOGRAD_TILE=2, 3 or 4 asks for one tile everywhere. */
+/* F(5x5) has 1.96 multiplications per output and channel pair, F(4x4) 2.25, F(3x3) 2.78,
+ * F(2x2) 4, but the larger tiles' transforms (7x7 patches, coefficients up to 16 and down to
+ * 1/120 for F(5x5); 6x6, up to 8 and down to 1/24 for F(4x4); 5x5, up to 4 and down to 1/6
+ * for F(3x3)) round worse: 1.7-5.6e-6 of the largest output with F(5x5), 2.0-4.8e-6 with
+ * F(4x4), 0.84-1.5e-6 with F(3x3), 0.35-0.66e-6 with F(2x2) in the tests' forward
+ * convolutions (tests/test_conv_lower.c; their input gradients 2.5-7.6e-6 with F(5x5)). In a
+ * forward that matters: its values decide the kinks of ReLU and max pool, and a value
+ * rounded to the other side of one moves the training state by a whole gradient's worth. The
+ * reference model's compiled state after 3 steps differs from eager execution's by 3.8e-3
+ * (relative, the largest tensor's: fc1's momentum) with F(4x4) in conv2's forward, 7.7e-6
+ * with F(3x3) and 7.6e-6 with F(2x2), as with no Winograd at all (tests/example_tests.sh
+ * allows 1e-4). A gradient's values decide no kink (the masks and the max's routing are the
+ * forward's), so its rounding stays its own size: with F(4x4) in the input gradient or the
+ * weight gradient (or both) the state after 3 steps is 7.6e-6 away, 7.9e-6 with F(5x5), and
+ * at seeds 1-5, 7 and 8 F(5x5) in the gradients moves it past 1e-4 where F(4x4) did (3, 4, 7,
+ * 8: kinks the forward's F(3x3) flips) and nowhere else. Speed: with F(4x4) in the gradients
+ * the reference model trains 1.026 (AVX-512) and 1.046 (AVX2) times faster than with F(2x2)
+ * (3 alternating runs of 300 steps); F(3x3) in the forward takes 0.93 (AVX-512) and 0.88
+ * (AVX2) of F(2x2)'s time there (14x14: 25 tiles of 25 points against 49 of 16), and F(5x5)
+ * in the gradients 0.89-0.96 (AVX-512) and 0.89 (AVX2) of F(4x4)'s (9 tiles of 49 points
+ * against 16 of 36; TG_PLAN_PROFILE, 4 alternating runs of 150 steps, Zen 5). Which tile
+ * has the fewest products depends on the plane (at 28x28 F(4x4) and F(5x5) tie, at 7x7 F(4x4)
+ * wins), so the forward takes the fewest of F(2x2) and F(3x3), the gradients of all four,
+ * unless TG_WINOGRAD_TILE=2, 3, 4 or 5 asks for one tile everywhere. */
 int64_t tg_winograd_chunk_images(void) { return WGRAD_CHUNK; }
 
-int tg_winograd_tile(bool gradient)
+/* The products per channel pair that F(r x r, 3x3) takes for an oh x ow output: its tiles
+ * times (r + 2)^2, the last row and column of tiles hanging over where r does not divide. */
+static int64_t winograd_products(int r, int64_t oh, int64_t ow)
+{
+    return (oh + r - 1) / r * ((ow + r - 1) / r) * (r + 2) * (r + 2);
+}
+
+int tg_winograd_tile(bool gradient, int64_t oh, int64_t ow)
 {
     const char *env = getenv("TG_WINOGRAD_TILE");
-    if (env && (strcmp(env, "2") == 0 || strcmp(env, "3") == 0 || strcmp(env, "4") == 0))
+    if (env && env[0] >= '2' && env[0] <= '5' && env[1] == 0)
         return env[0] - '0';
-    return gradient ? 4 : 3;
+    int best = 2;
+    for (int r = 3; r <= (gradient ? 5 : 3); r++)
+        if (winograd_products(r, oh, ow) < winograd_products(best, oh, ow))
+            best = r;
+    return best;
 }
 
 void tg_winograd_run(const tg_ir_node *n, void *y, const void *const *in, void *scratch)

@@ -1,4 +1,4 @@
-/* Winograd F(r x r, 3x3) convolutions, r = 2, 3 or 4 (winograd.c): how conv.c hands over a
+/* Winograd F(r x r, 3x3) convolutions, r = 2 to 5 (winograd.c): how conv.c hands over a
  * CONV plan node that pass_winograd marked with TG_CONV_WINOGRAD. */
 #ifndef TG_KERNELS_WINOGRAD_H
 #define TG_KERNELS_WINOGRAD_H
@@ -12,14 +12,15 @@
 typedef struct {
     int64_t batch, c, h, w, oc, oh, ow, ph, pw;
     bool flipped, wgrad;
-    int tile;            /* the output tile's side: 2, 3 or 4 (F(2x2, 3x3) .. F(4x4, 3x3)) */
+    int tile;            /* the output tile's side: 2 to 5 (F(2x2, 3x3) .. F(5x5, 3x3)) */
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
 
-/* The output tile's side the winograd pass asks for: 3 for a forward convolution, 4
- * (faster, rounding worse) for a gradient (the input's or the weights'), or the one that
- * TG_WINOGRAD_TILE=2, 3 or 4 in the environment names (winograd.c says why). */
-int tg_winograd_tile(bool gradient);
+/* The output tile's side the winograd pass asks for, for an oh x ow output: of 2 and 3 for a
+ * forward convolution, 2 to 5 (faster, rounding worse) for a gradient (the input's or the
+ * weights'), the one with the fewest products, the smaller on a tie; or the one that
+ * TG_WINOGRAD_TILE=2, 3, 4 or 5 in the environment names (winograd.c says why). */
+int tg_winograd_tile(bool gradient, int64_t oh, int64_t ow);
 
 /* The images the weight gradient takes at a time (a chunked prologue's chunk). */
 int64_t tg_winograd_chunk_images(void);

@@ -594,25 +594,35 @@ static char *my_scratch(const tg_ir_node *n, void *scratch)
  * 1/120 for F(5x5); 6x6, up to 8 and down to 1/24 for F(4x4); 5x5, up to 4 and down to 1/6
  * for F(3x3)) round worse: 1.7-5.6e-6 of the largest output with F(5x5), 2.0-4.8e-6 with
  * F(4x4), 0.84-1.5e-6 with F(3x3), 0.35-0.66e-6 with F(2x2) in the tests' forward
- * convolutions (tests/test_conv_lower.c; their input gradients 2.5-7.6e-6 with F(5x5)). In a
- * forward that matters: its values decide the kinks of ReLU and max pool, and a value
- * rounded to the other side of one moves the training state by a whole gradient's worth. The
- * reference model's compiled state after 3 steps differs from eager execution's by 3.8e-3
- * (relative, the largest tensor's: fc1's momentum) with F(4x4) in conv2's forward, 7.7e-6
- * with F(3x3) and 7.6e-6 with F(2x2), as with no Winograd at all (tests/example_tests.sh
- * allows 1e-4). A gradient's values decide no kink (the masks and the max's routing are the
- * forward's), so its rounding stays its own size: with F(4x4) in the input gradient or the
- * weight gradient (or both) the state after 3 steps is 7.6e-6 away, 7.9e-6 with F(5x5), and
- * at seeds 1-5, 7 and 8 F(5x5) in the gradients moves it past 1e-4 where F(4x4) did (3, 4, 7,
- * 8: kinks the forward's F(3x3) flips) and nowhere else. Speed: with F(4x4) in the gradients
- * the reference model trains 1.026 (AVX-512) and 1.046 (AVX2) times faster than with F(2x2)
- * (3 alternating runs of 300 steps); F(3x3) in the forward takes 0.93 (AVX-512) and 0.88
- * (AVX2) of F(2x2)'s time there (14x14: 25 tiles of 25 points against 49 of 16), and F(5x5)
- * in the gradients 0.89-0.96 (AVX-512) and 0.89 (AVX2) of F(4x4)'s (9 tiles of 49 points
- * against 16 of 36; TG_PLAN_PROFILE, 4 alternating runs of 150 steps, Zen 5). Which tile
- * has the fewest products depends on the plane (at 28x28 F(4x4) and F(5x5) tie, at 7x7 F(4x4)
- * wins), so the forward takes the fewest of F(2x2) and F(3x3), the gradients of all four,
- * unless TG_WINOGRAD_TILE=2, 3, 4 or 5 asks for one tile everywhere. */
+ * convolutions (tests/test_conv_lower.c; their input gradients 2.5-7.6e-6 with F(5x5)).
+ *
+ * In a forward that shows: its values decide the kinks of ReLU and max pool, and a value
+ * rounded to the other side of one moves the training state by a whole gradient's worth.
+ * Any reordering of the sums flips some (compiled and eager training part by 1e-3 within ten
+ * steps whatever the tile), larger rounding sooner, and the tests that compare two orders
+ * of the same training after a few steps see it. The reference model's state after 3 steps
+ * (tests/example_tests.sh compares it with eager execution's at seed 6, to 1e-4) is more than
+ * 1e-4 from eager's at 6 of seeds 1-5, 7 and 8 with F(5x5) in conv2's forward, at 4 with
+ * F(3x3), at 3 with F(2x2), and with F(4x4) at seed 6 too (3.8e-3); 2 ranks with synchronized
+ * batch norm against 1 process (tests/mpi, 3 steps, to 1e-3) part at 2 of seeds 1-6 (3 and
+ * 4, the test's) with F(5x5) in the forward, at none with F(3x3). What the kinks do not
+ * change is how well the model trains (test accuracy after one epoch, seeds 1-4: 99.04,
+ * 99.06, 99.01, 99.02% with F(5x5) in the forward, 99.07, 98.99, 99.04, 99.09% with F(3x3)),
+ * but runs that should agree would agree less often. A gradient's values decide no kink (the
+ * masks and the max's routing are the forward's), so its rounding stays its own size: F(4x4)
+ * or F(5x5) in the gradients leave the state after 3 steps 7.6e-6 and 7.9e-6 from eager's at
+ * seed 6, flip nothing the forward's tile did not, and keep the two-rank comparison within
+ * 9e-7 at seeds 1-6.
+ *
+ * Speed, at the reference model's 14x14 (TG_PLAN_PROFILE, alternating runs of 150 steps, 1
+ * thread, Zen 5): F(3x3) takes 0.88 (AVX2 code) and 0.93 (AVX-512) of F(2x2)'s time in the
+ * forward (25 tiles of 25 points against 49 of 16), F(5x5) would take 0.82 and 0.84 of
+ * F(3x3)'s (9 tiles of 49 points); in the gradients F(5x5) takes 0.89-0.96 of F(4x4)'s
+ * (against 16 tiles of 36), which had trained the model 1.03-1.05 times faster than F(2x2).
+ * So tg_winograd_tile takes the tile with the fewest products for the plane (at 28x28 F(4x4)
+ * and F(5x5) tie, at 7x7 F(4x4) wins; the smaller on a tie), of F(2x2) and F(3x3) for a
+ * forward convolution and of all four for the gradients, unless TG_WINOGRAD_TILE=2, 3, 4 or 5
+ * asks for one tile everywhere. */
 int64_t tg_winograd_chunk_images(void) { return WGRAD_CHUNK; }
 
 /* The products per channel pair that F(r x r, 3x3) takes for an oh x ow output: its tiles

@@ -37,7 +37,7 @@
 
 /* V and M of a band: at most this, so that both stay in L2 (512 KB on the cores we run on,
  * 1 MB on some); with 32 and 64 channels an image of 14x14 takes 294 KB (F(2x2): 49
- * tiles of 16 points) or 216 KB (F(4x4): 16 tiles of 36). */
+ * tiles of 16 points), 216 KB (F(4x4): 16 tiles of 36) or 169 KB (F(5x5): 9 of 49). */
 #define BAND_BYTES (384 * 1024)
 /* Fewer images than this many tasks: thinner bands, so that two threads have work. */
 #define MIN_TASKS 4

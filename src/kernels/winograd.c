@@ -592,9 +592,10 @@ static char *my_scratch(const tg_ir_node *n, void *scratch)
 /* F(5x5) has 1.96 multiplications per output and channel pair, F(4x4) 2.25, F(3x3) 2.78,
  * F(2x2) 4, but the larger tiles' transforms (7x7 patches, coefficients up to 16 and down to
  * 1/120 for F(5x5); 6x6, up to 8 and down to 1/24 for F(4x4); 5x5, up to 4 and down to 1/6
- * for F(3x3)) round worse: 1.7-5.6e-6 of the largest output with F(5x5), 2.0-4.8e-6 with
- * F(4x4), 0.84-1.5e-6 with F(3x3), 0.35-0.66e-6 with F(2x2) in the tests' forward
- * convolutions (tests/test_conv_lower.c; their input gradients 2.5-7.6e-6 with F(5x5)).
+ * for F(3x3)) round worse: 1.3-4.7e-6 of the largest output with F(5x5), 1.8-3.5e-6 with
+ * F(4x4), 1.0-1.5e-6 with F(3x3), 0.31-0.66e-6 with F(2x2) in the tests' forward
+ * convolutions (tests/test_conv_lower.c, the transforms' multiply-adds fused as built;
+ * their input gradients 2.4-6.6e-6 with F(5x5)).
  *
  * In a forward that shows: its values decide the kinks of ReLU and max pool, and a value
  * rounded to the other side of one moves the training state by a whole gradient's worth.

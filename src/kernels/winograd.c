@@ -20,8 +20,10 @@
  * sized so that V and M stay in the core's L2 (BAND_BYTES).
  *
  * The transforms only add and scale by constants; the values differ from the direct
- * convolution's by rounding (tg_winograd_tile says how much). Each output element is computed
- * by one task in a fixed order, so results do not depend on the thread count. */
+ * convolution's by rounding (tg_winograd_tile says how much). The file is built with
+ * -ffp-contract=fast (meson.build), so the transforms' multiply-adds are fused ones. Each
+ * output element is computed by one task in a fixed order, so results do not depend on the
+ * thread count. */
 #include "winograd.h"
 #include "../compile/prologue.h"
 #include "xsmm_copies.h"

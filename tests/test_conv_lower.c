@@ -548,18 +548,18 @@ END_TEST
 
 /* The winograd pass (compile/pass_winograd.c) marks the f32 3x3 convolutions with 16
  * channels or more on both sides and 1024 output positions or more: all three of such a
- * step's (the first case has exactly 1024), with 3x3 tiles for the forward by default and,
- * for the two gradients, the tile of the fewest products for their plane (16x16: 4x4's 16
- * tiles of 36 points against 5x5's 16 of 49; 21x19: 5x5's 20 of 49 against 4x4's 30 of 36),
- * and the tile TG_WINOGRAD_TILE names everywhere, and the steps are still right; with the
+ * step's (the first case has exactly 1024), by default with the tile of the fewest products
+ * for their plane (16x16: 4x4's 16 tiles of 36 points against 5x5's 16 of 49 and 3x3's 36 of
+ * 25; 21x19: 5x5's 20 of 49 against 4x4's 30 of 36 and 3x3's 49 of 25), and with the tile
+ * TG_WINOGRAD_TILE names everywhere, and the steps are still right; with the
  * pass off none, nor in f64, nor with fewer channels (case 6's forward has 16 and 6), nor
  * with fewer positions (winograd_cases[0]: 72). */
 START_TEST(winograd_pass_marks_the_convolutions)
 {
     const conv_case marked[] = {{4, 16, 16, 16, 16, 3, 1}, {3, 20, 21, 19, 24, 3, 1}};
     const char *tile[] = {NULL, NULL, "2", "3", "4", "5"};
-    const int winograd_3[] = {1, 1, 0, 3, 0, 0}, winograd_4[] = {2, 0, 0, 0, 3, 0};
-    const int winograd_5[] = {0, 2, 0, 0, 0, 3};
+    const int winograd_3[] = {0, 0, 0, 3, 0, 0}, winograd_4[] = {3, 0, 0, 0, 3, 0};
+    const int winograd_5[] = {0, 3, 0, 0, 0, 3};
     for (int i = 0; i < 6; i++) {
         if (tile[i])
             ck_assert_int_eq(setenv("TG_WINOGRAD_TILE", tile[i], 1), 0);

@@ -1,8 +1,7 @@
 /* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(r x r,
  * 3x3) should run (TG_CONV_WINOGRAD, with TG_CONV_WINOGRAD_3, _4 or _5 for r = 3 to 5, as
- * tg_winograd_tile says for the output's plane: up to F(3x3) forward, up to F(5x5) for the
- * gradients; kernels/winograd.c says how and why): 3x3 kernels, stride 1, f32, and at
- * least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
+ * tg_winograd_tile says for the output's plane; kernels/winograd.c says how and why): 3x3
+ * kernels, stride 1, f32, and at least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
  * channel and tile, so the fewer multiply-adds only pay where the GEMMs over the channels are
  * long: the reference model's 32->64 convolution, its 64->32 input gradient and its weight
  * gradient, not the first layer's 1->32 (conv.c gathers its taps instead). f64 stays
@@ -51,11 +50,10 @@ int tg_pass_winograd(tg_graph *g, const tg_pass_ctx *ctx)
             n->attr[2] == 1 && n->attr[3] == 1 && kh == 3 && kw == 3 &&
             n->attr[6] >= MIN_CHANNELS && oc >= MIN_CHANNELS &&
             output_positions(n) >= MIN_POSITIONS) {
-            bool gradient = wgrad || (n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED);
             int64_t oh, ow;
             output_plane(n, &oh, &ow);
             n->attr[4] |= TG_CONV_WINOGRAD |
-                          tg_conv_winograd_flag(tg_winograd_tile(gradient, oh, ow));
+                          tg_conv_winograd_flag(tg_winograd_tile(oh, ow));
         }
     }
     return TG_OK;

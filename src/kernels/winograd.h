@@ -16,11 +16,11 @@ typedef struct {
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;
 
-/* The output tile's side the winograd pass asks for, for an oh x ow output: of 2 and 3 for a
- * forward convolution, 2 to 5 (faster, rounding worse) for a gradient (the input's or the
- * weights'), the one with the fewest products, the smaller on a tie; or the one that
- * TG_WINOGRAD_TILE=2, 3, 4 or 5 in the environment names (winograd.c says why). */
-int tg_winograd_tile(bool gradient, int64_t oh, int64_t ow);
+/* The output tile's side the winograd pass asks for, for an oh x ow output: of 2 to 5 (the
+ * larger faster, their rounding worse) the one with the fewest products, the smaller on a
+ * tie; or the one that TG_WINOGRAD_TILE=2, 3, 4 or 5 in the environment names (winograd.c
+ * says why). */
+int tg_winograd_tile(int64_t oh, int64_t ow);
 
 /* The images the weight gradient takes at a time (a chunked prologue's chunk). */
 int64_t tg_winograd_chunk_images(void);

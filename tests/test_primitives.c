@@ -140,8 +140,9 @@ static void naive_matmul(int64_t m, int64_t n, int64_t k, const double *a, const
 static void check_matmuls(void)
 {
     /* Small, odd, sizes of the convolutions in the MNIST models, and sizes that the kernel
-     * cuts into panels of B (matmul.c: by columns and by rows, with shorter last panels, in
-     * bands of rows: the last three). */
+     * cuts into panels of B (matmul.c: by columns and by rows, with shorter last panels; in
+     * two blocks of columns, 100 x 3136 and 33 x 1100, with a shorter second block; in bands
+     * of rows, 70 x 600). */
     static const int64_t sizes[][3] = {{1, 1, 1},        {2, 3, 4},     {7, 5, 3},
                                        {32, 784, 9},     {64, 196, 288}, {128, 10, 128},
                                        {100, 3136, 17},  {33, 1100, 70}, {20, 24, 3100},

@@ -50,7 +50,7 @@ static int parse_disable(const char *list, uint32_t *mask)
         if (!found && len > 0)
             return tg_fail(TG_ERR_ARG, "compile: no pass is called '%.*s' (passes: dce, "
                            "simplify, cse, fold_scale, lower_conv, winograd, fuse, fuse_stores, "
-                           "memplan, native, prologue, all)",
+                           "conv_sums, memplan, native, prologue, all)",
                            (int)len, list);
         list += len;
         if (*list == ',')

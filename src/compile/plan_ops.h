@@ -6,13 +6,18 @@
 
 /* CONV's and CONV_WGRAD's attr[4] flags: TG_CONV_WINOGRAD (3x3 f32 only) runs it by
  * kernels/winograd.c, with 2x2 output tiles, or 3x3, 4x4 or 5x5 with TG_CONV_WINOGRAD_3,
- * _4 or _5 too. */
+ * _4 or _5 too. TG_CONV_CHANNEL_SUMS (a CONV, f32; compile/pass_conv_sums.c): the node's
+ * output is flat, y's N*OC*OH*OW values (attr[11..14] hold y's shape [N, OC, OH, OW]) and
+ * after them [N*OH][OC] partial channel sums, one row per output row of an image: the sum
+ * of each channel over a band of y's rows that starts there, zeros where no band starts
+ * (kernels/channel_sums.h). */
 enum {
     TG_CONV_TRANSPOSED_FLIPPED = 1,
     TG_CONV_WINOGRAD = 2,
     TG_CONV_WINOGRAD_4 = 4,
     TG_CONV_WINOGRAD_3 = 8,
-    TG_CONV_WINOGRAD_5 = 16
+    TG_CONV_WINOGRAD_5 = 16,
+    TG_CONV_CHANNEL_SUMS = 32
 };
 
 /* The flag that names an output tile's side (2 to 5), and the side the flags name. */

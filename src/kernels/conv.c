@@ -46,6 +46,7 @@
  * added in order). So results are bit-identical for any thread count. */
 #include "../compile/plan_ops.h"
 #include "../compile/prologue.h"
+#include "channel_sums.h"
 #include "conv_rows.h"
 #include "winograd.h"
 #include "xsmm_copies.h"
@@ -399,6 +400,7 @@ static void stage_rows_last(const conv_geom *g, libxsmm_xtransfunction each, con
 typedef struct {
     conv_geom g;
     bool flipped;
+    bool channel_sums;        /* TG_CONV_CHANNEL_SUMS: each band's sums after y */
     bool by_rows;             /* taps gathered: conv_rows.c computes the bands */
     tg_conv_rows_shape rows;
     int64_t band_rows, bands;
@@ -436,9 +438,21 @@ static void forward_band_last(const conv_fwd *p, const char *img, char *mine, ch
         brgemm_run(&p->full, mine, staged + (size_t)(r * g->wp * g->c) * e,
                    band_out + (size_t)(r * g->ow * g->oc) * e, p->count, p->offs,
                    p->offs + p->count);
+    if (p->channel_sums)
+        tg_conv_band_sums_last((const float *)band_out, g->oc, g->oc, g->oh, g->ow, image, r0,
+                               rows, (float *)y + g->batch * g->oc * g->oh * g->ow);
     tg_xsmm_transpose(rows == p->band_rows ? p->out_full : p->out_last, e, band_out, g->oc,
                       y + (size_t)((image * g->oc * g->oh + r0) * g->ow) * e, g->oh * g->ow,
                       g->oc, rows * g->ow);
+}
+
+/* With TG_CONV_CHANNEL_SUMS, the band's sums of y's rows r0 .. r0 + rows - 1, from y. */
+static void band_sums(const conv_fwd *p, char *y, int64_t image, int64_t r0, int64_t rows)
+{
+    const conv_geom *g = &p->g;
+    if (p->channel_sums)
+        tg_conv_band_sums((const float *)y, g->oc, g->oh, g->ow, image, r0, rows,
+                          (float *)y + g->batch * g->oc * g->oh * g->ow);
 }
 
 static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, int64_t image,
@@ -454,9 +468,16 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
         forward_band_last(p, img, mine, y, image, r0, rows);
         return;
     }
+    float *sums = (float *)y + g->batch * g->oc * g->oh * g->ow; /* with channel sums */
+    double col[GATHER_MAX_K];
     if (p->by_rows) {
         tg_conv_rows(g->dt, &p->rows, img, mine, r0, rows, mine + p->at_cols,
                      y + (size_t)(image * g->oc * g->oh * g->ow) * e);
+        if (p->channel_sums) {
+            tg_conv_rows_tap_sums(&p->rows, rows, mine + p->at_cols, col);
+            tg_conv_band_sums_taps(col, g->c * g->taps, (const float *)mine, g->oc, g->oh,
+                                   image, r0, rows, sums);
+        }
         return;
     }
     if (!g->direct) {
@@ -468,6 +489,12 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
         brgemm_run(gemm, mine + p->at_cols, mine,
                    y + (size_t)((image * g->oc * g->oh + r0) * g->ow) * e, 1, p->offs,
                    p->offs + 1);
+        for (int64_t j = 0; p->channel_sums && j < g->c * g->taps; j++)
+            col[j] = tg_lane_sum((const float *)(mine + p->at_cols) + j * gemm->lda,
+                                 rows * g->ow);
+        if (p->channel_sums)
+            tg_conv_band_sums_taps(col, g->c * g->taps, (const float *)mine, g->oc, g->oh,
+                                   image, r0, rows, sums);
         return;
     }
     char *band_out = mine + p->at_out;
@@ -477,6 +504,7 @@ static void forward_band(const conv_fwd *p, const char *x, char *mine, char *y, 
                      band_out + (size_t)(o * gemm->ldc) * e, g->wp,
                      y + (size_t)(((image * g->oc + o) * g->oh + r0) * g->ow) * e, g->ow,
                      g->ow, rows);
+    band_sums(p, y, image, r0, rows);
 }
 
 void tg_conv_run(const tg_ir_node *n, void *out, const void *const *in, void *scratch)
@@ -529,6 +557,7 @@ static int prepare_forward(tg_ir_node *n, const conv_geom *g)
         return tg_fail(TG_ERR_NOMEM, "conv: out of memory");
     p->g = *g;
     p->flipped = n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED;
+    p->channel_sums = n->attr[4] & TG_CONV_CHANNEL_SUMS;
     p->count = count;
     /* Taps gathered: conv_rows.c's kernel where it is the faster, unless a band would be
      * shorter than its vector. */
@@ -946,8 +975,17 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
         return tg_fail(TG_ERR_ARG, "%s: needs two inputs, has %d", name, n->n_in);
     const tg_ir_node *x = &gr->nodes[n->in[wgrad ? 1 : 0]];
     const tg_ir_node *other = &gr->nodes[n->in[wgrad ? 0 : 1]];
-    if (n->ndim != 4 || x->ndim != 4 || other->ndim != 4)
+    /* with its channel sums, a CONV's output is flat, y's shape in attr[11..14] */
+    bool sums = !wgrad && (n->attr[4] & TG_CONV_CHANNEL_SUMS);
+    const int64_t *out = sums ? &n->attr[11] : n->shape;
+    if ((sums ? n->ndim != 1 : n->ndim != 4) || x->ndim != 4 || other->ndim != 4)
         return tg_fail(TG_ERR_SHAPE, "%s: needs 4-D inputs and a 4-D output", name);
+    if (sums && (n->dtype != TG_F32 ||
+                 n->numel != out[0] * out[1] * out[2] * out[3] + out[0] * out[2] * out[1]))
+        return tg_fail(TG_ERR_SHAPE, "conv: channel sums need an f32 output of y's values "
+                       "and [N*OH][OC] sums, %lld elements, not %lld",
+                       (long long)(out[0] * out[1] * out[2] * out[3] + out[0] * out[2] * out[1]),
+                       (long long)n->numel);
     if ((n->dtype != TG_F32 && n->dtype != TG_F64) || x->dtype != n->dtype ||
         other->dtype != n->dtype)
         return tg_fail(TG_ERR_DTYPE, "%s: inputs and output must share one dtype, f32 or f64",
@@ -981,7 +1019,7 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
      * input channels (CONV_WGRAD, taps batched) */
     g->channels_last = wgrad ? (g->gathered ? g->oc : g->c) >= CHANNELS_LAST_MIN
                              : !g->gathered && g->oc >= CHANNELS_LAST_MIN;
-    const int64_t *y = wgrad ? w : n->shape; /* [N, OC, OH, OW] */
+    const int64_t *y = wgrad ? w : out; /* [N, OC, OH, OW] */
     bool ok = g->kh >= 1 && g->kw >= 1 && g->oh >= 1 && g->ow >= 1 && y[0] == g->batch &&
               y[1] == g->oc && y[2] == g->oh && y[3] == g->ow &&
               (wgrad ? n->shape[1] == g->c : (flipped ? w[0] : w[1]) == g->c);
@@ -990,7 +1028,7 @@ static int read_geometry(const tg_graph *gr, const tg_ir_node *n, conv_geom *g)
         return tg_fail(TG_ERR_SHAPE, "%s: x %s, %s %s and output %s do not make a stride-1 "
                        "convolution with padding %lldx%lld", name,
                        tg_shape_str(sx, sizeof sx, 4, x->shape), wgrad ? "gradient" : "weight",
-                       tg_shape_str(so, sizeof so, 4, w), tg_shape_str(sn, sizeof sn, 4, n->shape),
+                       tg_shape_str(so, sizeof so, 4, w), tg_shape_str(sn, sizeof sn, 4, out),
                        (long long)g->ph, (long long)g->pw);
     }
     return TG_OK;
@@ -1012,6 +1050,7 @@ int tg_conv_prepare(const tg_graph *g, tg_ir_node *n)
         tg_winograd_shape s = {geom.batch, geom.c, geom.h, geom.w, geom.oc, geom.oh, geom.ow,
                                geom.ph, geom.pw, n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED,
                                n->op == TG_PLAN_OP_CONV_WGRAD,
+                               n->attr[4] & TG_CONV_CHANNEL_SUMS,
                                tg_conv_winograd_tile(n->attr[4]),
                                geom.threads_max};
         return tg_winograd_prepare(n, &s);
@@ -1027,7 +1066,9 @@ void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
     bool wgrad = n->op == TG_PLAN_OP_CONV_WGRAD;
     const int64_t *x = &n->attr[5];
     long long kh = wgrad ? n->shape[2] : n->attr[9], kw = wgrad ? n->shape[3] : n->attr[10];
-    long long c = wgrad ? n->shape[1] : x[1], oc = wgrad ? n->shape[0] : n->shape[1];
+    bool sums = !wgrad && (n->attr[4] & TG_CONV_CHANNEL_SUMS);
+    long long c = wgrad ? n->shape[1] : x[1];
+    long long oc = wgrad ? n->shape[0] : sums ? n->attr[12] : n->shape[1];
     char pad[48];
     if (n->attr[0] == n->attr[1])
         snprintf(pad, sizeof pad, "%lld", (long long)n->attr[0]);
@@ -1042,6 +1083,9 @@ void tg_conv_describe(const tg_ir_node *n, char *buf, size_t size)
              n->attr[4] & TG_CONV_TRANSPOSED_FLIPPED ? " transposed+flipped" : "", winograd,
              kh, kw, pad,
              c, oc, (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3]);
+    size_t used = strlen(buf);
+    if (sums && used < size)
+        snprintf(buf + used, size - used, " + channel sums");
 }
 
 void tg_conv_release(void *payload) { free(payload); }

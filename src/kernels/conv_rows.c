@@ -11,6 +11,7 @@
  * a block of output channels. Built with -ffp-contract=fast (meson.build): its
  * multiply-adds are fused ones. Measured: docs/compiler.md. */
 #include "conv_rows.h"
+#include "channel_sums.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -200,4 +201,16 @@ void tg_conv_rows(tg_dtype dt, const tg_conv_rows_shape *s, const void *x, const
         rows_double(s, x, w, r0, rows, scratch, y);
     else
         rows_float(s, x, w, r0, rows, scratch, y);
+}
+
+void tg_conv_rows_tap_sums(const tg_conv_rows_shape *s, int64_t rows, const void *scratch,
+                           double *col)
+{
+    const float *staged = scratch;
+    int64_t taps = s->kh * s->kw;
+    for (int64_t j = 0; j < s->c * taps; j++) { /* as rows_float's shift[j] */
+        int64_t ci = j / taps, i = j % taps / s->kw, jj = j % s->kw;
+        int64_t shift = (ci * s->kw + jj) * (rows + s->kh - 1) * s->ow + i * s->ow;
+        col[j] = tg_lane_sum(staged + shift, rows * s->ow);
+    }
 }

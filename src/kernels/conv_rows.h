@@ -37,4 +37,10 @@ size_t tg_conv_rows_scratch(tg_dtype dt, const tg_conv_rows_shape *s, int64_t ro
 void tg_conv_rows(tg_dtype dt, const tg_conv_rows_shape *s, const void *x, const void *w,
                   int64_t r0, int64_t rows, void *scratch, void *y);
 
+/* After tg_conv_rows (f32) for a band of `rows` rows, with its scratch untouched since:
+ * col[j] = the sum over the band's output positions of tap j's inputs (j = (ci kh + i) kw +
+ * jj, as the weights), from the shifted copies in scratch (kernels/channel_sums.h). */
+void tg_conv_rows_tap_sums(const tg_conv_rows_shape *s, int64_t rows, const void *scratch,
+                           double *col);
+
 #endif

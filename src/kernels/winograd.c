@@ -26,6 +26,7 @@
  * thread count. */
 #include "winograd.h"
 #include "../compile/prologue.h"
+#include "channel_sums.h"
 #include "xsmm_copies.h"
 
 #include <libxsmm.h>
@@ -569,6 +570,9 @@ static void run_task(const wino *p, const float *x, const float *u, float *y, ch
         gemm_run(g, u + xi * p->uplane, v + xi * p->vplane, m + xi * p->mplane);
     transform_output(p, m, tile_rows, out);
     int64_t plane = s->oh * s->ow, r0 = p->r * ty0, rows = band_rows_out(p, band);
+    if (s->channel_sums)
+        tg_conv_band_sums_last(out, p->ocp, s->oc, s->oh, s->ow, img, r0, rows,
+                               y + s->batch * s->oc * plane);
     tg_xsmm_transpose(rows == p->r * p->band ? p->out_band : p->out_last, F32, out, p->ocp,
                       y + img * s->oc * plane + r0 * s->ow, plane, s->oc, rows * s->ow);
 }

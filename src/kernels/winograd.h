@@ -8,10 +8,12 @@
 /* A 3x3, stride-1 f32 convolution as conv.c read it off the node and checked it: x [batch,
  * c, h, w] zero-padded by (ph, pw) into y [batch, oc, oh, ow]; the weights [oc][c][3][3], or
  * with `flipped` [c][oc][3][3] used transposed and rotated (the input gradient's form).
- * `wgrad`: the node is the weight gradient (CONV_WGRAD) of that convolution instead. */
+ * `wgrad`: the node is the weight gradient (CONV_WGRAD) of that convolution instead.
+ * `channel_sums`: a forward one also writes its bands' channel sums after y
+ * (TG_CONV_CHANNEL_SUMS, kernels/channel_sums.h). */
 typedef struct {
     int64_t batch, c, h, w, oc, oh, ow, ph, pw;
-    bool flipped, wgrad;
+    bool flipped, wgrad, channel_sums;
     int tile;            /* the output tile's side: 2 to 5 (F(2x2, 3x3) .. F(5x5, 3x3)) */
     int64_t threads_max; /* the threads the work is worth (conv.c's threshold) */
 } tg_winograd_shape;

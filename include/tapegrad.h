@@ -327,10 +327,11 @@ typedef struct {
     /** Passes to switch off, comma-separated ("cse,fuse"; "all" for every pass, "memplan" for
      * the memory plan, "native" for fused kernels compiled to machine code by the system's C
      * compiler when the plan is built: interpreted instead; "winograd" for 3x3 convolutions
-     * by Winograd's F(r x r, 3x3), r up to 3 forward and up to 5 for the input and weight
-     * gradients (the tile of the fewest products for the plane), whose values differ from
-     * the direct kernels' by rounding, up to about ten times as much;
-     * TG_WINOGRAD_TILE=2 to 5 in the environment takes that tile everywhere);
+     * by Winograd's F(r x r, 3x3), r = 2 to 5, the tile of the fewest products for the
+     * plane, forward and for the input and weight gradients, whose values differ from the
+     * direct kernels' by rounding, up to about ten times as much (TG_WINOGRAD_TILE=2 to 5 in
+     * the environment takes that tile everywhere); "conv_sums" for batch norm's mean summed
+     * by the convolution as it writes its output, in another order);
      * TG_DISABLE_PASSES in the environment adds to it. NULL: none. */
     const char *disable;
     /** A directory to write each pass's graph into (NN-name.txt, before and after), and the

@@ -1,12 +1,13 @@
 /* Winograd convolutions: marks each CONV and CONV_WGRAD plan node that Winograd's F(r x r,
  * 3x3) should run (TG_CONV_WINOGRAD, with TG_CONV_WINOGRAD_3, _4 or _5 for r = 3 to 5, as
  * tg_winograd_tile says for the output's plane; kernels/winograd.c says how and why): 3x3
- * kernels, stride 1, f32, and at least MIN_CHANNELS input and output channels. The transforms cost a fixed amount per
- * channel and tile, so the fewer multiply-adds only pay where the GEMMs over the channels are
- * long: the reference model's 32->64 convolution, its 64->32 input gradient and its weight
- * gradient, not the first layer's 1->32 (conv.c gathers its taps instead). f64 stays
- * direct: its convolutions are the gradient checks', which want the plain sums. The node
- * computes the same value either way, to rounding (winograd.c). */
+ * kernels, stride 1, f32, and at least MIN_CHANNELS input and output channels. The
+ * transforms cost a fixed amount per channel and tile, so the fewer multiply-adds only pay
+ * where the GEMMs over the channels are long: the reference model's 32->64 convolution,
+ * its 64->32 input gradient and its weight gradient, not the first layer's 1->32 (conv.c
+ * gathers its taps instead). f64 stays direct: its convolutions are the gradient checks',
+ * which want the plain sums. The node computes the same value either way, to rounding
+ * (winograd.c). */
 #include "passes.h"
 #include "plan_ops.h"
 #include "../kernels/winograd.h"

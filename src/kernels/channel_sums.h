@@ -49,8 +49,8 @@ static inline void tg_conv_band_sums(const float *y, int64_t oc, int64_t oh, int
  * w[o][k] (the taps gathered: a the band's im2col or shifted copies of its rows), from the
  * sums of a's columns over the band's positions, col[k]: sum over p of y[p][o] = sum over k
  * of col[k] w[o][k]. The same value to rounding in another order, from K columns instead of
- * OC planes: reading the 32 planes of the first layer's 28x28 output back took a third of
- * the time the sums saved with AVX2 code, the 9 columns of its im2col (in L1) little. */
+ * OC planes: reading the 32 planes of the first layer's 28x28 output back cost about half
+ * of what the sums saved with AVX2 code, the 9 columns of its im2col (in L1) little. */
 static inline void tg_conv_band_sums_taps(const double *col, int64_t k, const float *w,
                                           int64_t oc, int64_t oh, int64_t image, int64_t r0,
                                           int64_t rows, float *sums)

@@ -57,8 +57,10 @@ sync-bn)
     # the synchronized batch norm this test is about are the same nodes either way.
     for steps in 1 3; do
         passes=$([ $steps = 1 ] && echo "" || echo winograd)
-        TG_DISABLE_PASSES=$passes one --max-steps $steps --save "$work/one$steps.ckpt" >"$work/one.out"
-        TG_DISABLE_PASSES=$passes two --max-steps $steps --sync-bn --save "$work/two.ckpt" >"$work/two.out"
+        TG_DISABLE_PASSES=$passes one --max-steps $steps --save "$work/one$steps.ckpt" \
+            >"$work/one.out"
+        TG_DISABLE_PASSES=$passes two --max-steps $steps --sync-bn --save "$work/two.ckpt" \
+            >"$work/two.out"
         l1=$(value final_loss <"$work/one.out") l2=$(value final_loss <"$work/two.out")
         echo "after $steps step(s): loss 1 process $l1, 2 ranks $l2"
         [ "$l1" = "$l2" ] || die "the losses differ after $steps steps"
